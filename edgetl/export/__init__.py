@@ -1,0 +1,1 @@
+"""Export formats: one module each (tflite, onnx, saved_model)."""

@@ -1,0 +1,51 @@
+"""Classification metrics from labels and probabilities (numpy only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def classification_metrics(
+    y_true: np.ndarray, probs: np.ndarray, class_names: list[str], top_k: int = 5
+) -> dict[str, Any]:
+    """Accuracy, top-k, per-class precision/recall/F1 and the confusion matrix.
+
+    Args:
+        y_true: int labels, shape (n,).
+        probs: class probabilities, shape (n, classes).
+        class_names: names in label order.
+        top_k: k for the top-k accuracy (capped at the number of classes).
+
+    Returns:
+        A JSON-ready dict.
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    n_classes = len(class_names)
+    n = int(y_true.shape[0])
+    if n == 0:
+        return {"samples": 0, "accuracy": None, "top_k": None, "k": 0, "per_class": {}, "confusion_matrix": []}
+    y_pred = probs.argmax(axis=1)
+    k = min(top_k, n_classes)
+    topk = np.argsort(-probs, axis=1)[:, :k]
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(cm, (y_true, y_pred), 1)
+    per_class = {}
+    for i, name in enumerate(class_names):
+        tp = int(cm[i, i])
+        predicted = int(cm[:, i].sum())
+        actual = int(cm[i, :].sum())
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / actual if actual else None
+        f1 = 2 * precision * recall / (precision + recall) if recall and precision + recall > 0 else 0.0
+        per_class[name] = {"precision": precision, "recall": recall, "f1": f1, "support": actual}
+    return {
+        "samples": n,
+        "accuracy": float((y_pred == y_true).mean()),
+        "top_k": float((topk == y_true[:, None]).any(axis=1).mean()),
+        "k": k,
+        "per_class": per_class,
+        "confusion_matrix": cm.tolist(),
+    }

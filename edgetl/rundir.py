@@ -1,0 +1,128 @@
+"""The run directory: the contract between train and export, evaluate, predict."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from edgetl import __version__
+from edgetl.errors import ModelError, RunExistsError
+
+MANIFEST = "manifest.json"
+MODEL_FILE = "model.keras"
+LABELS_FILE = "labels.txt"
+HISTORY_FILE = "history.csv"
+METRICS_FILE = "metrics.json"
+SCHEMA_VERSION = 1
+
+
+def now() -> str:
+    """Current UTC time, ISO 8601."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def versions() -> dict[str, str]:
+    """Versions of edgetl and its main dependencies (imports TensorFlow: call when it is loaded)."""
+    import keras
+    import tensorflow as tf
+
+    return {"edgetl": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
+            "python": platform.python_version()}
+
+
+def prepare_output(path: str | Path, force: bool) -> Path:
+    """Check that a run may be written at `path`; with force, clear the old run.
+
+    Raises:
+        RunExistsError: `path` holds files and force is off.
+    """
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise RunExistsError(f"output '{p}' exists and is a file. Choose another --output.")
+    if p.is_dir() and any(p.iterdir()):
+        if not force:
+            state = ""
+            m = p / MANIFEST
+            if m.is_file():
+                try:
+                    state = " (an unfinished run)" if json.loads(m.read_text()).get("status") != "complete" else ""
+                except (OSError, ValueError):
+                    state = ""
+            raise RunExistsError(
+                f"output folder '{p}' is not empty{state}. Pass --force to replace it, or choose another --output."
+            )
+        if not (p / MANIFEST).is_file():
+            # --force replaces runs, never an arbitrary folder of the user's.
+            raise RunExistsError(
+                f"output folder '{p}' holds files that are not an edgetl run; edgetl will not delete them even "
+                "with --force. Choose another --output."
+            )
+        shutil.rmtree(p)
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+@dataclass
+class Run:
+    """A run directory written by `edgetl train` (or `optimize`)."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.manifest["class_names"])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.manifest["input"]["image_size"][0])
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / self.manifest.get("files", {}).get("model", MODEL_FILE)
+
+    def splits(self) -> Any:
+        """The data splits recorded at training time (a DataSplits)."""
+        from edgetl.data import DataSplits
+
+        return DataSplits.from_manifest(self.manifest["data"])
+
+    def load_model(self, safe_mode: bool = True) -> Any:
+        """The trained Keras classifier."""
+        from edgetl.model import load_model
+
+        return load_model(str(self.model_path), safe_mode=safe_mode)
+
+
+def load_run(path: str | Path, *, require_complete: bool = True) -> Run:
+    """Open a run directory and check it is one.
+
+    Raises:
+        ModelError: not a run directory, unfinished, or damaged.
+    """
+    p = Path(path)
+    if not p.is_dir():
+        raise ModelError(f"'{p}' is not a run directory. Pass the folder that 'edgetl train --output' wrote.")
+    m = p / MANIFEST
+    if not m.is_file():
+        raise ModelError(f"'{p}' is not an edgetl run directory (no {MANIFEST}). "
+                         "Pass the folder that 'edgetl train --output' wrote.")
+    try:
+        manifest = json.loads(m.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise ModelError(f"'{m}' cannot be read ({exc.__class__.__name__}). The run is damaged; train it again.") \
+            from None
+    if not isinstance(manifest, dict) or manifest.get("edgetl_run") != SCHEMA_VERSION:
+        raise ModelError(f"'{m}' is not an edgetl manifest of version {SCHEMA_VERSION}. Train the run again.")
+    if require_complete and manifest.get("status") != "complete":
+        raise ModelError(f"run '{p}' did not finish training (status: {manifest.get('status')}). "
+                         "Train it again (or resume it) before using it.")
+    run = Run(p, manifest)
+    if require_complete and not run.model_path.is_file():
+        raise ModelError(f"run '{p}' has no {run.model_path.name}. The run is damaged; train it again.")
+    return run

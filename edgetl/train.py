@@ -1,0 +1,322 @@
+"""Two-stage transfer learning with a frozen base, and the cached-features fast path."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgetl import rundir
+from edgetl.backbones import (
+    BackboneSpec,
+    build_base,
+    check_alpha,
+    check_image_size,
+    resolve_backbone,
+)
+from edgetl.config import TrainConfig, as_dict
+from edgetl.fileio import write_json, write_text
+from edgetl.progress import Reporter, keras_callback
+
+log = logging.getLogger("edgetl")
+
+HISTORY_COLUMNS = ["stage", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
+
+
+@dataclass
+class TrainResult:
+    """What a finished training run reports."""
+
+    run_dir: Path
+    class_names: list[str]
+    metrics: dict[str, Any]
+    feature_cache: bool
+    epochs_run: dict[str, int]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def default_output(cfg: TrainConfig) -> str:
+    """runs/<backbone>-<time>, when --output is not given."""
+    name = Path(cfg.backbone).stem if ("/" in cfg.backbone or cfg.backbone.endswith(".keras")) else cfg.backbone
+    name = name.replace("hub:", "hub-").replace(":", "-").replace("/", "-")[-40:]
+    return os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def plan(cfg: TrainConfig) -> tuple[BackboneSpec, int, str]:
+    """Check the options that need no data or TensorFlow: backbone, size, alpha, preprocessing."""
+    from edgetl.backbones import PREPROCESSING_MODES
+    from edgetl.errors import UsageError
+
+    cfg.validate()
+    spec = resolve_backbone(cfg.backbone)
+    size = cfg.image_size or spec.default_size
+    check_image_size(spec, size)
+    check_alpha(spec, cfg.alpha, cfg.weights)
+    mode = cfg.preprocessing or spec.default_preprocessing
+    if mode not in PREPROCESSING_MODES:
+        raise UsageError(f"--preprocessing '{mode}' is not allowed. Use one of {', '.join(PREPROCESSING_MODES)}.")
+    if cfg.fine_tune_layers is not None and spec.kind != "keras" and not cfg.backbone.endswith(".keras"):
+        raise UsageError("--fine-tune-layers needs a Keras backbone; a SavedModel or TF-Hub base stays frozen. "
+                         "Drop --fine-tune-layers.")
+    return spec, size, mode
+
+
+def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
+    """Train a classifier on an image folder and write a complete run directory.
+
+    Args:
+        cfg: the options (see TrainConfig).
+        reporter: receives progress; None for silence.
+
+    Returns:
+        A TrainResult.
+
+    Raises:
+        EdgetlError: bad options, data or backbone; the run directory is left marked unfinished.
+    """
+    from edgetl.data import scan_folder
+
+    reporter = reporter or Reporter()
+    spec, size, mode = plan(cfg)
+    output = cfg.output or default_output(cfg)
+    # Check the output before any heavy work, and never after data has been written.
+    if Path(output).is_dir() and any(Path(output).iterdir()) and not cfg.force:
+        rundir.prepare_output(output, force=False)
+    splits = scan_folder(cfg.data, val_split=cfg.val_split, test_split=cfg.test_split, seed=cfg.seed,
+                         max_bad_fraction=cfg.max_bad_fraction)
+    for path, reason in splits.skipped:
+        reporter.info(f"skipped unreadable file {path}: {reason}")
+
+    import keras
+
+    t0 = time.perf_counter()
+    keras.utils.set_random_seed(cfg.seed)
+    reporter.info(f"building {spec.name} ({cfg.weights} weights) at {size}x{size}")
+    from edgetl.model import build_classifier
+
+    base = build_base(spec, weights=cfg.weights, alpha=cfg.alpha, image_size=size)
+    clf = build_classifier(base, image_size=size, num_classes=len(splits.class_names), preprocessing=mode,
+                           dropout=cfg.dropout, seed=cfg.seed)
+    run_path = rundir.prepare_output(output, force=cfg.force)
+    manifest = _manifest(cfg, spec, size, mode, splits, clf)
+    write_json(run_path / rundir.MANIFEST, manifest)
+    write_text(run_path / rundir.LABELS_FILE, "\n".join(splits.class_names) + "\n")
+    history = _History(run_path / rundir.HISTORY_FILE)
+    seconds = {"build": time.perf_counter() - t0}
+
+    use_cache = cfg.feature_cache == "auto" and not cfg.augment
+    epochs_run = {}
+    t1 = time.perf_counter()
+    if use_cache:
+        feats = {name: _features(clf, splits, name, size, cfg.batch_size, reporter)
+                 for name in ("train", "val", "test")}
+        seconds["features"] = time.perf_counter() - t1
+        t1 = time.perf_counter()
+        epochs_run["head"] = _fit(clf.head, feats["train"], feats["val"], cfg, cfg.lr, cfg.epochs, "head",
+                                  history, reporter)
+    else:
+        data = {name: _dataset(splits, name, size, cfg, augment=(name == "train" and cfg.augment))
+                for name in ("train", "val")}
+        epochs_run["head"] = _fit(clf.model, data["train"], data["val"], cfg, cfg.lr, cfg.epochs, "head",
+                                  history, reporter)
+    seconds["head"] = time.perf_counter() - t1
+
+    if cfg.fine_tune_layers is not None and cfg.fine_tune_epochs > 0:
+        from edgetl.model import unfreeze_top
+
+        t1 = time.perf_counter()
+        n = unfreeze_top(clf.base, str(cfg.fine_tune_layers))
+        reporter.info(f"fine-tuning the top {n} layers of the base at lr {cfg.fine_tune_lr}")
+        data = {name: _dataset(splits, name, size, cfg, augment=(name == "train" and cfg.augment))
+                for name in ("train", "val")}
+        epochs_run["fine_tune"] = _fit(clf.model, data["train"], data["val"], cfg, cfg.fine_tune_lr,
+                                       cfg.fine_tune_epochs, "fine_tune", history, reporter)
+        seconds["fine_tune"] = time.perf_counter() - t1
+        clf.base.trainable = False
+        use_features_for_eval = False
+    else:
+        use_features_for_eval = use_cache
+
+    t1 = time.perf_counter()
+    metrics = {}
+    for name in ("val", "test"):
+        items = getattr(splits, name)
+        if not items:
+            metrics[name] = None
+            continue
+        if use_features_for_eval:
+            probs = clf.head.predict(feats[name][0], batch_size=256, verbose=0)
+        else:
+            probs = clf.model.predict(_dataset(splits, name, size, cfg, augment=False), verbose=0)
+        from edgetl.metrics import classification_metrics
+
+        metrics[name] = classification_metrics(np.array([i.label for i in items]), probs, splits.class_names)
+    seconds["evaluate"] = time.perf_counter() - t1
+
+    _save_model(clf.model, run_path / rundir.MODEL_FILE)
+    write_json(run_path / rundir.METRICS_FILE, {"class_names": splits.class_names, **metrics})
+    plots = _plots(run_path, history.rows, metrics, splits.class_names, spec.name)
+    seconds["total"] = time.perf_counter() - t0
+    manifest.update({
+        "status": "complete",
+        "finished": rundir.now(),
+        "training": {"feature_cache": use_cache, "epochs_run": epochs_run,
+                     "seconds": {k: round(v, 2) for k, v in seconds.items()}},
+        "metrics": {name: (m["accuracy"] if m else None) for name, m in metrics.items()},
+    })
+    manifest["files"]["plots"] = plots
+    write_json(run_path / rundir.MANIFEST, manifest)
+    return TrainResult(run_path, splits.class_names, metrics, use_cache, epochs_run, seconds)
+
+
+def _manifest(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: Any, clf: Any) -> dict[str, Any]:
+    return {
+        "edgetl_run": rundir.SCHEMA_VERSION,
+        "status": "running",
+        "created": rundir.now(),
+        "versions": rundir.versions(),
+        "config": as_dict(cfg),
+        "backbone": {"kind": spec.kind, "name": spec.name, "weights": cfg.weights, "alpha": cfg.alpha,
+                     "card": spec.card.to_dict() if spec.card else None, "feature_dim": clf.feature_dim},
+        "input": {"image_size": [size, size], "channels": 3, "color": "RGB", "layout": "NHWC",
+                  "dtype": "float32", "pixel_range": [0, 255], "preprocessing": mode,
+                  "preprocessing_in_model": True, "resize": "bilinear, aspect ratio not kept"},
+        "output": {"kind": "probabilities", "layer": "predictions", "classes": len(splits.class_names)},
+        "class_names": splits.class_names,
+        "data": splits.to_manifest(),
+        "parent": None,
+        "files": {"model": rundir.MODEL_FILE, "labels": rundir.LABELS_FILE, "history": rundir.HISTORY_FILE,
+                  "metrics": rundir.METRICS_FILE},
+    }
+
+
+def _labels(items: list[Any]) -> np.ndarray:
+    return np.array([i.label for i in items], dtype=np.int32)
+
+
+def _dataset(splits: Any, name: str, size: int, cfg: TrainConfig, augment: bool) -> Any:
+    from edgetl.data import make_dataset
+
+    items = getattr(splits, name)
+    if not items:
+        return None
+    return make_dataset(splits.root, items, (size, size), cfg.batch_size, shuffle=(name == "train"),
+                        seed=cfg.seed, augment=augment)
+
+
+def _features(clf: Any, splits: Any, name: str, size: int, batch_size: int,
+              reporter: Reporter) -> tuple[np.ndarray, np.ndarray] | None:
+    """Run the frozen base once over a split: the fast path's whole cost."""
+    import keras
+
+    from edgetl.data import make_dataset
+
+    items = getattr(splits, name)
+    if not items:
+        return None
+    ds = make_dataset(splits.root, items, (size, size), max(batch_size, 32), shuffle=False)
+    steps = -(-len(items) // max(batch_size, 32))
+    reporter.start(f"features {name}", steps)
+
+    class _Tick(keras.callbacks.Callback):
+        def on_predict_batch_end(self, batch: int, logs: Any = None) -> None:
+            reporter.advance(1)
+
+    feats = clf.extractor.predict(ds, verbose=0, callbacks=[_Tick()])
+    reporter.finish()
+    return np.asarray(feats, dtype=np.float32), _labels(items)
+
+
+def _fit(model: Any, train: Any, val: Any, cfg: TrainConfig, lr: float, epochs: int, stage: str,
+         history: _History, reporter: Reporter) -> int:
+    """Compile and fit with early stopping on val loss (train loss without a val split); best weights kept."""
+    import keras
+
+    if epochs == 0:
+        return 0
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    monitor = "val_loss" if val is not None else "loss"
+    stop = keras.callbacks.EarlyStopping(monitor=monitor, patience=max(cfg.patience, 1), restore_best_weights=True)
+    callbacks = [stop, history.callback(stage, lr), keras_callback(reporter, stage, epochs, _steps(train, cfg))]
+    if isinstance(train, tuple):
+        x, y = train
+        validation = val if val is not None else None
+        model.fit(x, y, validation_data=validation, epochs=epochs, batch_size=cfg.batch_size, shuffle=True,
+                  callbacks=callbacks, verbose=0)
+    else:
+        model.fit(train, validation_data=val, epochs=epochs, callbacks=callbacks, verbose=0)
+    return len([r for r in history.rows if r["stage"] == stage])
+
+
+def _steps(train: Any, cfg: TrainConfig) -> int | None:
+    if isinstance(train, tuple):
+        return -(-len(train[1]) // cfg.batch_size)
+    n = train.cardinality().numpy() if hasattr(train, "cardinality") else -1
+    return int(n) if n >= 0 else None
+
+
+class _History:
+    """history.csv, one row per epoch, appended and flushed as training goes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+        with open(path, "w", newline="") as f:
+            csv.writer(f).writerow(HISTORY_COLUMNS)
+
+    def callback(self, stage: str, lr: float) -> Any:
+        import keras
+
+        outer = self
+
+        class _Row(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+                self.t = time.perf_counter()
+
+            def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+                logs = logs or {}
+                row = {"stage": stage, "epoch": len(outer.rows) + 1, "lr": lr,
+                       "seconds": round(time.perf_counter() - self.t, 3)}
+                for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+                    row[key] = round(float(logs[key]), 6) if key in logs else ""
+                outer.append(row)
+
+        return _Row()
+
+    def append(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, HISTORY_COLUMNS).writerow(row)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _save_model(model: Any, path: Path) -> None:
+    from edgetl.fileio import atomic_path
+
+    with atomic_path(path, suffix=".keras") as tmp:
+        model.save(tmp)
+
+
+def _plots(run: Path, rows: list[dict[str, Any]], metrics: dict[str, Any], class_names: list[str],
+           title: str) -> list[str]:
+    from edgetl.report import plot_confusion, plot_history
+
+    out = []
+    if rows:
+        plot_history(rows, run / "learning_curves.png", title=f"{title}: learning curves")
+        out.append("learning_curves.png")
+    chosen = metrics.get("test") or metrics.get("val")
+    if chosen:
+        which = "test" if metrics.get("test") else "val"
+        plot_confusion(chosen["confusion_matrix"], class_names, run / "confusion_matrix.png",
+                       title=f"{title}: {which} confusion matrix (accuracy {chosen['accuracy']:.3f})")
+        out.append("confusion_matrix.png")
+    return out

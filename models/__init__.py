@@ -1,0 +1,1 @@
+"""Backbone cards and weights shipped with edgetl."""
