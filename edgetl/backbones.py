@@ -102,14 +102,16 @@ def resolve_backbone(value: str) -> BackboneSpec:
     if value.startswith("hub:"):
         handle = value[4:]
         if not handle:
-            raise UsageError("--backbone hub: needs a handle, e.g. hub:https://tfhub.dev/... or hub:/path/to/savedmodel.")
+            raise UsageError("--backbone hub: needs a handle, e.g. hub:https://tfhub.dev/... or "
+                             "hub:/path/to/savedmodel.")
         if "://" in handle and not handle.startswith("https://"):
             raise UsageError(f"TF-Hub handle '{handle}' is not https. Use an https:// URL or a local folder.")
         return BackboneSpec("hub", handle)
     if value.endswith(".keras") or os.sep in value or "/" in value or Path(value).exists():
         p = Path(value)
         if not p.exists():
-            raise ModelError(f"backbone file '{value}' does not exist. Pass a .keras file, a SavedModel folder or a name.")
+            raise ModelError(f"backbone file '{value}' does not exist. Pass a .keras file, a SavedModel folder "
+                             "or a backbone name.")
         return BackboneSpec("file", str(p.resolve()))
     return BackboneSpec("keras", value, get_card(value))
 
@@ -269,7 +271,8 @@ def _build_from_file(path: Path, image_size: int) -> Any:
     shape = tuple(model.input_shape[1:3])
     if None not in shape and shape != (image_size, image_size):
         raise UsageError(
-            f"backbone '{path.name}' takes {shape[0]}x{shape[1]} images, not {image_size}. Pass --image-size {shape[0]}."
+            f"backbone '{path.name}' takes {shape[0]}x{shape[1]} images, not {image_size}. "
+            f"Pass --image-size {shape[0]}."
         )
     return model
 

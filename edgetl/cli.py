@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from edgetl import __version__
-from edgetl.clikit import RichReporter, fmt, handle_errors, out_console, print_table
+from edgetl.clikit import RichReporter, fmt, handle_errors, load_tensorflow, out_console, print_table
 from edgetl.config import TrainConfig
 
 _DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
@@ -81,6 +81,7 @@ def train(config_path: str | None, **flags: Any) -> None:
     from edgetl.train import plan
 
     plan(cfg)  # every option checked before TensorFlow is loaded
+    load_tensorflow()
     from edgetl.train import train as run_train
 
     reporter = RichReporter()
@@ -99,7 +100,8 @@ def train(config_path: str | None, **flags: Any) -> None:
     out_console().print(
         f"feature cache: {'on' if result.feature_cache else 'off'}; epochs: "
         + ", ".join(f"{k} {v}" for k, v in result.epochs_run.items())
-        + f"; time: {secs.get('total', 0):.1f} s. Next: edgetl export {result.run_dir}"
+        + f"; time: {secs.get('total', 0):.1f} s. Next: edgetl export {result.run_dir}",
+        soft_wrap=True,
     )
 
 

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -27,8 +28,35 @@ def quiet_tensorflow() -> None:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    # Library warnings (deprecations, Keras hints) are for us, not for users of the CLI.
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+def load_tensorflow() -> None:
+    """Import TensorFlow with its start-up chatter (absl, CUDA probing) kept off stderr.
+
+    The C++ side writes straight to file descriptor 2 before any Python setting applies, so the
+    descriptor itself is pointed at /dev/null while TensorFlow loads and looks for GPUs.
+    """
+    if "tensorflow" in sys.modules or os.environ.get("EDGETL_DEBUG"):
+        return
+    quiet_tensorflow()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def err_console() -> Any:
@@ -103,8 +131,12 @@ class RichReporter(Reporter):
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), console=self.console, transient=True)
         self.task: Any = None
+        # Bars only on a terminal: in CI logs they would print a line per refresh.
+        self.bars = self.console.is_terminal
 
     def start(self, task: str, total: int | None) -> None:
+        if not self.bars:
+            return
         if self.task is None:
             self.progress.start()
         else:
@@ -123,10 +155,10 @@ class RichReporter(Reporter):
 
     def epoch(self, stage: str, epoch: int, epochs: int, logs: dict[str, Any]) -> None:
         parts = [f"{k} {v:.4f}" for k, v in logs.items() if k in ("loss", "accuracy", "val_loss", "val_accuracy")]
-        self.console.print(f"{stage} epoch {epoch}/{epochs}: " + ", ".join(parts))
+        self.console.print(f"{stage} epoch {epoch}/{epochs}: " + ", ".join(parts), soft_wrap=True)
 
     def info(self, message: str) -> None:
-        self.console.print(message)
+        self.console.print(message, soft_wrap=True)
 
     def close(self) -> None:
         self.finish()

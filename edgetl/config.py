@@ -67,7 +67,8 @@ class TrainConfig:
         if self.fine_tune_layers is not None:
             ftl = str(self.fine_tune_layers)
             if ftl != "all" and not (ftl.isdigit() and int(ftl) > 0):
-                raise UsageError(f"--fine-tune-layers '{ftl}' is not allowed. Use a positive number of layers or 'all'.")
+                raise UsageError(f"--fine-tune-layers '{ftl}' is not allowed. "
+                                 "Use a positive number of layers or 'all'.")
         return self
 
 

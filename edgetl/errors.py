@@ -44,7 +44,9 @@ def did_you_mean(value: str, allowed: Iterable[str]) -> str:
     return f" Did you mean '{match[0]}'?" if match else ""
 
 
-def unknown_choice(what: str, value: object, allowed: Iterable[str], cls: type[EdgetlError] = UsageError) -> EdgetlError:
+def unknown_choice(
+    what: str, value: object, allowed: Iterable[str], cls: type[EdgetlError] = UsageError
+) -> EdgetlError:
     """Build the error for a value outside a fixed set, naming the allowed ones."""
     allowed = sorted(allowed)
     return cls(f"unknown {what} '{value}'.{did_you_mean(str(value), allowed)} Allowed: {', '.join(allowed)}.")

@@ -58,11 +58,10 @@ def _remove(p: Path) -> None:
 
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write bytes atomically."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:

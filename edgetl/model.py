@@ -108,7 +108,7 @@ def _single_tensor(x: Any) -> Any:
 
 
 def unfreeze_top(base: Any, layers: str) -> int:
-    """Make the top `layers` layers of the base trainable ("all" for every one); BatchNorm stays frozen.
+    """Make the top `layers` weighted layers of the base trainable ("all": every one); BatchNorm stays frozen.
 
     Returns:
         The number of layers made trainable.
@@ -119,15 +119,14 @@ def unfreeze_top(base: Any, layers: str) -> int:
         raise UsageError("--fine-tune-layers needs a Keras backbone; a SavedModel or TF-Hub base cannot be unfrozen. "
                          "Drop --fine-tune-layers.")
     base.trainable = True
-    candidates = [layer for layer in base.layers if layer.weights]
+    # Count only layers that learn: pooling and activations carry no weights, and BatchNorm stays frozen.
+    candidates = [layer for layer in base.layers
+                  if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)]
     count = len(candidates) if layers == "all" else min(int(layers), len(candidates))
     chosen = {id(layer) for layer in candidates[len(candidates) - count:]}
-    made = 0
     for layer in base.layers:
-        trainable = id(layer) in chosen and not isinstance(layer, keras.layers.BatchNormalization)
-        layer.trainable = trainable
-        made += int(trainable)
-    return made
+        layer.trainable = id(layer) in chosen
+    return count
 
 
 def load_model(path: str, *, safe_mode: bool = True) -> Any:

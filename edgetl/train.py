@@ -16,6 +16,7 @@ from edgetl import rundir
 from edgetl.backbones import (
     BackboneSpec,
     build_base,
+    bundled_weights_path,
     check_alpha,
     check_image_size,
     resolve_backbone,
@@ -58,6 +59,11 @@ def plan(cfg: TrainConfig) -> tuple[BackboneSpec, int, str]:
     size = cfg.image_size or spec.default_size
     check_image_size(spec, size)
     check_alpha(spec, cfg.alpha, cfg.weights)
+    if cfg.weights == "bundled":
+        bundled_weights_path(spec, cfg.alpha)
+    elif cfg.weights not in ("imagenet", "none") and not Path(cfg.weights).is_file():
+        raise UsageError(f"--weights '{cfg.weights}' is neither imagenet, none, bundled nor an existing file. "
+                         "Pass one of those or the path of a weights file.")
     mode = cfg.preprocessing or spec.default_preprocessing
     if mode not in PREPROCESSING_MODES:
         raise UsageError(f"--preprocessing '{mode}' is not allowed. Use one of {', '.join(PREPROCESSING_MODES)}.")
@@ -251,7 +257,7 @@ def _fit(model: Any, train: Any, val: Any, cfg: TrainConfig, lr: float, epochs: 
         model.fit(x, y, validation_data=validation, epochs=epochs, batch_size=cfg.batch_size, shuffle=True,
                   callbacks=callbacks, verbose=0)
     else:
-        model.fit(train, validation_data=val, epochs=epochs, callbacks=callbacks, verbose=0)
+        model.fit(train, validation_data=val, epochs=epochs, callbacks=callbacks, verbose=0, shuffle=False)
     return len([r for r in history.rows if r["stage"] == stage])
 
 

@@ -1,0 +1,195 @@
+"""Training: the run directory contract, the fast path, transfer, backbones of every kind."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgetl.config import TrainConfig
+from edgetl.errors import ModelError
+from edgetl.train import train
+
+
+def small_cfg(data: Path, out: Path, **kw: object) -> TrainConfig:
+    base = dict(data=str(data), backbone="mobilenet_v2", alpha=0.35, weights="bundled", image_size=48, epochs=15,
+                batch_size=16, lr=3e-3, seed=0, output=str(out))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_run_directory_is_complete(trained_run: Path) -> None:
+    for name in ("model.keras", "labels.txt", "manifest.json", "history.csv", "metrics.json",
+                 "learning_curves.png", "confusion_matrix.png"):
+        assert (trained_run / name).is_file(), name
+    manifest = json.loads((trained_run / "manifest.json").read_text())
+    assert manifest["status"] == "complete"
+    assert manifest["class_names"] == (trained_run / "labels.txt").read_text().split()
+    assert manifest["input"]["image_size"] == [48, 48] and manifest["input"]["pixel_range"] == [0, 255]
+    assert manifest["backbone"]["card"]["constructor"] == "MobileNetV2"
+    assert {"edgetl", "tensorflow", "keras"} <= set(manifest["versions"])
+    assert manifest["config"]["epochs"] == 15 and manifest["training"]["feature_cache"] is True
+    data = manifest["data"]
+    paths = [p for split in ("train", "val", "test") for p, _ in data[split]]
+    assert len(paths) == len(set(paths)) and data["train"] and data["val"] and data["test"]
+    with open(trained_run / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == manifest["training"]["epochs_run"]["head"] >= 1
+    assert [int(r["epoch"]) for r in rows] == list(range(1, len(rows) + 1))
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    for split in ("val", "test"):
+        m = metrics[split]
+        assert len(m["confusion_matrix"]) == 4 and set(m["per_class"]) == set(manifest["class_names"])
+        assert sum(map(sum, m["confusion_matrix"])) == len(data[split])
+    for png in ("learning_curves.png", "confusion_matrix.png"):
+        with Image.open(trained_run / png) as im:
+            assert im.format == "PNG" and im.size[0] > 300
+
+
+def test_model_takes_raw_pixels_and_learns(trained_run: Path) -> None:
+    from edgetl.data import load_images
+    from edgetl.model import load_model
+    from edgetl.rundir import load_run
+
+    run = load_run(trained_run)
+    model = load_model(str(run.model_path))  # safe mode: no custom code needed
+    splits = run.splits()
+    items = splits.val + splits.test
+    images = load_images(splits.root, items, (48, 48))
+    probs = model.predict(images.astype("float32"), verbose=0)
+    assert probs.shape == (len(items), 4)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+    accuracy = float((probs.argmax(1) == np.array([i.label for i in items])).mean())
+    assert accuracy >= 0.6, f"4 classes, chance is 0.25; got {accuracy}"
+    recorded = json.loads((trained_run / "metrics.json").read_text())
+    n_val = len(splits.val)
+    assert abs(float((probs[:n_val].argmax(1) == [i.label for i in splits.val]).mean())
+               - recorded["val"]["accuracy"]) < 1e-6
+
+
+@pytest.mark.parametrize("mode", ["tf", "torch", "caffe"])
+def test_preprocessing_layers_match_keras_applications(mode: str) -> None:
+    import keras
+
+    from edgetl.model import preprocessing_layers
+
+    x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    y = x
+    for layer in preprocessing_layers(mode):
+        y = layer(y)
+    expected = keras.applications.imagenet_utils.preprocess_input(x.copy(), mode=mode)
+    np.testing.assert_allclose(np.asarray(y), expected, atol=1e-4)
+
+
+def test_feature_cache_matches_training_through_the_base(demo_dir: Path, trained_run: Path, tmp_path: Path) -> None:
+    cached = json.loads((trained_run / "metrics.json").read_text())
+    plain = train(small_cfg(demo_dir, tmp_path / "plain", feature_cache="off"))
+    assert plain.feature_cache is False
+    for split in ("val", "test"):
+        assert abs(plain.metrics[split]["accuracy"] - cached[split]["accuracy"]) <= 0.15, split
+
+
+def test_pretrained_base_beats_random_initialisation(demo_dir: Path, trained_run: Path, tmp_path: Path) -> None:
+    pretrained = json.loads((trained_run / "metrics.json").read_text())
+    scratch = train(small_cfg(demo_dir, tmp_path / "scratch", weights="none"))
+    pre = (pretrained["val"]["accuracy"] + pretrained["test"]["accuracy"]) / 2
+    rnd = (scratch.metrics["val"]["accuracy"] + scratch.metrics["test"]["accuracy"]) / 2
+    assert pre >= rnd + 0.15, (pre, rnd)
+
+
+def test_fine_tuning_unfreezes_top_layers_but_not_batchnorm(demo_dir: Path, tmp_path: Path) -> None:
+    import keras
+
+    from edgetl.model import unfreeze_top
+
+    base = keras.applications.MobileNetV2(include_top=False, weights=None, alpha=0.35, input_shape=(32, 32, 3),
+                                          pooling="avg")
+    assert unfreeze_top(base, "3") == 3
+    trainable = [layer for layer in base.layers if layer.trainable and layer.weights]
+    assert len(trainable) == 3
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in trainable)
+    result = train(small_cfg(demo_dir, tmp_path / "ft", epochs=2, fine_tune_layers="4", fine_tune_epochs=2,
+                             image_size=32))
+    with open(result.run_dir / "history.csv") as f:
+        stages = [r["stage"] for r in csv.DictReader(f)]
+    assert stages.count("fine_tune") == result.epochs_run["fine_tune"] >= 1
+    assert stages[0] == "head"
+
+
+def test_hub_savedmodel_backbone(demo_dir: Path, tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    class Features(tf.Module):
+        """A stand-in for a TF-Hub feature-vector module: images in [0, 1] -> 16 features."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.kernel = tf.Variable(tf.random.stateless_normal((3, 3, 3, 16), seed=(1, 2)))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.float32)])
+        def __call__(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            y = tf.nn.relu(tf.nn.conv2d(x, self.kernel, 2, "SAME"))
+            return {"feature_vector": tf.reduce_mean(y, axis=[1, 2])}
+
+    module = Features()
+    hub_dir = tmp_path / "hub_module"
+    tf.saved_model.save(module, str(hub_dir), signatures={"serving_default": module.__call__})
+    result = train(small_cfg(demo_dir, tmp_path / "hubrun", backbone=f"hub:{hub_dir}", alpha=None, weights="none",
+                             image_size=32, epochs=3))
+    manifest = json.loads((result.run_dir / "manifest.json").read_text())
+    assert manifest["backbone"]["kind"] == "hub" and manifest["input"]["preprocessing"] == "unit"
+    assert manifest["backbone"]["feature_dim"] == 16
+    from edgetl.rundir import load_run
+
+    model = load_run(result.run_dir).load_model()
+    assert model.predict(np.zeros((1, 32, 32, 3), "float32"), verbose=0).shape == (1, 4)
+
+
+def test_user_keras_file_as_backbone(demo_dir: Path, tmp_path: Path) -> None:
+    import keras
+
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(inputs)
+    own = keras.Model(inputs, x)
+    path = tmp_path / "mine.keras"
+    own.save(path)
+    result = train(small_cfg(demo_dir, tmp_path / "own", backbone=str(path), alpha=None, weights="none",
+                             image_size=32, epochs=2))
+    manifest = json.loads((result.run_dir / "manifest.json").read_text())
+    assert manifest["backbone"]["kind"] == "file" and manifest["backbone"]["feature_dim"] == 8
+
+
+def test_imagenet_download_failure_names_the_offline_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    import keras.src.utils.file_utils as file_utils
+
+    from edgetl.backbones import build_base, resolve_backbone
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- no network")
+
+    monkeypatch.setattr(file_utils, "get_file", offline)
+    with pytest.raises(ModelError, match=r"--weights PATH.*\.keras"):
+        build_base(resolve_backbone("mobilenet_v2"), weights="imagenet", alpha=0.35, image_size=32)
+
+
+def test_weights_file_of_another_backbone_is_refused(tmp_path: Path) -> None:
+    from edgetl.backbones import build_base, bundled_weights_path, resolve_backbone
+
+    spec = resolve_backbone("mobilenet_v2")
+    path = bundled_weights_path(spec, 0.35)
+    with pytest.raises(ModelError, match="cannot load weights"):
+        build_base(spec, weights=str(path), alpha=1.0, image_size=32)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "efficientnet_b0", "densenet121"])
+def test_cards_match_the_models_keras_builds(name: str) -> None:
+    from edgetl.backbones import build_base, resolve_backbone
+
+    spec = resolve_backbone(name)
+    base = build_base(spec, weights="none", alpha=None, image_size=spec.card.min_size * 2)
+    assert base.count_params() == spec.card.params
+    assert base.output_shape[-1] == spec.card.features
