@@ -60,6 +60,13 @@ def main() -> None:
 @click.option("--max-bad-fraction", type=float, help="Fail when more than this fraction of image files are "
               f"unreadable {_d('max_bad_fraction')}.")
 @click.option("--seed", type=int, help=f"Random seed for splits, initialisation and shuffling {_d('seed')}.")
+@click.option("--strategy", type=click.Choice(["auto", "default", "mirrored", "multiworker"]),
+              help="tf.distribute strategy: auto = mirrored over several GPUs, else default; multiworker reads "
+              "TF_CONFIG (default: auto).")
+@click.option("--mixed-precision", type=click.Choice(["auto", "on", "off"]),
+              help="mixed_float16 training; auto = on for GPUs of compute capability 7.0+; saved models stay "
+              "float32 (default: auto).")
+@click.option("--xla/--no-xla", default=None, help="Jit-compile training steps with XLA (default: off).")
 @click.option("--output", "-o", type=click.Path(), help="Run directory to write (default: runs/BACKBONE-TIME).")
 @click.option("--force", is_flag=True, default=None, help="Replace an existing run directory.")
 @click.option("--config", "config_path", type=click.Path(), help="YAML recipe with any of these options "
@@ -89,6 +96,9 @@ def train(config_path: str | None, **flags: Any) -> None:
         result = run_train(cfg, reporter)
     finally:
         reporter.close()
+    if not result.chief:
+        click.echo("worker finished; the chief wrote the run directory.")
+        return
     rows = []
     for split in ("val", "test"):
         m = result.metrics.get(split)

@@ -36,6 +36,9 @@ class TrainConfig:
     feature_cache: str = "auto"  # auto: run the frozen base once when that is exact; off: never
     max_bad_fraction: float = 0.05
     seed: int = 42
+    strategy: str = "auto"  # auto | default | mirrored | multiworker (tf.distribute)
+    mixed_precision: str = "auto"  # auto: mixed_float16 on GPUs of compute capability >= 7.0
+    xla: bool = False  # jit-compile the training steps
     output: str | None = None  # None: runs/<backbone>-<time>
     force: bool = False
 
@@ -64,6 +67,11 @@ class TrainConfig:
             raise UsageError(f"--max-bad-fraction {self.max_bad_fraction} is out of range. Use 0..1, e.g. 0.05.")
         if self.feature_cache not in ("auto", "off"):
             raise UsageError(f"--feature-cache '{self.feature_cache}' is not allowed. Use auto or off.")
+        if self.strategy not in ("auto", "default", "mirrored", "multiworker"):
+            raise UsageError(f"--strategy '{self.strategy}' is not allowed. "
+                             "Use auto, default, mirrored or multiworker.")
+        if self.mixed_precision not in ("auto", "on", "off"):
+            raise UsageError(f"--mixed-precision '{self.mixed_precision}' is not allowed. Use auto, on or off.")
         if self.fine_tune_layers is not None:
             ftl = str(self.fine_tune_layers)
             if ftl != "all" and not (ftl.isdigit() and int(ftl) > 0):

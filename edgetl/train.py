@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +43,7 @@ class TrainResult:
     feature_cache: bool
     epochs_run: dict[str, int]
     seconds: dict[str, float] = field(default_factory=dict)
+    chief: bool = True  # False on the other workers of a multi-worker run: they wrote nothing
 
 
 def default_output(cfg: TrainConfig) -> str:
@@ -101,16 +105,40 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
 
     import keras
 
+    from edgetl.distribute import place
+
     t0 = time.perf_counter()
+    placement = place(cfg.strategy, cfg.mixed_precision, timeout=float(os.environ.get("EDGETL_WORKER_TIMEOUT", 120)))
+    reporter.info(placement.describe(cfg.batch_size))
     keras.utils.set_random_seed(cfg.seed)
     reporter.info(f"building {spec.name} ({cfg.weights} weights) at {size}x{size}")
     from edgetl.model import build_classifier
 
-    base = build_base(spec, weights=cfg.weights, alpha=cfg.alpha, image_size=size)
-    clf = build_classifier(base, image_size=size, num_classes=len(splits.class_names), preprocessing=mode,
-                           dropout=cfg.dropout, seed=cfg.seed)
-    run_path = rundir.prepare_output(output, force=cfg.force)
+    with placement.strategy.scope():
+        base = build_base(spec, weights=cfg.weights, alpha=cfg.alpha, image_size=size)
+        clf = build_classifier(base, image_size=size, num_classes=len(splits.class_names), preprocessing=mode,
+                               dropout=cfg.dropout, seed=cfg.seed)
+    # Only the chief writes the run directory; other workers train in a scratch folder they delete.
+    if placement.chief:
+        run_path = rundir.prepare_output(output, force=cfg.force)
+    else:
+        run_path = Path(tempfile.mkdtemp(prefix="edgetl-worker-"))
+    try:
+        return _train(cfg, spec, size, mode, splits, clf, placement, run_path, reporter, t0)
+    finally:
+        if not placement.chief:
+            shutil.rmtree(run_path, ignore_errors=True)
+        if placement.mixed_precision:
+            from edgetl.distribute import restore_float32_policy
+
+            restore_float32_policy()
+
+
+def _train(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: Any, clf: Any, placement: Any,
+           run_path: Path, reporter: Reporter, t0: float) -> TrainResult:
+    """The training proper, inside a prepared run directory."""
     manifest = _manifest(cfg, spec, size, mode, splits, clf)
+    cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size * placement.replicas)  # the global batch
     write_json(run_path / rundir.MANIFEST, manifest)
     write_text(run_path / rundir.LABELS_FILE, "\n".join(splits.class_names) + "\n")
     history = _History(run_path / rundir.HISTORY_FILE)
@@ -120,17 +148,17 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     epochs_run = {}
     t1 = time.perf_counter()
     if use_cache:
-        feats = {name: _features(clf, splits, name, size, cfg.batch_size, reporter)
+        feats = {name: _features(clf, splits, name, size, cfg.batch_size, reporter, placement)
                  for name in ("train", "val", "test")}
         seconds["features"] = time.perf_counter() - t1
         t1 = time.perf_counter()
         epochs_run["head"] = _fit(clf.head, feats["train"], feats["val"], cfg, cfg.lr, cfg.epochs, "head",
-                                  history, reporter)
+                                  history, reporter, placement)
     else:
         data = {name: _dataset(splits, name, size, cfg, augment=(name == "train" and cfg.augment))
                 for name in ("train", "val")}
         epochs_run["head"] = _fit(clf.model, data["train"], data["val"], cfg, cfg.lr, cfg.epochs, "head",
-                                  history, reporter)
+                                  history, reporter, placement)
     seconds["head"] = time.perf_counter() - t1
 
     if cfg.fine_tune_layers is not None and cfg.fine_tune_epochs > 0:
@@ -142,7 +170,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
         data = {name: _dataset(splits, name, size, cfg, augment=(name == "train" and cfg.augment))
                 for name in ("train", "val")}
         epochs_run["fine_tune"] = _fit(clf.model, data["train"], data["val"], cfg, cfg.fine_tune_lr,
-                                       cfg.fine_tune_epochs, "fine_tune", history, reporter)
+                                       cfg.fine_tune_epochs, "fine_tune", history, reporter, placement)
         seconds["fine_tune"] = time.perf_counter() - t1
         clf.base.trainable = False
         use_features_for_eval = False
@@ -165,20 +193,24 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
         metrics[name] = classification_metrics(np.array([i.label for i in items]), probs, splits.class_names)
     seconds["evaluate"] = time.perf_counter() - t1
 
-    _save_model(clf.model, run_path / rundir.MODEL_FILE)
+    model = _float32_model(clf, spec, cfg, size, mode, len(splits.class_names)) if placement.mixed_precision \
+        else clf.model
+    _save_model(model, run_path / rundir.MODEL_FILE)
     write_json(run_path / rundir.METRICS_FILE, {"class_names": splits.class_names, **metrics})
     plots = _plots(run_path, history.rows, metrics, splits.class_names, spec.name)
     seconds["total"] = time.perf_counter() - t0
     manifest.update({
         "status": "complete",
         "finished": rundir.now(),
-        "training": {"feature_cache": use_cache, "epochs_run": epochs_run,
+        "training": {"feature_cache": use_cache, "epochs_run": epochs_run, "strategy": placement.name,
+                     "replicas": placement.replicas, "global_batch_size": cfg.batch_size,
+                     "mixed_precision": placement.mixed_precision, "xla": cfg.xla,
                      "seconds": {k: round(v, 2) for k, v in seconds.items()}},
         "metrics": {name: (m["accuracy"] if m else None) for name, m in metrics.items()},
     })
     manifest["files"]["plots"] = plots
     write_json(run_path / rundir.MANIFEST, manifest)
-    return TrainResult(run_path, splits.class_names, metrics, use_cache, epochs_run, seconds)
+    return TrainResult(run_path, splits.class_names, metrics, use_cache, epochs_run, seconds, placement.chief)
 
 
 def _manifest(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: Any, clf: Any) -> dict[str, Any]:
@@ -212,12 +244,36 @@ def _dataset(splits: Any, name: str, size: int, cfg: TrainConfig, augment: bool)
     items = getattr(splits, name)
     if not items:
         return None
-    return make_dataset(splits.root, items, (size, size), cfg.batch_size, shuffle=(name == "train"),
-                        seed=cfg.seed, augment=augment)
+    ds = make_dataset(splits.root, items, (size, size), cfg.batch_size, shuffle=(name == "train"),
+                      seed=cfg.seed, augment=augment)
+    return _shard_by_data(ds)
 
 
-def _features(clf: Any, splits: Any, name: str, size: int, batch_size: int,
-              reporter: Reporter) -> tuple[np.ndarray, np.ndarray] | None:
+def _shard_by_data(ds: Any) -> Any:
+    # The pipeline starts from a list of paths, not files tf.data can shard: workers shard by element.
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
+
+
+def _float32_model(clf: Any, spec: BackboneSpec, cfg: TrainConfig, size: int, mode: str, n_classes: int) -> Any:
+    """The trained model rebuilt under the float32 policy: saved and exported files stay float32."""
+    from edgetl.distribute import restore_float32_policy
+    from edgetl.model import build_classifier
+
+    restore_float32_policy()
+    weights = "none" if spec.kind == "keras" else cfg.weights
+    base = build_base(spec, weights=weights, alpha=cfg.alpha, image_size=size)
+    twin = build_classifier(base, image_size=size, num_classes=n_classes, preprocessing=mode, dropout=cfg.dropout,
+                            seed=cfg.seed)
+    twin.model.set_weights(clf.model.get_weights())
+    return twin.model
+
+
+def _features(clf: Any, splits: Any, name: str, size: int, batch_size: int, reporter: Reporter,
+              placement: Any) -> tuple[np.ndarray, np.ndarray] | None:
     """Run the frozen base once over a split: the fast path's whole cost."""
     import keras
 
@@ -226,7 +282,7 @@ def _features(clf: Any, splits: Any, name: str, size: int, batch_size: int,
     items = getattr(splits, name)
     if not items:
         return None
-    ds = make_dataset(splits.root, items, (size, size), max(batch_size, 32), shuffle=False)
+    ds = _shard_by_data(make_dataset(splits.root, items, (size, size), max(batch_size, 32), shuffle=False))
     steps = -(-len(items) // max(batch_size, 32))
     reporter.start(f"features {name}", steps)
 
@@ -234,31 +290,60 @@ def _features(clf: Any, splits: Any, name: str, size: int, batch_size: int,
         def on_predict_batch_end(self, batch: int, logs: Any = None) -> None:
             reporter.advance(1)
 
-    feats = clf.extractor.predict(ds, verbose=0, callbacks=[_Tick()])
+    if placement.name == "multiworker":
+        # Every worker needs every feature; a plain loop reads the mirrored weights locally.
+        parts = []
+        for images, _ in ds:
+            parts.append(np.asarray(clf.extractor(images, training=False), dtype=np.float32))
+            reporter.advance(1)
+        feats = np.concatenate(parts)
+    else:
+        feats = clf.extractor.predict(ds, verbose=0, callbacks=[_Tick()])
     reporter.finish()
     return np.asarray(feats, dtype=np.float32), _labels(items)
 
 
 def _fit(model: Any, train: Any, val: Any, cfg: TrainConfig, lr: float, epochs: int, stage: str,
-         history: _History, reporter: Reporter) -> int:
+         history: _History, reporter: Reporter, placement: Any) -> int:
     """Compile and fit with early stopping on val loss (train loss without a val split); best weights kept."""
     import keras
 
     if epochs == 0:
         return 0
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    with placement.strategy.scope():
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"], jit_compile=bool(cfg.xla))
     monitor = "val_loss" if val is not None else "loss"
     stop = keras.callbacks.EarlyStopping(monitor=monitor, patience=max(cfg.patience, 1), restore_best_weights=True)
     callbacks = [stop, history.callback(stage, lr), keras_callback(reporter, stage, epochs, _steps(train, cfg))]
-    if isinstance(train, tuple):
-        x, y = train
-        validation = val if val is not None else None
-        model.fit(x, y, validation_data=validation, epochs=epochs, batch_size=cfg.batch_size, shuffle=True,
-                  callbacks=callbacks, verbose=0)
-    else:
-        model.fit(train, validation_data=val, epochs=epochs, callbacks=callbacks, verbose=0, shuffle=False)
+    if isinstance(train, tuple):  # cached features: as tf.data, which every strategy distributes
+        train = _feature_dataset(train, cfg.batch_size, shuffle=True, seed=cfg.seed)
+        val = _feature_dataset(val, cfg.batch_size, shuffle=False, seed=cfg.seed) if val is not None else None
+    if placement.name == "multiworker":
+        _local_symbolic_build(model, train)
+    model.fit(train, validation_data=val, epochs=epochs, callbacks=callbacks, verbose=0, shuffle=False)
     return len([r for r in history.rows if r["stage"] == stage])
+
+
+def _local_symbolic_build(model: Any, train: Any) -> None:
+    """Work around Keras 3.15 under MultiWorkerMirroredStrategy.
+
+    Before fitting, Keras averages a *distributed* batch across replicas to build optimizer and metric
+    variables, and that reduce fails across workers ("Attempt to convert a value (PerReplica...)").
+    Building from one local batch creates the same variables without the cross-worker reduce.
+    """
+    sample = next(iter(train))
+    build = model._maybe_symbolic_build
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: build(data_batch=sample)
+
+
+def _feature_dataset(xy: tuple[np.ndarray, np.ndarray], batch_size: int, shuffle: bool, seed: int) -> Any:
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices(xy)
+    if shuffle:
+        ds = ds.shuffle(len(xy[1]), seed=seed, reshuffle_each_iteration=True)
+    return _shard_by_data(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE))
 
 
 def _steps(train: Any, cfg: TrainConfig) -> int | None:

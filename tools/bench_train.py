@@ -1,0 +1,120 @@
+"""Benchmark: `edgetl train` against the Keras transfer-learning guide done by hand.
+
+Same data (generated, 3 classes x 100 images), MobileNetV2 at 224, 10 epochs, the same split
+fractions. Both run as fresh processes and are timed whole (TensorFlow import included), since that
+is what a user waits for. Results go to stdout as a Markdown table and to --json.
+
+    .venv/bin/python tools/bench_train.py [--weights none] [--epochs 10] [--per-class 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# The guide's recipe (keras.io "Transfer learning & fine-tuning", frozen-base part): a tf.data
+# pipeline from the folder, the base called with training=False, and model.fit running the frozen
+# base over every image at every epoch.
+GUIDE = r'''
+import json, sys, time
+import keras, tensorflow as tf
+data, size, epochs, weights, alpha, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], \
+    float(sys.argv[5]), int(sys.argv[6])
+keras.utils.set_random_seed(seed)
+train_ds, val_ds = keras.utils.image_dataset_from_directory(
+    data, validation_split=0.2, subset="both", seed=seed, image_size=(size, size), batch_size=32)
+train_ds = train_ds.prefetch(tf.data.AUTOTUNE)
+val_ds = val_ds.prefetch(tf.data.AUTOTUNE)
+base = keras.applications.MobileNetV2(include_top=False, weights=None if weights == "none" else weights,
+                                      input_shape=(size, size, 3), alpha=alpha)
+base.trainable = False
+inputs = keras.Input((size, size, 3))
+x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+x = base(x, training=False)
+x = keras.layers.GlobalAveragePooling2D()(x)
+x = keras.layers.Dropout(0.2)(x)
+outputs = keras.layers.Dense(len(train_ds.class_names), activation="softmax")(x)
+model = keras.Model(inputs, outputs)
+model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+hist = model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=0)
+model.save(sys.argv[7])
+print(json.dumps({"val_accuracy": max(hist.history["val_accuracy"])}))
+'''
+
+
+def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    return seconds, proc.stdout
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--weights", default="none", help="none, bundled (alpha 0.35 only) or a weights file")
+    ap.add_argument("--alpha", type=float, default=1.0)
+    ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--per-class", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", help="write the figures here too")
+    args = ap.parse_args()
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    bin_dir = Path(sys.executable).parent
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        from edgetl.demodata import write_demo_data
+
+        write_demo_data(data, classes=("circles", "squares", "triangles"), per_class=args.per_class, seed=args.seed)
+        weights = args.weights
+        if weights == "bundled":
+            from edgetl.backbones import bundled_weights_path, resolve_backbone
+
+            weights = str(bundled_weights_path(resolve_backbone("mobilenet_v2"), args.alpha))
+        run = Path(tmp) / "run"
+        # --patience equal to the epochs: both sides run every epoch; --test-split 0 matches the guide's split.
+        edgetl_cmd = [str(bin_dir / "edgetl"), "train", str(data), "--backbone", "mobilenet_v2", "--alpha",
+                      str(args.alpha), "--weights", weights, "--image-size", str(args.image_size), "--epochs",
+                      str(args.epochs), "--patience", str(args.epochs), "--val-split", "0.2", "--test-split", "0",
+                      "--batch-size", "32", "--seed", str(args.seed), "--output", str(run)]
+        t_edgetl, _ = timed(edgetl_cmd, env)
+        manifest = json.loads((run / "manifest.json").read_text())
+        metrics = json.loads((run / "metrics.json").read_text())
+        guide_cmd = [sys.executable, "-c", GUIDE, str(data), str(args.image_size), str(args.epochs), weights,
+                     str(args.alpha), str(args.seed), str(Path(tmp) / "guide.keras")]
+        t_guide, out = timed(guide_cmd, env)
+        guide = json.loads(out.strip().splitlines()[-1])
+
+    result = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "data": f"{3 * args.per_class} generated images, 3 classes, val 20%",
+        "backbone": f"mobilenet_v2 alpha {args.alpha} at {args.image_size}, weights {args.weights}",
+        "epochs": args.epochs,
+        "edgetl_seconds": round(t_edgetl, 1),
+        "edgetl_phase_seconds": manifest["training"]["seconds"],
+        "guide_seconds": round(t_guide, 1),
+        "speedup": round(t_guide / t_edgetl, 2),
+        "edgetl_val_accuracy": metrics["val"]["accuracy"],
+        "guide_val_accuracy (best epoch)": guide["val_accuracy"],
+    }
+    print("| | wall time (s) | val accuracy |\n| --- | --- | --- |")
+    print(f"| edgetl train (feature cache) | {result['edgetl_seconds']} | {result['edgetl_val_accuracy']:.3f} |")
+    print(f"| Keras guide by hand | {result['guide_seconds']} | {result['guide_val_accuracy (best epoch)']:.3f} |")
+    print(f"speed-up {result['speedup']}x; edgetl phases: {result['edgetl_phase_seconds']}")
+    print(json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
