@@ -129,7 +129,10 @@ def place(strategy: str, mixed_precision: str, *, timeout: float = 60.0) -> Plac
         strat = tf.distribute.MirroredStrategy(devices=devices)
     on = mixed_precision == "on" or (mixed_precision == "auto" and gpu_supports_mixed_precision())
     keras.mixed_precision.set_global_policy("mixed_float16" if on else "float32")
-    devices = list(getattr(strat.extended, "worker_devices", ()) or ())
+    try:
+        devices = list(strat.extended.worker_devices)
+    except RuntimeError:  # the default strategy has no device list: one replica wherever TF places ops
+        devices = [d.name for d in gpus[:1]] or ["CPU"]
     return Placement(strat, strategy, int(strat.num_replicas_in_sync), chief, on, [str(d) for d in devices])
 
 

@@ -138,5 +138,10 @@ def load_model(path: str, *, safe_mode: bool = True) -> Any:
     except Exception as exc:
         text = str(exc).strip().splitlines()
         reason = text[0][:300] if text else type(exc).__name__
-        hint = " It needs code to load: pass --unsafe only if you trust the file." if "safe_mode" in reason else ""
-        raise ModelError(f"cannot load Keras model '{path}': {reason}.{hint}") from None
+        if "TFSMLayer" in reason:
+            raise ModelError(f"'{path}' wraps a SavedModel (a TF-Hub or SavedModel backbone), and loading it runs that "
+                             "SavedModel's graph. Pass --unsafe if you trust it.") from None
+        if "safe_mode" in reason or "unsafe" in reason.lower():
+            raise ModelError(f"'{path}' contains code (e.g. a Lambda layer) that safe mode will not run. Pass --unsafe "
+                             "only if you trust the file.") from None
+        raise ModelError(f"cannot load Keras model '{path}': {reason}") from None

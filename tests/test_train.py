@@ -145,7 +145,9 @@ def test_hub_savedmodel_backbone(demo_dir: Path, tmp_path: Path) -> None:
     assert manifest["backbone"]["feature_dim"] == 16
     from edgetl.rundir import load_run
 
-    model = load_run(result.run_dir).load_model()
+    with pytest.raises(ModelError, match="--unsafe"):
+        load_run(result.run_dir).load_model()  # safe mode refuses to run a SavedModel graph unasked
+    model = load_run(result.run_dir).load_model(safe_mode=False)
     assert model.predict(np.zeros((1, 32, 32, 3), "float32"), verbose=0).shape == (1, 4)
 
 

@@ -1,0 +1,116 @@
+"""tf.distribute on the CPU: two logical devices, two local worker processes, mixed precision."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ARGS = ["--backbone", "mobilenet_v2", "--alpha", "0.35", "--weights", "bundled", "--image-size", "48",
+        "--epochs", "15", "--batch-size", "16", "--lr", "3e-3", "--seed", "0"]
+RUN_FILES = {"model.keras", "labels.txt", "manifest.json", "history.csv", "metrics.json", "learning_curves.png",
+             "confusion_matrix.png"}
+
+
+def edgetl(args: list[str], env: dict[str, str] | None = None, timeout: int = 400) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
+    return subprocess.run([sys.executable, "-m", "edgetl", *args], capture_output=True, text=True, env=full_env,
+                          timeout=timeout)
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def mean_accuracy(run: Path) -> float:
+    metrics = json.loads((run / "metrics.json").read_text())
+    return (metrics["val"]["accuracy"] + metrics["test"]["accuracy"]) / 2
+
+
+def test_mirrored_over_two_logical_cpus_matches_one_device(demo_dir: Path, trained_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "mirrored"
+    proc = edgetl(["train", str(demo_dir), *ARGS, "--strategy", "mirrored", "--output", str(out)],
+                  env={"EDGETL_LOGICAL_CPUS": "2"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["training"]["strategy"] == "mirrored" and manifest["training"]["replicas"] == 2
+    assert manifest["training"]["global_batch_size"] == 32 and manifest["config"]["batch_size"] == 16
+    assert "2 replica(s)" in proc.stderr and "global batch 32" in proc.stderr
+    # Same data and seed on one device (the shared fixture): accuracy within 0.15 on ~20 held-out images.
+    assert abs(mean_accuracy(out) - mean_accuracy(trained_run)) <= 0.15
+
+
+def test_two_workers_train_and_only_the_chief_writes(demo_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "mw"
+    ports = free_ports(2)
+    procs = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker",
+                                                                                       "index": index}}
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps(tf_config), EDGETL_WORKER_TIMEOUT="120",
+                   TMPDIR=str(tmp_path / f"tmp{index}"))
+        (tmp_path / f"tmp{index}").mkdir()
+        procs.append(subprocess.Popen([sys.executable, "-m", "edgetl", "train", str(demo_dir), *ARGS, "--epochs", "4",
+                                       "--strategy", "multiworker", "--output", str(out)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    results = [p.communicate(timeout=400) for p in procs]
+    for p, (_, err) in zip(procs, results, strict=True):
+        assert p.returncode == 0, err[-2000:]
+    assert "the chief wrote the run directory" in results[1][0]
+    assert {p.name for p in out.iterdir()} == RUN_FILES
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["training"]["replicas"] == 2
+    from edgetl.rundir import load_run
+
+    model = load_run(out).load_model()
+    assert model.predict(np.zeros((1, 48, 48, 3), "float32"), verbose=0).shape == (1, 4)
+    # The other worker trained in a scratch folder under its TMPDIR and removed it.
+    assert list((tmp_path / "tmp1").iterdir()) == []
+
+
+def test_a_worker_alone_fails_with_one_line_not_a_hang(demo_dir: Path, tmp_path: Path) -> None:
+    ports = free_ports(2)
+    tf_config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": 0}}
+    proc = edgetl(["train", str(demo_dir), *ARGS, "--strategy", "multiworker", "--output", str(tmp_path / "r")],
+                  env={"TF_CONFIG": json.dumps(tf_config), "EDGETL_WORKER_TIMEOUT": "8"}, timeout=120)
+    assert proc.returncode != 0
+    assert "did not connect within 8 s" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_bad_tf_config_is_one_line(demo_dir: Path, tmp_path: Path) -> None:
+    proc = edgetl(["train", str(demo_dir), *ARGS, "--strategy", "multiworker", "--output", str(tmp_path / "r")],
+                  env={"TF_CONFIG": "{not json"}, timeout=120)
+    assert proc.returncode == 2 and "TF_CONFIG is not valid" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_mixed_precision_trains_and_saves_float32(demo_dir: Path, tmp_path: Path) -> None:
+    from edgetl.config import TrainConfig
+    from edgetl.rundir import load_run
+    from edgetl.train import train
+
+    cfg = TrainConfig(data=str(demo_dir), backbone="mobilenet_v2", alpha=0.35, weights="bundled", image_size=48,
+                      epochs=3, batch_size=16, seed=0, mixed_precision="on", fine_tune_layers="2",
+                      fine_tune_epochs=1, output=str(tmp_path / "mp"))
+    result = train(cfg)
+    manifest = json.loads((result.run_dir / "manifest.json").read_text())
+    assert manifest["training"]["mixed_precision"] is True
+    model = load_run(result.run_dir).load_model()
+    policies = {layer.dtype_policy.name for layer in model.layers}
+    assert policies == {"float32"}, policies
+    probs = model.predict(np.full((2, 48, 48, 3), 128, "float32"), verbose=0)
+    assert probs.dtype == np.float32
+    import keras
+
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored for whatever runs next
