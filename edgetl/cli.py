@@ -71,8 +71,10 @@ def main() -> None:
 @click.option("--force", is_flag=True, default=None, help="Replace an existing run directory.")
 @click.option("--config", "config_path", type=click.Path(), help="YAML recipe with any of these options "
               "(keys as option names); flags win.")
+@click.option("--resume", "resume_dir", type=click.Path(), help="Continue an interrupted run from its last completed "
+              "epoch, with its own options and data.")
 @handle_errors
-def train(config_path: str | None, **flags: Any) -> None:
+def train(config_path: str | None, resume_dir: str | None, **flags: Any) -> None:
     """Train a classifier on DATA: one subfolder per class, or train/ val/ test/ subfolders.
 
     The backbone is frozen; its preprocessing goes inside the model, which takes RGB pixels 0..255.
@@ -80,6 +82,14 @@ def train(config_path: str | None, **flags: Any) -> None:
     from edgetl.config import load_recipe, merge
     from edgetl.errors import UsageError
 
+    if resume_dir is not None:
+        given = [k for k, v in flags.items() if v is not None] + (["--config"] if config_path else [])
+        if given:
+            names = ", ".join("DATA" if k == "data" else k if k.startswith("--") else "--" + k.replace("_", "-")
+                              for k in given)
+            raise UsageError(f"--resume continues a run with its own options and data; drop {names}.")
+        _resume(resume_dir)
+        return
     recipe = load_recipe(config_path) if config_path else {}
     cfg = merge(TrainConfig, recipe, flags, source=f"recipe '{config_path}'" if config_path else "recipe")
     if not cfg.data:
@@ -96,6 +106,25 @@ def train(config_path: str | None, **flags: Any) -> None:
         result = run_train(cfg, reporter)
     finally:
         reporter.close()
+    _summary(result)
+
+
+def _resume(run_dir: str) -> None:
+    load_tensorflow()
+    from edgetl.train import AlreadyComplete, resume
+
+    reporter = RichReporter()
+    try:
+        result = resume(run_dir, reporter)
+    except AlreadyComplete:
+        click.echo(f"run '{run_dir}' is already complete; nothing to resume.")
+        return
+    finally:
+        reporter.close()
+    _summary(result)
+
+
+def _summary(result: Any) -> None:
     if not result.chief:
         click.echo("worker finished; the chief wrote the run directory.")
         return

@@ -53,8 +53,11 @@ def prepare_output(path: str | Path, force: bool) -> Path:
                     state = " (an unfinished run)" if json.loads(m.read_text()).get("status") != "complete" else ""
                 except (OSError, ValueError):
                     state = ""
+            if state:
+                raise RunExistsError(f"output folder '{p}' holds an unfinished run. Continue it with 'edgetl train "
+                                     f"--resume {p}', replace it with --force, or choose another --output.")
             raise RunExistsError(
-                f"output folder '{p}' is not empty{state}. Pass --force to replace it, or choose another --output."
+                f"output folder '{p}' is not empty. Pass --force to replace it, or choose another --output."
             )
         if not (p / MANIFEST).is_file():
             # --force replaces runs, never an arbitrary folder of the user's.

@@ -8,10 +8,13 @@ same way. Runtimes (TensorFlow, LiteRT, ONNX Runtime) are imported only when a m
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import sys
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +93,7 @@ class Runner:
                 pad = np.zeros((self.batch_fixed - real, *chunk.shape[1:]), dtype=chunk.dtype)
                 chunk = np.concatenate([chunk, pad])
             try:
-                out = self._run(chunk)
+                out = self._run(self._prepare(chunk))
             except (ModelError, UsageError):
                 raise
             except Exception as exc:
@@ -135,6 +138,16 @@ class Runner:
                              f"{want[0]} x {want[1]} x 3 RGB. Resize the images to {self.image_size} px first.")
         if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
             x = x.astype(np.float32)
+        return x
+
+    def _prepare(self, x: np.ndarray) -> np.ndarray:
+        # The edgetl contract is RGB 0..255 with preprocessing inside the model; a foreign model whose
+        # metadata asks for another pixel range or BGR gets its pixels converted here, once, for every format.
+        if self.metadata.get("color", "RGB") == "BGR":
+            x = x[..., ::-1]
+        lo, hi = _pixel_range(self.metadata.get("pixel_range"))
+        if (lo, hi) != (0.0, 255.0):
+            x = np.asarray(x, dtype=np.float32) * ((hi - lo) / 255.0) + lo
         return x
 
     def _as_probabilities(self, out: np.ndarray) -> np.ndarray:
@@ -303,8 +316,9 @@ class LiteRTRunner(Runner):
         except ImportError as exc:  # pragma: no cover - a dependency of edgetl
             raise ModelError(f"LiteRT is not installed ({exc}). Install ai-edge-litert.") from None
         try:
-            self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
-            self.interpreter.allocate_tensors()
+            with quiet_native_stderr():
+                self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+                self.interpreter.allocate_tensors()
         except Exception as exc:
             raise ModelError(f"'{path}' is not a valid .tflite model: {_first_line(exc)}. "
                              "Pass a file written by 'edgetl export --format tflite'.") from None
@@ -337,9 +351,10 @@ class LiteRTRunner(Runner):
         # Resizing re-plans the interpreter (and XNNPACK): do it only when the batch size changes.
         if n == self._current_batch:
             return
-        self.interpreter.resize_tensor_input(self.inp["index"], [n, self.image_size, self.image_size, 3],
-                                             strict=False)
-        self.interpreter.allocate_tensors()
+        with quiet_native_stderr():
+            self.interpreter.resize_tensor_input(self.inp["index"], [n, self.image_size, self.image_size, 3],
+                                                 strict=False)
+            self.interpreter.allocate_tensors()
         self._current_batch = n
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
@@ -618,9 +633,13 @@ def metadata_from_manifest(manifest: dict[str, Any], run_path: Path | None = Non
         "layout": inp.get("layout", "NHWC"),
         "pixel_range": list(inp.get("pixel_range") or [0, 255]),
         "input_dtype": inp.get("dtype", "float32"),
-        "backbone": backbone.get("name"),
+        "output_dtype": "float32",
+        "output": "probabilities",
+        "backbone": {k: backbone.get(k) for k in ("name", "kind", "alpha", "weights")},
+        "preprocessing": inp.get("preprocessing"),
         "preprocessing_in_model": bool(inp.get("preprocessing_in_model", True)),
-        "run": str(run_path) if run_path is not None else None,
+        "run": {"path": str(run_path.resolve()) if run_path is not None else None, "fingerprint": None,
+                "data_fingerprint": (manifest.get("data") or {}).get("fingerprint")},
     }
 
 
@@ -675,6 +694,34 @@ def read_labels(path: str | os.PathLike[str]) -> list[str]:
 # Helpers
 
 
+@contextlib.contextmanager
+def quiet_native_stderr() -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null while a runtime prints C++ notices (EDGETL_DEBUG=1 keeps them).
+
+    LiteRT announces its XNNPACK delegate on the descriptor itself, where no Python setting reaches;
+    on a CLI that line is noise between the results. Errors still arrive as Python exceptions.
+    """
+    if os.environ.get("EDGETL_DEBUG"):
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real descriptor (some test runners)
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _static_hw(shape: tuple[Any, ...], path: Path) -> int | None:
     if len(shape) != 4:
         return None
@@ -684,6 +731,14 @@ def _static_hw(shape: tuple[Any, ...], path: Path) -> int | None:
     if int(h) != int(w):
         raise ModelError(f"'{path}' takes {h}x{w} images; edgetl handles square inputs only.")
     return int(h)
+
+
+def _pixel_range(v: Any) -> tuple[float, float]:
+    try:
+        lo, hi = float(v[0]), float(v[1])
+    except (TypeError, ValueError, IndexError, KeyError):
+        return 0.0, 255.0
+    return (lo, hi) if hi > lo else (0.0, 255.0)
 
 
 def _first_int(v: Any) -> int | None:

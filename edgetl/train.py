@@ -135,42 +135,69 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
 
 
 def _train(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: Any, clf: Any, placement: Any,
-           run_path: Path, reporter: Reporter, t0: float) -> TrainResult:
-    """The training proper, inside a prepared run directory."""
-    manifest = _manifest(cfg, spec, size, mode, splits, clf)
+           run_path: Path, reporter: Reporter, t0: float, manifest: dict[str, Any] | None = None) -> TrainResult:
+    """The training proper, inside a prepared run directory (a resumed one when `manifest` is given)."""
+    from edgetl.checkpoint import Checkpoints
+
+    ckpt = Checkpoints(run_path)
+    resuming = manifest is not None
+    state = ckpt.load() if resuming else None
+    if manifest is None:
+        manifest = _manifest(cfg, spec, size, mode, splits, clf)
+        write_json(run_path / rundir.MANIFEST, manifest)
+        write_text(run_path / rundir.LABELS_FILE, "\n".join(splits.class_names) + "\n")
     cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size * placement.replicas)  # the global batch
-    write_json(run_path / rundir.MANIFEST, manifest)
-    write_text(run_path / rundir.LABELS_FILE, "\n".join(splits.class_names) + "\n")
-    history = _History(run_path / rundir.HISTORY_FILE)
+    history = _History(run_path / rundir.HISTORY_FILE, keep_rows=state.history_rows if state else None)
     seconds = {"build": time.perf_counter() - t0}
+    if state is None:
+        from edgetl.checkpoint import State
+
+        state = State()
+    elif state.history_rows:
+        reporter.info(f"resuming after {state.history_rows} completed epoch(s), stage {state.stage}")
 
     use_cache = cfg.feature_cache == "auto" and not cfg.augment
     epochs_run = {}
     t1 = time.perf_counter()
-    if use_cache:
-        feats = {name: _features(clf, splits, name, size, cfg.batch_size, reporter, placement)
-                 for name in ("train", "val", "test")}
+    feats: dict[str, Any] = {}
+    if use_cache and not state.head_done or use_cache and cfg.fine_tune_layers is None:
+        for name in ("train", "val", "test"):
+            feats[name] = ckpt.load_features(name) if resuming else None
+            if feats[name] is None and getattr(splits, name):
+                feats[name] = _features(clf, splits, name, size, cfg.batch_size, reporter, placement)
+                if placement.chief:
+                    ckpt.save_features(name, *feats[name])
         seconds["features"] = time.perf_counter() - t1
-        t1 = time.perf_counter()
+    t1 = time.perf_counter()
+    if state.head_done:
+        ckpt.restore(clf.model, state)  # the whole classifier as the head stage left it
+        epochs_run["head"] = history.count("head")
+    elif use_cache:
         epochs_run["head"] = _fit(clf.head, feats["train"], feats["val"], cfg, cfg.lr, cfg.epochs, "head",
-                                  history, reporter, placement)
+                                  history, reporter, placement, ckpt, state)
     else:
         data = {name: _dataset(splits, name, size, cfg, augment=(name == "train" and cfg.augment))
                 for name in ("train", "val")}
         epochs_run["head"] = _fit(clf.model, data["train"], data["val"], cfg, cfg.lr, cfg.epochs, "head",
-                                  history, reporter, placement)
+                                  history, reporter, placement, ckpt, state)
     seconds["head"] = time.perf_counter() - t1
 
     if cfg.fine_tune_layers is not None and cfg.fine_tune_epochs > 0:
+        from edgetl.checkpoint import State
         from edgetl.model import unfreeze_top
 
+        if not state.head_done:
+            state = State(stage="fine_tune", head_done=True, history_rows=len(history.rows))
+            if placement.chief:
+                state = ckpt.save(state, clf.model)
         t1 = time.perf_counter()
         n = unfreeze_top(clf.base, str(cfg.fine_tune_layers))
         reporter.info(f"fine-tuning the top {n} layers of the base at lr {cfg.fine_tune_lr}")
         data = {name: _dataset(splits, name, size, cfg, augment=(name == "train" and cfg.augment))
                 for name in ("train", "val")}
         epochs_run["fine_tune"] = _fit(clf.model, data["train"], data["val"], cfg, cfg.fine_tune_lr,
-                                       cfg.fine_tune_epochs, "fine_tune", history, reporter, placement)
+                                       cfg.fine_tune_epochs, "fine_tune", history, reporter, placement, ckpt,
+                                       state if state.stage == "fine_tune" and state.epochs_done else None)
         seconds["fine_tune"] = time.perf_counter() - t1
         clf.base.trainable = False
         use_features_for_eval = False
@@ -210,7 +237,93 @@ def _train(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: A
     })
     manifest["files"]["plots"] = plots
     write_json(run_path / rundir.MANIFEST, manifest)
+    ckpt.remove()
     return TrainResult(run_path, splits.class_names, metrics, use_cache, epochs_run, seconds, placement.chief)
+
+
+class AlreadyComplete(Exception):
+    """--resume on a run that finished: nothing to do (the CLI exits 0)."""
+
+
+def resume(run_dir: str | os.PathLike[str], reporter: Reporter | None = None) -> TrainResult:
+    """Continue an interrupted run from its last completed epoch, with its own options and data.
+
+    Raises:
+        AlreadyComplete: the run finished; nothing is changed.
+        DataError: the data changed since the run started (what changed is named).
+        ModelError: not a run directory.
+    """
+    from edgetl.data import DataSplits
+    from edgetl.errors import ModelError
+
+    reporter = reporter or Reporter()
+    run = rundir.load_run(run_dir, require_complete=False)
+    manifest = run.manifest
+    if manifest.get("status") == "complete":
+        raise AlreadyComplete(str(run.path))
+    try:
+        cfg = TrainConfig(**{**manifest["config"], "output": str(run.path), "force": False})
+    except TypeError as exc:
+        raise ModelError(f"run '{run.path}' was written by another edgetl version ({exc}); start a new run.") \
+            from None
+    spec, size, mode = plan(cfg)
+    splits = DataSplits.from_manifest(manifest["data"])
+    _check_same_data(splits, manifest)
+    import keras
+
+    from edgetl.distribute import place
+    from edgetl.model import build_classifier
+
+    t0 = time.perf_counter()
+    placement = place(cfg.strategy, cfg.mixed_precision, timeout=float(os.environ.get("EDGETL_WORKER_TIMEOUT", 120)))
+    keras.utils.set_random_seed(cfg.seed)
+    with placement.strategy.scope():
+        base = build_base(spec, weights=cfg.weights, alpha=cfg.alpha, image_size=size)
+        clf = build_classifier(base, image_size=size, num_classes=len(splits.class_names), preprocessing=mode,
+                               dropout=cfg.dropout, seed=cfg.seed)
+    try:
+        return _train(cfg, spec, size, mode, splits, clf, placement, run.path, reporter, t0, manifest=manifest)
+    finally:
+        if placement.mixed_precision:
+            from edgetl.distribute import restore_float32_policy
+
+            restore_float32_policy()
+
+
+def _file_stats(splits: Any) -> dict[str, list[int]]:
+    out = {}
+    for split in ("train", "val", "test"):
+        for item in getattr(splits, split):
+            try:
+                st = os.stat(os.path.join(splits.root, item.path))
+                out[item.path] = [st.st_size, st.st_mtime_ns]
+            except OSError:
+                out[item.path] = [-1, -1]
+    return out
+
+
+def _check_same_data(splits: Any, manifest: dict[str, Any]) -> None:
+    """Refuse to resume on changed data, saying what changed."""
+    from edgetl.data import scan_folder
+    from edgetl.errors import DataError
+
+    recorded = manifest.get("data_files", {})
+    now = _file_stats(splits)
+    try:
+        fresh = scan_folder(splits.root, val_split=0.0, test_split=0.0, max_bad_fraction=1.0)
+        present = {i.path for s in ("train", "val", "test") for i in getattr(fresh, s)}
+        added = sorted(present - set(now) - {p for p, _ in splits.skipped})
+    except Exception:  # the folder may be gone entirely; missing files say enough
+        added = []
+    if not added and splits.fingerprint() == manifest["data"].get("fingerprint"):
+        return
+    missing = [p for p, st in now.items() if st[0] < 0]
+    modified = [p for p, st in now.items() if st[0] >= 0 and recorded.get(p) not in (None, st)]
+    parts = [f"{len(v)} {what} (e.g. {v[0]})" for what, v in (("missing", missing), ("modified", modified),
+                                                                ("added", added)) if v]
+    detail = "; ".join(parts) or "file list or labels differ"
+    raise DataError(f"the data in '{splits.root}' changed since the run started: {detail}. Resume needs the same "
+                    "data: restore it, or start a new run.")
 
 
 def _manifest(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: Any, clf: Any) -> dict[str, Any]:
@@ -228,6 +341,7 @@ def _manifest(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits
         "output": {"kind": "probabilities", "layer": "predictions", "classes": len(splits.class_names)},
         "class_names": splits.class_names,
         "data": splits.to_manifest(),
+        "data_files": _file_stats(splits),  # size and mtime of each image: resume says what changed
         "parent": None,
         "files": {"model": rundir.MODEL_FILE, "labels": rundir.LABELS_FILE, "history": rundir.HISTORY_FILE,
                   "metrics": rundir.METRICS_FILE},
@@ -304,8 +418,11 @@ def _features(clf: Any, splits: Any, name: str, size: int, batch_size: int, repo
 
 
 def _fit(model: Any, train: Any, val: Any, cfg: TrainConfig, lr: float, epochs: int, stage: str,
-         history: _History, reporter: Reporter, placement: Any) -> int:
-    """Compile and fit with early stopping on val loss (train loss without a val split); best weights kept."""
+         history: _History, reporter: Reporter, placement: Any, ckpt: Any, state: Any) -> int:
+    """Compile and fit with early stopping on val loss (train loss without a val split); best weights kept.
+
+    Each epoch ends with a checkpoint; `state` (from a checkpoint of this stage) resumes after its epoch.
+    """
     import keras
 
     if epochs == 0:
@@ -313,16 +430,81 @@ def _fit(model: Any, train: Any, val: Any, cfg: TrainConfig, lr: float, epochs: 
     with placement.strategy.scope():
         model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss="sparse_categorical_crossentropy",
                       metrics=["accuracy"], jit_compile=bool(cfg.xla))
+    resume = state if state is not None and state.stage == stage and state.epochs_done else None
+    if resume is not None:
+        ckpt.restore(model, resume)
+    if resume is not None and resume.epochs_done >= epochs or resume is not None and resume.early_stop.get("stopped"):
+        _restore_best(model, ckpt, resume)
+        return history.count(stage)
     monitor = "val_loss" if val is not None else "loss"
-    stop = keras.callbacks.EarlyStopping(monitor=monitor, patience=max(cfg.patience, 1), restore_best_weights=True)
-    callbacks = [stop, history.callback(stage, lr), keras_callback(reporter, stage, epochs, _steps(train, cfg))]
+    stop = _ResumableStop(resume.early_stop if resume else None, ckpt.best_weights(resume) if resume else None,
+                          monitor=monitor, patience=max(cfg.patience, 1), restore_best_weights=True)
+    save = _Checkpoint(ckpt, stop, stage, history, placement.chief)
+    # Order matters: the history row and early stopping see the epoch before its checkpoint is written.
+    callbacks = [history.callback(stage, lr), stop, save,
+                 keras_callback(reporter, stage, epochs, _steps(train, cfg))]
     if isinstance(train, tuple):  # cached features: as tf.data, which every strategy distributes
         train = _feature_dataset(train, cfg.batch_size, shuffle=True, seed=cfg.seed)
         val = _feature_dataset(val, cfg.batch_size, shuffle=False, seed=cfg.seed) if val is not None else None
     if placement.name == "multiworker":
         _local_symbolic_build(model, train)
-    model.fit(train, validation_data=val, epochs=epochs, callbacks=callbacks, verbose=0, shuffle=False)
-    return len([r for r in history.rows if r["stage"] == stage])
+    model.fit(train, validation_data=val, epochs=epochs, callbacks=callbacks, verbose=0, shuffle=False,
+              initial_epoch=resume.epochs_done if resume else 0)
+    return history.count(stage)
+
+
+def _restore_best(model: Any, ckpt: Any, state: Any) -> None:
+    best = ckpt.best_weights(state)
+    if best is not None:
+        model.set_weights(best)
+
+
+def _resumable_stop_class() -> Any:
+    import keras
+
+    class ResumableStop(keras.callbacks.EarlyStopping):
+        """EarlyStopping whose counters and best weights survive a restart."""
+
+        def __init__(self, saved: dict[str, Any] | None, best: list[np.ndarray] | None, **kw: Any) -> None:
+            super().__init__(**kw)
+            self.saved, self.saved_best = saved, best
+
+        def on_train_begin(self, logs: Any = None) -> None:
+            super().on_train_begin(logs)
+            if self.saved and self.saved.get("best") is not None:
+                self.wait = int(self.saved["wait"])
+                self.best = float(self.saved["best"])
+                self.best_epoch = int(self.saved["best_epoch"])
+                self.best_weights = self.saved_best
+
+    return ResumableStop
+
+
+def _ResumableStop(saved: dict[str, Any] | None, best: list[np.ndarray] | None, **kw: Any) -> Any:  # noqa: N802
+    return _resumable_stop_class()(saved, best, **kw)
+
+
+def _Checkpoint(ckpt: Any, stop: Any, stage: str, history: _History, chief: bool) -> Any:  # noqa: N802
+    """A callback that checkpoints model, optimizer and early-stopping state after each epoch."""
+    import keras
+
+    from edgetl.checkpoint import State
+
+    class _Save(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            if not chief:
+                return
+            improved = stop.best_epoch == epoch and stop.best_weights is not None
+            early = {"wait": stop.wait, "best": None if stop.best is None else float(stop.best),
+                     "best_epoch": stop.best_epoch, "stopped": bool(self.model.stop_training)}
+            prev = ckpt.load()
+            if not improved and prev.stage == stage:
+                early["best_file"] = prev.early_stop.get("best_file")
+            state = State(stage=stage, epochs_done=epoch + 1, head_done=stage != "head",
+                          history_rows=len(history.rows), early_stop=early)
+            ckpt.save(state, self.model, best=stop.best_weights if improved else None)
+
+    return _Save()
 
 
 def _local_symbolic_build(model: Any, train: Any) -> None:
@@ -356,11 +538,23 @@ def _steps(train: Any, cfg: TrainConfig) -> int | None:
 class _History:
     """history.csv, one row per epoch, appended and flushed as training goes."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, keep_rows: int | None = None) -> None:
+        """Start a new history, or (resuming) keep the first `keep_rows` rows: the checkpointed epochs."""
         self.path = path
         self.rows: list[dict[str, Any]] = []
-        with open(path, "w", newline="") as f:
-            csv.writer(f).writerow(HISTORY_COLUMNS)
+        if keep_rows is not None and path.is_file():
+            with open(path, newline="") as f:
+                self.rows = list(csv.DictReader(f))[:keep_rows]
+        # Rewritten whole (atomically): rows of epochs after the last checkpoint are dropped, never duplicated.
+        from edgetl.fileio import atomic_path
+
+        with atomic_path(path, suffix=".csv") as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, HISTORY_COLUMNS)
+            writer.writeheader()
+            writer.writerows(self.rows)
+
+    def count(self, stage: str) -> int:
+        return sum(1 for r in self.rows if r["stage"] == stage)
 
     def callback(self, stage: str, lr: float) -> Any:
         import keras
