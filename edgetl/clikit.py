@@ -62,13 +62,18 @@ def load_tensorflow() -> None:
 def err_console() -> Any:
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, width=_width(2))
 
 
 def out_console() -> Any:
     from rich.console import Console
 
-    return Console(highlight=False)
+    return Console(highlight=False, width=_width(1))
+
+
+def _width(fd: int) -> int | None:
+    # In CI logs and pipes rich would squeeze tables to 80 columns and cut paths.
+    return None if os.isatty(fd) else 160
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -166,13 +171,15 @@ class RichReporter(Reporter):
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], stderr: bool = False) -> None:
     """A table for people (rich); scripts should use --json."""
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left")
+    # Class names and paths are data: '[cat]' must print as is, not as rich markup.
+    table = Table(title=escape(title), title_justify="left")
     for c in columns:
-        table.add_column(c)
+        table.add_column(escape(c))
     for r in rows:
-        table.add_row(*["" if v is None else str(v) for v in r])
+        table.add_row(*["" if v is None else escape(str(v)) for v in r])
     (err_console() if stderr else out_console()).print(table)
 
 
