@@ -103,21 +103,8 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     for path, reason in splits.skipped:
         reporter.info(f"skipped unreadable file {path}: {reason}")
 
-    import keras
-
-    from edgetl.distribute import place
-
     t0 = time.perf_counter()
-    placement = place(cfg.strategy, cfg.mixed_precision, timeout=float(os.environ.get("EDGETL_WORKER_TIMEOUT", 120)))
-    reporter.info(placement.describe(cfg.batch_size))
-    keras.utils.set_random_seed(cfg.seed)
-    reporter.info(f"building {spec.name} ({cfg.weights} weights) at {size}x{size}")
-    from edgetl.model import build_classifier
-
-    with placement.strategy.scope():
-        base = build_base(spec, weights=cfg.weights, alpha=cfg.alpha, image_size=size)
-        clf = build_classifier(base, image_size=size, num_classes=len(splits.class_names), preprocessing=mode,
-                               dropout=cfg.dropout, seed=cfg.seed)
+    placement, clf = _place_and_build(cfg, spec, size, mode, len(splits.class_names), reporter)
     # Only the chief writes the run directory; other workers train in a scratch folder they delete.
     if placement.chief:
         run_path = rundir.prepare_output(output, force=cfg.force)
@@ -128,10 +115,33 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     finally:
         if not placement.chief:
             shutil.rmtree(run_path, ignore_errors=True)
-        if placement.mixed_precision:
-            from edgetl.distribute import restore_float32_policy
+        _restore_policy(placement)
 
-            restore_float32_policy()
+
+def _place_and_build(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, n_classes: int,
+                     reporter: Reporter) -> tuple[Any, Any]:
+    """Choose the strategy and precision, then build the classifier in the strategy's scope."""
+    import keras
+
+    from edgetl.distribute import place
+    from edgetl.model import build_classifier
+
+    placement = place(cfg.strategy, cfg.mixed_precision, timeout=float(os.environ.get("EDGETL_WORKER_TIMEOUT", 120)))
+    reporter.info(placement.describe(cfg.batch_size))
+    keras.utils.set_random_seed(cfg.seed)
+    reporter.info(f"building {spec.name} ({cfg.weights} weights) at {size}x{size}")
+    with placement.strategy.scope():
+        base = build_base(spec, weights=cfg.weights, alpha=cfg.alpha, image_size=size)
+        clf = build_classifier(base, image_size=size, num_classes=n_classes, preprocessing=mode,
+                               dropout=cfg.dropout, seed=cfg.seed)
+    return placement, clf
+
+
+def _restore_policy(placement: Any) -> None:
+    if placement.mixed_precision:
+        from edgetl.distribute import restore_float32_policy
+
+        restore_float32_policy()
 
 
 def _train(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: Any, clf: Any, placement: Any,
@@ -269,25 +279,12 @@ def resume(run_dir: str | os.PathLike[str], reporter: Reporter | None = None) ->
     spec, size, mode = plan(cfg)
     splits = DataSplits.from_manifest(manifest["data"])
     _check_same_data(splits, manifest)
-    import keras
-
-    from edgetl.distribute import place
-    from edgetl.model import build_classifier
-
     t0 = time.perf_counter()
-    placement = place(cfg.strategy, cfg.mixed_precision, timeout=float(os.environ.get("EDGETL_WORKER_TIMEOUT", 120)))
-    keras.utils.set_random_seed(cfg.seed)
-    with placement.strategy.scope():
-        base = build_base(spec, weights=cfg.weights, alpha=cfg.alpha, image_size=size)
-        clf = build_classifier(base, image_size=size, num_classes=len(splits.class_names), preprocessing=mode,
-                               dropout=cfg.dropout, seed=cfg.seed)
+    placement, clf = _place_and_build(cfg, spec, size, mode, len(splits.class_names), reporter)
     try:
         return _train(cfg, spec, size, mode, splits, clf, placement, run.path, reporter, t0, manifest=manifest)
     finally:
-        if placement.mixed_precision:
-            from edgetl.distribute import restore_float32_policy
-
-            restore_float32_policy()
+        _restore_policy(placement)
 
 
 def _file_stats(splits: Any) -> dict[str, list[int]]:
