@@ -99,9 +99,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     if Path(output).is_dir() and any(Path(output).iterdir()) and not cfg.force:
         rundir.prepare_output(output, force=False)
     splits = scan_folder(cfg.data, val_split=cfg.val_split, test_split=cfg.test_split, seed=cfg.seed,
-                         max_bad_fraction=cfg.max_bad_fraction)
-    for path, reason in splits.skipped:
-        reporter.info(f"skipped unreadable file {path}: {reason}")
+                         max_bad_fraction=cfg.max_bad_fraction)  # it warns about each skipped file
 
     t0 = time.perf_counter()
     placement, clf = _place_and_build(cfg, spec, size, mode, len(splits.class_names), reporter)
