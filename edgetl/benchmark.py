@@ -73,10 +73,13 @@ class BenchOptions:
             raise UsageError(f"--threads {self.threads} is out of range. Use 1 or more.")
         if self.warmup < 0:
             raise UsageError(f"--warmup {self.warmup} is out of range. Use 0 or more.")
-        if self.min_runs < 1:
-            raise UsageError(f"--runs {self.min_runs} is out of range. Use 1 or more.")
-        if self.min_seconds < 0 or self.max_seconds <= 0:
-            raise UsageError("--min-seconds must be 0 or more and --max-seconds above 0.")
+        if self.warmup > 100_000:
+            raise UsageError(f"--warmup {self.warmup} is out of range. Use 0..100000.")
+        if not 1 <= self.min_runs <= 1_000_000:
+            raise UsageError(f"--runs {self.min_runs} is out of range. Use 1..1000000 (--max-seconds bounds the time).")
+        if not (0 <= self.min_seconds <= 86_400 and 0 < self.max_seconds <= 86_400):  # also false for NaN
+            raise UsageError(f"--min-seconds {self.min_seconds} / --max-seconds {self.max_seconds} are out of range. "
+                             "Use --min-seconds 0..86400 and --max-seconds above 0, up to 86400.")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -158,7 +158,7 @@ def evaluate(model: str, data: str | None, top_k: int, batch_size: int, threads:
 
     # Every option is checked before a model is loaded: a typo costs no TensorFlow start-up.
     for name, v in (("--min-accuracy", min_accuracy), ("--max-drop", max_drop), ("--min-agreement", min_agreement),
-                    ("--min-class-recall", min_class_recall)):
+                    ("--min-class-recall", min_class_recall), ("--max-bad-fraction", max_bad_fraction)):
         check_fraction(name, v)
     if max_drop is not None and baseline is None and reference is None:
         raise UsageError("--max-drop needs something to compare with. Add --baseline FILE or --reference MODEL.")

@@ -63,6 +63,9 @@ class TrainConfig:
                 f"--val-split {self.val_split} + --test-split {self.test_split} leave too little to train on. "
                 "Keep their sum below 0.9."
             )
+        if not 0 <= self.seed <= 2**32 - 1:
+            # TensorFlow and numpy take 32-bit unsigned seeds; a negative one failed deep inside training.
+            raise UsageError(f"--seed {self.seed} is out of range. Use an integer 0..{2**32 - 1}, e.g. 42.")
         if not 0 <= self.max_bad_fraction <= 1:
             raise UsageError(f"--max-bad-fraction {self.max_bad_fraction} is out of range. Use 0..1, e.g. 0.05.")
         if self.feature_cache not in ("auto", "off"):
@@ -90,11 +93,19 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     import yaml
 
     p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"recipe '{path}' is a folder. Pass a YAML file to --config.")
     if not p.is_file():
         raise UsageError(f"recipe '{path}' does not exist. Pass a YAML file to --config.")
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"recipe '{path}' cannot be read ({exc.strerror or exc}). Check its permissions.") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"recipe '{path}' is not UTF-8 text. Save it as UTF-8 YAML or remove --config.") from None
+    try:
+        raw = yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError) as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
         raise UsageError(f"recipe '{path}' is not valid YAML{at}. Fix the file or remove --config.") from None
@@ -132,7 +143,11 @@ def coerce(cls: type, name: str, value: Any, source: str) -> Any:
     if int in allowed and isinstance(value, int) and not isinstance(value, bool):
         return value
     if float in allowed and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # a YAML integer with hundreds of digits
+            raise UsageError(f"key '{name}' in {source} is too large ({str(value)[:20]}...). "
+                             "Fix the value in the recipe.") from None
     if str in allowed and isinstance(value, (str, int)) and not isinstance(value, bool):
         return str(value)
     names = " or ".join(t.__name__ for t in allowed if t is not type(None))

@@ -128,7 +128,7 @@ class DataSplits:
             skipped = [(str(p), str(r)) for p, r in d.get("skipped", [])]
             return cls(root=str(d["root"]), class_names=class_names, skipped=skipped,
                        layout=str(d.get("layout", "class-folders")), **splits)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as exc:
             raise DataError(f"the data section of the manifest is invalid ({exc}). "
                             "Re-run train to write a new run folder.") from None
 

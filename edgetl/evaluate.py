@@ -7,6 +7,7 @@ image size the model's own metadata names, probabilities out, edgetl.metrics on 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -431,8 +432,16 @@ def write_plots(result: dict[str, Any], directory: str | os.PathLike[str]) -> li
         raise UsageError(f"--plots '{d}' is a file. Pass a folder.")
     title = f"Confusion matrix: {Path(result['model']['path']).name} (accuracy {_f(result.get('accuracy'))})"
     paths = []
+    created = not d.exists()
     cm_path = d / "confusion_matrix.png"
-    plot_confusion(result["confusion_matrix"], result["class_names"], cm_path, title=title)
+    try:
+        plot_confusion(result["confusion_matrix"], result["class_names"], cm_path, title=title)
+    except BaseException:
+        # A full disk or an interrupt must not leave behind an empty folder that this call made.
+        if created:
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
     paths.append(str(cm_path))
     return paths
 

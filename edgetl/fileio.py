@@ -16,7 +16,7 @@ from edgetl.errors import EdgetlError
 
 def _oserror(path: Path, exc: OSError) -> EdgetlError:
     reason = exc.strerror or str(exc)
-    return EdgetlError(f"cannot write '{path}': {reason}. Choose a writable folder with free space (--output).")
+    return EdgetlError(f"cannot write '{path}': {reason}. Free some space or choose a writable folder.")
 
 
 @contextlib.contextmanager

@@ -144,4 +144,5 @@ def load_model(path: str, *, safe_mode: bool = True) -> Any:
         if "safe_mode" in reason or "unsafe" in reason.lower():
             raise ModelError(f"'{path}' contains code (e.g. a Lambda layer) that safe mode will not run. Pass --unsafe "
                              "only if you trust the file.") from None
-        raise ModelError(f"cannot load Keras model '{path}': {reason}") from None
+        raise ModelError(f"cannot load Keras model '{path}': {reason.rstrip('.')}. Pass a .keras file saved by "
+                         "Keras 3 (model.save('model.keras')) or a run directory.") from None

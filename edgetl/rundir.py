@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetl import __version__
-from edgetl.errors import ModelError, RunExistsError
+from edgetl.errors import EdgetlError, ModelError, RunExistsError
 
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.keras"
@@ -65,8 +65,17 @@ def prepare_output(path: str | Path, force: bool) -> Path:
                 f"output folder '{p}' holds files that are not an edgetl run; edgetl will not delete them even "
                 "with --force. Choose another --output."
             )
-        shutil.rmtree(p)
-    p.mkdir(parents=True, exist_ok=True)
+        try:
+            shutil.rmtree(p)
+        except OSError as exc:
+            raise RunExistsError(f"cannot replace output folder '{p}': {exc.strerror or exc}. "
+                                 "Check its permissions or choose another --output.") from None
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        # A read-only or full disk: one line naming the folder, not a traceback from mkdir.
+        raise EdgetlError(f"cannot create output folder '{p}': {exc.strerror or exc}. Choose a writable folder "
+                          "with free space (--output).") from None
     return p
 
 

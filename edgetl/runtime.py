@@ -497,6 +497,9 @@ def detect_kind(path: str | os.PathLike[str]) -> str:
                          f"saved_model.pb). Pass {_ALLOWED}.")
     suffix = p.suffix.lower()
     head = _head(p, 8)
+    if not head:
+        # Every runtime says something cryptic about an empty buffer; a crashed copy or download is the usual cause.
+        raise ModelError(f"model file '{p}' is empty (0 bytes). Copy or export it again.")
     if suffix == ".keras":
         return "keras"
     if suffix == ".tflite" or head[4:8] == b"TFL3":
