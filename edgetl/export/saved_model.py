@@ -1,0 +1,72 @@
+"""SavedModel export: the Keras classifier as a TensorFlow SavedModel folder.
+
+The folder has one signature, serving_default, taking "image" (float32, N x H x W x 3, RGB 0..255)
+and returning the class probabilities. It is what TensorFlow Serving, TF.js and the TFLite and
+ONNX converters read; edgetl's own TFLite and ONNX exports start from it. The edgetl metadata goes
+to assets.extra/edgetl_metadata.json and the labels to assets.extra/labels.txt.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from edgetl.errors import ExportError
+from edgetl.export import quiet_native_stderr
+from edgetl.export.metadata import SAVED_MODEL_DIR, write_saved_model_metadata
+from edgetl.fileio import atomic_path
+
+
+def save_serving(model: Any, directory: str | os.PathLike[str], *, batch: int | None = None) -> Path:
+    """Write `model` as a SavedModel with a serving_default signature (no metadata, not atomic).
+
+    Args:
+        model: the Keras classifier.
+        directory: the folder to create.
+        batch: a fixed batch size for the signature; None keeps the batch axis free.
+
+    Raises:
+        ExportError: Keras could not trace or save the model.
+    """
+    d = Path(directory)
+    kwargs: dict[str, Any] = {}
+    if batch is not None:
+        import tensorflow as tf
+
+        shape = (batch, *tuple(model.inputs[0].shape)[1:])
+        kwargs["input_signature"] = [tf.TensorSpec(shape, tf.float32, name=model.inputs[0].name)]
+    try:
+        with quiet_native_stderr():
+            model.export(str(d), format="tf_saved_model", verbose=False, **kwargs)
+    except Exception as exc:
+        text = str(exc).strip().splitlines()
+        raise ExportError(f"cannot save the model as a SavedModel: {text[0][:300] if text else type(exc).__name__}."
+                          ) from None
+    return d
+
+
+def export_saved_model(model_or_savedmodel: Any, path: str | os.PathLike[str], *,
+                       meta: dict[str, Any] | None = None) -> Path:
+    """Write the SavedModel folder `path` atomically (a temporary folder beside it, then a rename).
+
+    Args:
+        model_or_savedmodel: a Keras model, or an already written SavedModel folder to copy.
+        path: the folder to create (replaced if it exists: the caller checks --force).
+        meta: the edgetl metadata; None writes none.
+
+    Returns:
+        The written folder.
+    """
+    with atomic_path(path, suffix=".saved_model") as tmp:
+        if isinstance(model_or_savedmodel, (str, os.PathLike)):
+            shutil.copytree(os.fspath(model_or_savedmodel), tmp)
+        else:
+            save_serving(model_or_savedmodel, tmp)
+        if meta is not None:
+            write_saved_model_metadata(tmp, meta)
+            names = meta.get("class_names") or []
+            if names:
+                (tmp / SAVED_MODEL_DIR / "labels.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
+    return Path(path)

@@ -1,0 +1,597 @@
+"""edgetl export: every format and mode on a tiny model, opened in its real runtime.
+
+One small run (a tiny CNN backbone trained on generated shape images, 32 px) is exported once to
+every format and mode; the tests then open the files in the stock runtimes (ai_edge_litert,
+onnxruntime, TensorFlow) and check dtypes, shapes, metadata, parity with Keras and sizes. Inputs
+are real-looking images (pixels 0..255 of generated pictures) as well as noise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+SIZE = 32
+ALL_TFLITE = ("none", "float16", "dynamic", "int8", "int8-full", "int16x8")
+ALL_ONNX = ("none", "int8", "dynamic")
+
+
+# ----------------------------------------------------------------------------------------------
+# Fixtures: a run directory built the way `edgetl train` lays it out, without depending on train
+
+
+def _tiny_backbone(path: Path) -> None:
+    """A small CNN with the ops real backbones use (conv, BN, ReLU6, depthwise, add), saved as .keras."""
+    import keras
+
+    inp = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False)(inp)
+    x = keras.layers.BatchNormalization(momentum=0.5)(x)
+    x = keras.layers.ReLU(6.0)(x)
+    y = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False)(x)
+    y = keras.layers.BatchNormalization(momentum=0.5)(y)
+    y = keras.layers.ReLU(6.0)(y)
+    y = keras.layers.Conv2D(32, 1)(y)
+    x = keras.layers.Add()([x, y])
+    x = keras.layers.Conv2D(96, 3, strides=2, padding="same", activation="relu")(x)
+    x = keras.layers.Conv2D(128, 3, strides=2, padding="same", activation="relu")(x)
+    keras.Model(inp, x, name="tiny_cnn").save(path)
+
+
+def make_run(data: Path, out: Path, backbone_file: Path, epochs: int = 25) -> Path:
+    """Train the tiny backbone end to end on `data` and write a complete run directory to `out`."""
+    import keras
+
+    from edgetl import rundir
+    from edgetl.backbones import build_base, resolve_backbone
+    from edgetl.data import load_images, scan_folder
+    from edgetl.fileio import write_json, write_text
+    from edgetl.model import build_classifier
+
+    keras.utils.set_random_seed(0)
+    splits = scan_folder(data, val_split=0.15, test_split=0.25, seed=0)
+    spec = resolve_backbone(str(backbone_file))
+    base = build_base(spec, weights="none", alpha=None, image_size=SIZE)
+    clf = build_classifier(base, image_size=SIZE, num_classes=len(splits.class_names), preprocessing="tf",
+                           dropout=0.0)
+    base.trainable = True
+    x = load_images(splits.root, splits.train, (SIZE, SIZE)).astype("float32")
+    y = np.array([i.label for i in splits.train])
+    clf.model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    clf.model.fit(x, y, epochs=epochs, batch_size=16, verbose=0)
+    base.trainable = False
+    out.mkdir(parents=True)
+    clf.model.save(out / rundir.MODEL_FILE)
+    manifest = {
+        "edgetl_run": rundir.SCHEMA_VERSION, "status": "complete", "versions": {"edgetl": "test"},
+        "backbone": {"kind": "file", "name": str(backbone_file), "weights": "none", "alpha": None},
+        "input": {"image_size": [SIZE, SIZE], "channels": 3, "color": "RGB", "layout": "NHWC", "dtype": "float32",
+                  "pixel_range": [0, 255], "preprocessing": "tf", "preprocessing_in_model": True},
+        "class_names": splits.class_names, "data": splits.to_manifest(),
+        "files": {"model": rundir.MODEL_FILE, "labels": rundir.LABELS_FILE},
+    }
+    write_json(out / rundir.MANIFEST, manifest)
+    write_text(out / rundir.LABELS_FILE, "\n".join(splits.class_names) + "\n")
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from edgetl.demodata import write_demo_data
+
+    root = tmp_path_factory.mktemp("export")
+    data = root / "data"
+    write_demo_data(data, per_class=40, seed=3, size_range=(36, 80))
+    backbone = root / "tiny_cnn.keras"
+    _tiny_backbone(backbone)
+    return make_run(data, root / "run", backbone)
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Every format and mode, verified; more calibration samples asked than there are training images."""
+    from edgetl.export import export_run
+
+    out = tmp_path_factory.mktemp("exported") / "files"
+    return export_run(tiny_run, formats=("tflite", "onnx", "saved_model"), quantize=ALL_TFLITE + ("dynamic",),
+                      output=out, calibration_samples=500, threads=2)
+
+
+def _row(report: Any, fmt: str, mode: str) -> dict[str, Any]:
+    rows = [r for r in report.rows if r["format"] == fmt and r["mode"] == mode]
+    assert len(rows) == 1, (fmt, mode, [(r["format"], r["mode"]) for r in report.rows])
+    return rows[0]
+
+
+def _held_out(run: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The run's test images as uint8 pixels 0..255, decoded as training decodes them, and labels."""
+    from edgetl.data import load_images
+    from edgetl.rundir import load_run
+
+    splits = load_run(run).splits()
+    return load_images(splits.root, splits.test, (SIZE, SIZE)), np.array([i.label for i in splits.test])
+
+
+def _keras_probs(run: Path, x: np.ndarray) -> np.ndarray:
+    from edgetl.rundir import load_run
+
+    model = load_run(run).load_model()
+    return np.asarray(model(x.astype(np.float32), training=False))
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole export
+
+
+def test_every_format_and_mode_is_written_and_verified(exported: Any) -> None:
+    pairs = {(r["format"], r["mode"]) for r in exported.rows}
+    want = {("tflite", m) for m in ALL_TFLITE} | {("onnx", m) for m in ALL_ONNX} | {("saved_model", "none")}
+    assert pairs == want
+    for r in exported.rows:
+        assert r["status"] == "ok", r
+        assert Path(r["path"]).exists()
+        for key in ("size_mb", "accuracy", "drop", "agreement", "max_abs_diff", "latency_ms"):
+            assert r[key] is not None, (r["format"], r["mode"], key)
+        assert r["agreement"] >= 0.75, r  # even int8 mostly agrees with Keras on this easy model
+    assert exported.reference["accuracy"] is not None
+    out = exported.output
+    doc = json.loads(exported.json_path.read_text())
+    assert [(r["format"], r["mode"]) for r in doc["rows"]] == [(r["format"], r["mode"]) for r in exported.rows]
+    assert exported.json_path.parent == out
+    # No staging or temporary files are left beside the exports.
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_labels_beside_match_run(exported: Any, tiny_run: Path) -> None:
+    from edgetl.rundir import load_run
+
+    assert (exported.output / "labels.txt").read_text().split() == load_run(tiny_run).class_names
+
+
+def test_fewer_calibration_images_than_asked_warns_and_goes_on(exported: Any) -> None:
+    assert any("calibration" in w and "asked for 500" in w for w in exported.warnings)
+    assert 0 < exported.verify["calibration_samples"] < 500
+
+
+def test_file_names_tell_backbone_size_and_mode_apart(exported: Any) -> None:
+    names = sorted(Path(r["path"]).name for r in exported.rows)
+    assert len(set(names)) == len(names)
+    for r in exported.rows:
+        name = Path(r["path"]).name
+        assert name.startswith(f"tiny_cnn-{SIZE}-"), name
+    assert f"tiny_cnn-{SIZE}-int8-full-uint8.tflite" in names
+    assert f"tiny_cnn-{SIZE}-float32.onnx" in names
+    assert f"tiny_cnn-{SIZE}-saved_model" in names
+
+
+# ----------------------------------------------------------------------------------------------
+# Each file in its own runtime
+
+
+@pytest.mark.parametrize("mode", ALL_TFLITE)
+def test_tflite_loads_in_litert_with_expected_io(exported: Any, mode: str) -> None:
+    from ai_edge_litert.interpreter import Interpreter
+
+    path = _row(exported, "tflite", mode)["path"]
+    it = Interpreter(model_path=path)
+    it.allocate_tensors()
+    (inp,), (out,) = it.get_input_details(), it.get_output_details()
+    want = np.uint8 if mode == "int8-full" else np.float32
+    assert inp["dtype"] == want and out["dtype"] == want
+    assert list(inp["shape"]) == [1, SIZE, SIZE, 3]
+    # Dynamic batch, except full-integer files: their targets (Edge TPU, NPUs, MCUs) need static shapes.
+    batch = 1 if mode == "int8-full" else -1
+    assert list(inp["shape_signature"]) == [batch, SIZE, SIZE, 3]
+    assert list(out["shape"]) == [1, 4]
+
+
+def test_int8_full_uint8_takes_camera_pixels_unchanged(exported: Any, tiny_run: Path) -> None:
+    """Input quantization is the identity, so raw uint8 frames go straight into the stock interpreter."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=_row(exported, "tflite", "int8-full")["path"])
+    it.allocate_tensors()
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    assert inp["quantization"] == (1.0, 0)
+    x, _ = _held_out(tiny_run)
+    ref = _keras_probs(tiny_run, x)
+    scale, zp = out["quantization"]
+    probs = []
+    for img in x:
+        it.set_tensor(inp["index"], img[None])
+        it.invoke()
+        probs.append((it.get_tensor(out["index"]).astype(np.float32) - zp) * scale)
+    probs = np.concatenate(probs)
+    assert (probs.argmax(1) == ref.argmax(1)).mean() >= 0.75
+    assert np.abs(probs - ref).max() < 0.35
+
+
+def test_onnx_files_load_in_onnxruntime_with_dynamic_batch(exported: Any, tiny_run: Path) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    x, _ = _held_out(tiny_run)
+    for mode in ALL_ONNX:
+        path = _row(exported, "onnx", mode)["path"]
+        model = onnx.load(path)
+        onnx.checker.check_model(model, full_check=True)
+        opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+        assert opset >= 17
+        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        (i,), (o,) = sess.get_inputs(), sess.get_outputs()
+        assert (i.name, i.type, i.shape) == ("image", "tensor(float)", ["batch", SIZE, SIZE, 3])
+        assert o.name == "probabilities" and o.shape[-1] == 4
+        got = sess.run(None, {"image": x[:3].astype(np.float32)})[0]
+        assert got.shape == (3, 4) and np.allclose(got.sum(1), 1, atol=0.05)
+
+
+def test_saved_model_loads_in_tensorflow(exported: Any, tiny_run: Path) -> None:
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(_row(exported, "saved_model", "none")["path"])
+    fn = loaded.signatures["serving_default"]
+    x, _ = _held_out(tiny_run)
+    out = fn(image=tf.constant(x[:5].astype(np.float32)))
+    probs = next(iter(out.values())).numpy()
+    assert probs.shape == (5, 4)
+    assert np.abs(probs - _keras_probs(tiny_run, x[:5])).max() < 1e-5
+
+
+def test_float_files_match_keras_on_images_and_noise(exported: Any, tiny_run: Path) -> None:
+    """Independently of export's own check: stock runtimes, real-looking images and uniform noise."""
+    import onnxruntime as ort
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgetl.export import FLOAT_TOLERANCE
+
+    x, _ = _held_out(tiny_run)
+    noise = np.random.default_rng(0).integers(0, 256, size=(4, SIZE, SIZE, 3), dtype=np.uint8)
+    batch = np.concatenate([x, noise]).astype(np.float32)
+    ref = _keras_probs(tiny_run, batch)
+    it = Interpreter(model_path=_row(exported, "tflite", "none")["path"])
+    inp = it.get_input_details()[0]
+    it.resize_tensor_input(inp["index"], list(batch.shape))
+    it.allocate_tensors()
+    it.set_tensor(inp["index"], batch)
+    it.invoke()
+    tfl = it.get_tensor(it.get_output_details()[0]["index"])
+    sess = ort.InferenceSession(_row(exported, "onnx", "none")["path"], providers=["CPUExecutionProvider"])
+    onx = sess.run(None, {"image": batch})[0]
+    assert np.abs(tfl - ref).max() <= FLOAT_TOLERANCE
+    assert np.abs(onx - ref).max() <= FLOAT_TOLERANCE
+    for mode in ("none",):
+        assert _row(exported, "tflite", mode)["max_abs_diff"] <= FLOAT_TOLERANCE
+    assert _row(exported, "onnx", "none")["max_abs_diff"] <= FLOAT_TOLERANCE
+    assert _row(exported, "saved_model", "none")["max_abs_diff"] <= FLOAT_TOLERANCE
+
+
+def test_quantized_files_are_smaller(exported: Any) -> None:
+    f32 = _row(exported, "tflite", "none")["size_mb"]
+    for mode, ratio in (("float16", 0.6), ("dynamic", 0.4), ("int8", 0.4), ("int8-full", 0.4), ("int16x8", 0.5)):
+        assert _row(exported, "tflite", mode)["size_mb"] < ratio * f32, mode
+    o32 = _row(exported, "onnx", "none")["size_mb"]
+    assert _row(exported, "onnx", "int8")["size_mb"] < 0.5 * o32
+    assert _row(exported, "onnx", "dynamic")["size_mb"] < 0.5 * o32
+
+
+def test_metadata_round_trips_in_every_file(exported: Any, tiny_run: Path) -> None:
+    from edgetl.export.metadata import build_metadata, read_metadata
+    from edgetl.rundir import load_run
+    from edgetl.runtime import open_model
+
+    run = load_run(tiny_run)
+    for r in exported.rows:
+        io = r.get("io_type")
+        want = build_metadata(run, fmt=r["format"], quantization=r["mode"], io_type=io)
+        got = read_metadata(r["path"])
+        assert got is not None, r["path"]
+        for key in ("edgetl_version", "format", "quantization", "class_names", "image_size", "color", "layout",
+                    "pixel_range", "input_dtype", "backbone", "preprocessing_in_model", "run"):
+            assert got[key] == want[key], (r["path"], key)
+        assert got["image_size"] == [SIZE, SIZE] and got["color"] == "RGB" and got["layout"] == "NHWC"
+        assert got["input_dtype"] == ("uint8" if r["mode"] == "int8-full" else "float32")
+        assert len(got["run"]["fingerprint"]) == 64
+        assert got["batch"] == (1 if r["mode"] == "int8-full" else None)
+        runner = open_model(r["path"])
+        assert runner.class_names == run.class_names and runner.image_size == SIZE
+        runner.close()
+
+
+def test_onnx_labels_property(exported: Any, tiny_run: Path) -> None:
+    import onnx
+
+    from edgetl.rundir import load_run
+
+    props = {p.key: p.value for p in onnx.load(_row(exported, "onnx", "int8")["path"]).metadata_props}
+    assert props["labels"].split("\n") == load_run(tiny_run).class_names
+    assert json.loads(props["edgetl"])["quantization"] == "int8"
+
+
+# ----------------------------------------------------------------------------------------------
+# Metadata helpers on their own
+
+
+def test_tflite_metadata_writer_keeps_the_model_runnable(exported: Any) -> None:
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgetl.export.metadata import METADATA_NAME, read_tflite_metadata, write_tflite_metadata
+
+    path = Path(_row(exported, "tflite", "int8")["path"])
+    data = path.read_bytes()
+    again = write_tflite_metadata(data, {"hello": "world", "class_names": ["ä", "b"]})
+    assert abs(len(again) - len(data)) < 4096  # replaced, not appended twice
+    x = np.full((1, SIZE, SIZE, 3), 128, dtype=np.float32)
+    outs = []
+    for blob in (data, again):
+        it = Interpreter(model_content=blob)
+        it.allocate_tensors()
+        it.set_tensor(it.get_input_details()[0]["index"], x)
+        it.invoke()
+        outs.append(it.get_tensor(it.get_output_details()[0]["index"]))
+    assert np.array_equal(outs[0], outs[1])
+    tmp = path.parent / "again.tflite"
+    tmp.write_bytes(again)
+    try:
+        assert read_tflite_metadata(tmp) == {"hello": "world", "class_names": ["ä", "b"]}
+        assert METADATA_NAME == "edgetl_metadata"
+    finally:
+        tmp.unlink()
+
+
+def test_metadata_readers_on_foreign_and_bad_files(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgetl.errors import ModelError
+    from edgetl.export.metadata import read_onnx_metadata, read_saved_model_metadata, read_tflite_metadata
+
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"not a model at all")
+    with pytest.raises(ModelError):
+        read_tflite_metadata(bad)
+    node = helper.make_node("Identity", ["x"], ["y"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph), tmp_path / "plain.onnx")
+    assert read_onnx_metadata(tmp_path / "plain.onnx") is None
+    (tmp_path / "junk.onnx").write_bytes(b"\xff\x00junk")
+    with pytest.raises(ModelError):
+        read_onnx_metadata(tmp_path / "junk.onnx")
+    with pytest.raises(ModelError):
+        read_saved_model_metadata(tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Options, planning and bad input (no TensorFlow work needed)
+
+
+def test_plan_pairs_and_impossible_combinations() -> None:
+    from edgetl.errors import UsageError
+    from edgetl.quantize import check_io_type, plan_pairs
+
+    assert plan_pairs(["tflite", "onnx"], ["none", "int8-full"]) == [
+        ("tflite", "none"), ("tflite", "int8-full"), ("onnx", "none")]
+    assert plan_pairs(["onnx"], ["int8", "dynamic"]) == [("onnx", "int8"), ("onnx", "dynamic")]
+    with pytest.raises(UsageError, match="float16 does not exist for onnx"):
+        plan_pairs(["onnx"], ["float16"])
+    with pytest.raises(UsageError, match="none of --quantize int8-full exists for --format onnx"):
+        plan_pairs(["tflite", "onnx"], ["int8-full"])
+    with pytest.raises(UsageError, match="unknown quantization mode 'int9'"):
+        plan_pairs(["tflite"], ["int9"])
+    with pytest.raises(UsageError, match="--io-type"):
+        check_io_type("int8", ["int8"], ["tflite"])
+    assert check_io_type(None, ["int8-full"], ["tflite"]) == "uint8"
+
+
+def test_targets_pick_format_and_mode() -> None:
+    from edgetl.errors import UsageError
+    from edgetl.export import resolve_request
+
+    assert resolve_request(None, None, "edgetpu", None) == (["tflite"], ["int8-full"], "uint8")
+    assert resolve_request(None, None, "mcu", None) == (["tflite"], ["int8-full"], "int8")
+    assert resolve_request(None, None, "gpu", None) == (["tflite"], ["float16"], None)
+    with pytest.raises(UsageError, match="--target"):
+        resolve_request(["onnx"], None, "cpu", None)
+    with pytest.raises(UsageError, match="unknown --target"):
+        resolve_request(None, None, "tpu", None)
+
+
+def _cli(*args: str) -> Any:
+    from edgetl.cli import main
+
+    return CliRunner().invoke(main, ["export", *args])
+
+
+def _one_error_line(result: Any, code: int = 2) -> str:
+    assert result.exit_code == code, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert "Traceback" not in result.output
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1, result.output
+    return errors[0]
+
+
+def test_bad_inputs_one_line_nonzero_exit(tiny_run: Path, tmp_path: Path) -> None:
+    assert "not a run directory" in _one_error_line(_cli(str(tmp_path / "nowhere")))
+    (tmp_path / "empty").mkdir()
+    assert "not an edgetl run directory" in _one_error_line(_cli(str(tmp_path / "empty")))
+    assert "float16 does not exist for onnx" in _one_error_line(_cli(str(tiny_run), "-f", "onnx", "-q", "float16"))
+    assert "--io-type" in _one_error_line(_cli(str(tiny_run), "-q", "int8", "--io-type", "int8"))
+    assert "--opset" in _one_error_line(_cli(str(tiny_run), "-f", "onnx", "--opset", "9"))
+    assert "--opset" in _one_error_line(_cli(str(tiny_run), "--opset", "17"))
+    assert "--no-verify" in _one_error_line(_cli(str(tiny_run), "-q", "int8", "--max-drop", "0.01", "--no-verify"))
+    assert "--max-drop" in _one_error_line(_cli(str(tiny_run), "-q", "int8", "--max-drop", "5"))
+    assert "--target" in _one_error_line(_cli(str(tiny_run), "--target", "mcu", "-q", "int8"))
+    assert "--calibration-samples" in _one_error_line(_cli(str(tiny_run), "-q", "int8", "--calibration-samples", "0"))
+    assert "unknown quantization mode" in _one_error_line(_cli(str(tiny_run), "-q", "int4"))
+
+
+def test_no_calibration_images_is_one_clear_error(tiny_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "moved_run"
+    shutil.copytree(tiny_run, run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["data"]["root"] = str(tmp_path / "data_that_is_gone")
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    line = _one_error_line(_cli(str(run), "-q", "int8", "--no-verify"))
+    assert "calibration" in line and "data_that_is_gone" in line
+    # A float export without verification needs no images at all.
+    empty_train = json.loads((tiny_run / "manifest.json").read_text())
+    empty_train["data"]["train"] = []
+    (run / "manifest.json").write_text(json.dumps(empty_train))
+    assert "no calibration images" in _one_error_line(_cli(str(run), "-q", "int8-full", "--no-verify"))
+
+
+def test_existing_files_need_force(exported: Any, tiny_run: Path) -> None:
+    from edgetl.errors import RunExistsError
+    from edgetl.export import export_run
+
+    path = Path(_row(exported, "tflite", "none")["path"])
+    before = path.stat().st_mtime_ns
+    with pytest.raises(RunExistsError, match="--force"):
+        export_run(tiny_run, output=exported.output, verify=False)
+    assert path.stat().st_mtime_ns == before
+    line = _one_error_line(_cli(str(tiny_run), "--output", str(exported.output), "--no-verify"))
+    assert "--force" in line
+
+
+# ----------------------------------------------------------------------------------------------
+# Export paths that need TensorFlow
+
+
+def test_int8_io_type_and_force_and_report_merge(exported: Any, tiny_run: Path, tmp_path: Path) -> None:
+    """mcu target: int8 in and out; a second export into the same folder keeps the first one's rows."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgetl.export import export_run
+
+    out = tmp_path / "mcu"
+    first = export_run(tiny_run, formats=["tflite"], quantize=["none"], output=out, verify=False)
+    assert first.rows[0]["status"] == "unverified"
+    report = export_run(tiny_run, target="mcu", output=out, calibration_samples=16, threads=1)
+    row = report.rows[0]
+    assert row["status"] == "ok" and row["io_type"] == "int8" and row["input_dtype"] == "int8"
+    it = Interpreter(model_path=row["path"])
+    inp = it.get_input_details()[0]
+    assert inp["dtype"] == np.int8 and inp["quantization"] == (1.0, -128)
+    doc = json.loads((out / "export_report.json").read_text())
+    assert {Path(r["path"]).name for r in doc["rows"]} == {f"tiny_cnn-{SIZE}-float32.tflite",
+                                                            f"tiny_cnn-{SIZE}-int8-full-int8.tflite"}
+    again = export_run(tiny_run, target="mcu", output=out, calibration_samples=16, verify=False, force=True)
+    assert again.rows[0]["status"] == "unverified"
+
+
+def test_interrupted_export_leaves_no_file(tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgetl.export.tflite as tfl
+    from edgetl.export import export_run
+
+    def boom(data: bytes, meta: dict[str, Any]) -> bytes:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tfl, "write_tflite_metadata", boom)
+    out = tmp_path / "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        export_run(tiny_run, output=out, verify=False)
+    assert [p.name for p in out.iterdir() if p.suffix == ".tflite" or p.name.startswith(".")] == []
+
+
+class _FakeRunner:
+    """Wraps a real runner and spoils its outputs: to test the gates without a bad model."""
+
+    def __init__(self, real: Any, spoil: Any) -> None:
+        self.real, self.spoil = real, spoil
+        for k in ("kind", "class_names", "image_size", "metadata", "input_dtype", "size_bytes"):
+            setattr(self, k, getattr(real, k))
+
+    def predict(self, images: Any, batch_size: int | None = None) -> np.ndarray:
+        return self.spoil(self.real.predict(images))
+
+    def close(self) -> None:
+        self.real.close()
+
+
+def test_gates_fail_and_keep_no_file(tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgetl.runtime as rt
+    from edgetl.errors import ExportError, GateFailure
+    from edgetl.export import export_run
+
+    real_open = rt.open_model
+    x, y = _held_out(tiny_run)
+    label_of = {img.tobytes(): int(lab) for img, lab in zip(x, y, strict=True)}
+
+    class _Wrong(_FakeRunner):  # every held-out image gets a wrong class: accuracy 0, whatever the model
+        def predict(self, images: Any, batch_size: int | None = None) -> np.ndarray:
+            imgs = np.asarray(images)
+            wrong = [(label_of.get(i.astype(np.uint8).tobytes(), 0) + 1) % 4 for i in imgs]
+            return np.eye(4, dtype=np.float32)[wrong]
+
+    monkeypatch.setattr(rt, "open_model", lambda path, **kw: _Wrong(real_open(path, **kw), None))
+    out = tmp_path / "gated"
+    with pytest.raises(GateFailure) as info:
+        export_run(tiny_run, quantize=["dynamic"], output=out, max_drop=0.05, threads=1)
+    report = info.value.report
+    assert report.rows[0]["status"].startswith("failed: accuracy drop")
+    assert not Path(report.rows[0]["path"]).exists()
+    assert info.value.exit_code == 1
+
+    monkeypatch.setattr(rt, "open_model", lambda path, **kw: _FakeRunner(real_open(path, **kw), lambda p: p + 1e-3))
+    with pytest.raises(ExportError, match="differs from Keras"):
+        export_run(tiny_run, quantize=["none"], output=out, threads=1)
+    assert not (out / f"tiny_cnn-{SIZE}-float32.tflite").exists()
+
+
+def test_op_without_builtin_kernel_names_op_and_flag(tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    from edgetl.errors import ExportError
+    from edgetl.export.tflite import convert_tflite
+
+    class Det(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 3, 3], tf.float32)])
+        def __call__(self, x: Any) -> Any:
+            return tf.linalg.det(x)
+
+    tf.saved_model.save(Det(), str(tmp_path / "det"))
+    with pytest.raises(ExportError, match="MatrixDeterminant.*--allow-select-ops"):
+        convert_tflite(tmp_path / "det")
+    assert len(convert_tflite(tmp_path / "det", allow_select_ops=True)) > 0
+
+
+def test_cli_export_json_and_table(tiny_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cli"
+    result = _cli(str(tiny_run), "-f", "onnx", "-q", "none", "--output", str(out), "--json", "--threads", "1")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output[result.output.index("{"):])
+    assert doc["rows"][0]["format"] == "onnx" and doc["rows"][0]["status"] == "ok"
+    assert (out / f"tiny_cnn-{SIZE}-float32.onnx").is_file()
+
+
+def test_help_names_every_mode_and_target() -> None:
+    from edgetl.quantize import MODES, TARGETS
+
+    result = CliRunner().invoke(__import__("edgetl.cli", fromlist=["main"]).main, ["export", "--help"],
+                                terminal_width=200)
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    for name in list(MODES) + list(TARGETS):
+        assert f"{name}:" in text, name
+    assert "Edge TPU" in text
+
+
+def test_no_tensorflow_for_bad_options(tmp_path: Path) -> None:
+    """Option errors come before the slow imports (a fresh interpreter, to see sys.modules)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom click.testing import CliRunner\nfrom edgetl.cli import main\n"
+            f"r = CliRunner().invoke(main, ['export', {str(tmp_path)!r}, '-f', 'onnx', '-q', 'float16'])\n"
+            "print(r.exit_code, 'tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert out.stdout.split()[-2:] == ["2", "False"], out.stdout + out.stderr

@@ -1,0 +1,182 @@
+"""edgetl optimize: QAT and pruning through tf_keras/tfmot, on tiny models."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgetl.cli import main
+
+
+def _cli(*args: str) -> object:
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def qat_run(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("opt") / "qat"
+    res = _cli("optimize", str(trained_run), "--method", "qat", "--epochs", "1", "--batch-size", "16",
+               "--no-compare", "--output", str(out))
+    assert res.exit_code == 0, res.output
+    assert "qat run written to" in res.output
+    return out
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--method", "qat", "--epochs", "0"], "--epochs 0 is out of range"),
+    (["--method", "prune", "--sparsity", "1.5"], "--sparsity 1.5 is out of range"),
+    (["--method", "qat", "--lr", "-1"], "--lr -1.0 is out of range"),
+])
+def test_bad_options_one_line_exit_2(trained_run: Path, tmp_path: Path, args: list[str], needle: str) -> None:
+    res = _cli("optimize", str(trained_run), *args, "--output", str(tmp_path / "o"))
+    assert res.exit_code == 2
+    assert needle in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_not_a_run_exit_2(tmp_path: Path) -> None:
+    res = _cli("optimize", str(tmp_path), "--method", "qat", "--output", str(tmp_path / "o"))
+    assert res.exit_code == 2
+    assert "not an edgetl run directory" in res.output
+
+
+def test_weight_copy_twin_matches(trained_run: Path) -> None:
+    from edgetl.optimize import _probe_images, _tfmot, build_twin, max_output_diff
+    from edgetl.rundir import load_run
+
+    run = load_run(trained_run)
+    model3 = run.load_model()
+    tfk, _ = _tfmot()
+    twin = build_twin(run, model3, tfk)
+    assert max_output_diff(model3, twin, _probe_images(run.splits(), run.image_size)) < 1e-5
+    # tfmot's import must not leave Keras 2 switched on for the rest of the process.
+    assert os.environ.get("TF_USE_LEGACY_KERAS") is None
+
+
+def test_qat_run_is_a_run(qat_run: Path, trained_run: Path) -> None:
+    from edgetl.rundir import load_run
+
+    run = load_run(qat_run)
+    m = run.manifest
+    assert m["status"] == "complete"
+    assert m["parent"]["run"] == str(trained_run.resolve())
+    assert m["parent"]["method"] == "qat"
+    assert m["optimize"]["saved_model"] == "qat_saved_model"
+    assert (qat_run / "qat_saved_model" / "saved_model.pb").is_file()
+    for name in ("labels.txt", "metrics.json", "history.csv", "optimize_report.json"):
+        assert (qat_run / name).is_file(), name
+    model = run.load_model(safe_mode=True)
+    assert model.output_shape[-1] == len(run.class_names)
+    assert m["optimize"]["qat_metrics"]["accuracy"] >= 0.5
+
+
+def test_qat_run_exports_int8_with_learned_ranges(qat_run: Path, tmp_path: Path) -> None:
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgetl.data import load_images
+    from edgetl.optimize import qat_tflite
+    from edgetl.rundir import load_run
+
+    run = load_run(qat_run)
+    data = qat_tflite(run, "int8-full", io_type="uint8")
+    path = tmp_path / "qat.tflite"
+    path.write_bytes(data)
+    it = Interpreter(model_path=str(path))
+    it.allocate_tensors()
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    assert inp["dtype"] == np.uint8 and out["dtype"] == np.uint8
+    # The input range learned in training is 0..255: uint8 pixels go in unchanged.
+    assert abs(inp["quantization"][0] - 1.0) < 0.01 and inp["quantization"][1] == 0
+    splits = run.splits()
+    items = splits.test or splits.val
+    x = load_images(splits.root, items, (run.image_size, run.image_size))
+    y = np.array([i.label for i in items])
+    preds = []
+    for img in x:
+        it.set_tensor(inp["index"], img[None])
+        it.invoke()
+        preds.append(int(it.get_tensor(out["index"])[0].argmax()))
+    acc = float((np.array(preds) == y).mean())
+    assert acc >= run.manifest["metrics"]["test"] - 0.15
+
+
+def test_keras3_still_works_after_optimize(qat_run: Path) -> None:
+    import keras
+    import tensorflow as tf
+
+    assert os.environ.get("TF_USE_LEGACY_KERAS") is None
+    assert keras.__version__.startswith("3.")
+    assert tf.keras.version().startswith("3.")
+    m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    m.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    m.fit(np.zeros((4, 4), "float32"), np.array([0, 1, 0, 1]), epochs=1, verbose=0)
+
+
+def test_prune_reaches_sparsity(trained_run: Path, tmp_path: Path) -> None:
+    from edgetl.optimize import kernel_sparsity, optimize_run
+    from edgetl.rundir import load_run
+
+    res = optimize_run(trained_run, method="prune", epochs=2, sparsity=0.5, batch_size=16,
+                       output=tmp_path / "pruned")
+    run = load_run(res.run_dir)
+    assert run.manifest["parent"]["options"]["sparsity"] == 0.5
+    assert kernel_sparsity(run.load_model()) >= 0.49
+    assert res.sparsity >= 0.49
+    report = json.loads((res.run_dir / "optimize_report.json").read_text())
+    assert report["method"] == "prune"
+
+
+@pytest.mark.parametrize("ctor, kwargs", [
+    ("EfficientNetB0", {}),  # Rescaling + Normalization inside the base
+    ("MobileNetV3Small", {"alpha": 0.75}),  # hard-swish as TFOpLambda add/multiply
+])
+def test_qat_and_prune_other_families(ctor: str, kwargs: dict) -> None:
+    from edgetl.optimize import _tfmot, prune_for_training, quantize_for_training
+
+    tfk, tfmot = _tfmot()
+    inputs = tfk.Input((32, 32, 3), name="image")
+    base = getattr(tfk.applications, ctor)(include_top=False, weights=None, input_tensor=inputs, pooling="avg",
+                                            **kwargs)
+    model = tfk.Model(inputs, tfk.layers.Dense(3, activation="softmax", name="predictions")(base.output))
+    x = np.random.RandomState(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    y = np.array([0, 1, 2, 0])
+    qat = quantize_for_training(model, tfk, tfmot)
+    qat.compile(optimizer=tfk.optimizers.Adam(1e-4), loss="sparse_categorical_crossentropy")
+    qat.fit(x, y, epochs=1, batch_size=4, verbose=0)
+    assert np.isfinite(np.asarray(qat(x))).all()
+    pruned = prune_for_training(model, tfk, tfmot, sparsity=0.5, schedule="constant", end_step=1)
+    pruned.compile(optimizer=tfk.optimizers.Adam(1e-4), loss="sparse_categorical_crossentropy")
+    pruned.fit(x, y, epochs=1, batch_size=4, verbose=0, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+    assert os.environ.get("TF_USE_LEGACY_KERAS") is None
+
+
+def test_budget_search_ptq_and_float_layers(trained_run: Path, tmp_path: Path) -> None:
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgetl.budget import _selective, _worst_tensors, search_int8
+    from edgetl.export.saved_model import save_serving
+    from edgetl.rundir import load_run
+
+    res = search_int8(trained_run, max_drop=0.5, calibration_samples=32, output=tmp_path / "b")
+    assert res.rows[0]["mode"] == "int8-full" and res.chosen is not None and res.path.is_file()
+    # The search's second step on its own: rank tensors by int8 error, keep the worst in float.
+    run = load_run(trained_run)
+    saved = save_serving(run.load_model(), tmp_path / "sm")
+    calib = np.random.RandomState(0).uniform(0, 255, (8, 48, 48, 3)).astype("float32")
+
+    def rep() -> object:
+        for i in range(len(calib)):
+            yield [calib[i:i + 1]]
+
+    worst = _worst_tensors(saved, rep, calib)
+    assert worst and worst[0]["rmse_per_step"] >= worst[-1]["rmse_per_step"]
+    data = _selective(saved, rep, calib, [w["tensor_name"] for w in worst[:2]])
+    it = Interpreter(model_content=data)
+    it.allocate_tensors()
+    assert it.get_input_details()[0]["dtype"] == np.float32
