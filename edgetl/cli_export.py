@@ -40,6 +40,8 @@ _TARGET_HELP = "; ".join(f"{name}: {t['help']}" for name, t in TARGETS.items())
                    "needs the Flex delegate).")
 @click.option("--max-drop", type=float, help="Fail a quantized file whose held-out accuracy is lower than the "
               "Keras model's by more than this fraction (0.01 = 1 point).")
+@click.option("--auto", is_flag=True, help="With --max-drop: post-training int8-full first; if it loses more, keep "
+              "the layers that lose most in float, then try int16x8; write the first file that meets the budget.")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Open each file in its runtime and compare it with the Keras model on the held-out images.")
 @click.option("--threads", type=int, help="CPU threads for verification and latency (default: up to 4).")
@@ -48,8 +50,8 @@ _TARGET_HELP = "; ".join(f"{name}: {t['help']}" for name, t in TARGETS.items())
 @handle_errors
 def export(run_dir: str, formats: tuple[str, ...], quantize: tuple[str, ...], target: str | None,
            output: str | None, calibration_samples: int, io_type: str | None, opset: int | None,
-           allow_select_ops: bool, max_drop: float | None, verify: bool, threads: int | None, force: bool,
-           as_json: bool) -> None:
+           allow_select_ops: bool, max_drop: float | None, auto: bool, verify: bool, threads: int | None,
+           force: bool, as_json: bool) -> None:
     """Export the trained model of RUN_DIR to TFLite, ONNX and/or SavedModel.
 
     Files are named backbone-size-mode (e.g. mobilenet_v2_a0.35-96-int8-full-uint8.tflite), carry
@@ -63,9 +65,13 @@ def export(run_dir: str, formats: tuple[str, ...], quantize: tuple[str, ...], ta
       edgetl export runs/cats --format tflite --quantize none --quantize int8-full
       edgetl export runs/cats --format onnx --quantize none --quantize int8
       edgetl export runs/cats --target edgetpu
+      edgetl export runs/cats --quantize int8-full --max-drop 0.01 --auto
     """
     from edgetl.errors import UsageError
 
+    if auto:
+        _auto(run_dir, formats, quantize, target, output, calibration_samples, io_type, max_drop, threads, as_json)
+        return
     if opset is not None and "onnx" not in formats:
         raise UsageError(f"--opset {opset} applies only to --format onnx. Add --format onnx or drop --opset.")
     from edgetl.export import export_run
@@ -85,6 +91,43 @@ def export(run_dir: str, formats: tuple[str, ...], quantize: tuple[str, ...], ta
     finally:
         reporter.close()
     _show(report, as_json)
+
+
+def _auto(run_dir: str, formats: tuple[str, ...], quantize: tuple[str, ...], target: str | None,
+          output: str | None, calibration_samples: int, io_type: str | None, max_drop: float | None,
+          threads: int | None, as_json: bool) -> None:
+    """--auto: the accuracy-budget search for an integer TFLite file."""
+    from edgetl.errors import GateFailure, UsageError
+
+    if max_drop is None:
+        raise UsageError("--auto needs --max-drop X, the accuracy the integer file may lose (0.01 = 1 point).")
+    if not 0 <= max_drop < 1:
+        raise UsageError(f"--max-drop {max_drop} is out of range. Use a fraction 0 <= x < 1, e.g. 0.01.")
+    if target or set(formats) - {"tflite"} or set(quantize) - {"int8-full"}:
+        raise UsageError("--auto searches TFLite int8-full (then mixed float/int8, then int16x8); drop --target, "
+                         "and use only --format tflite and --quantize int8-full with it.")
+    if calibration_samples < 1:
+        raise UsageError(f"--calibration-samples {calibration_samples} is out of range. Use 1 or more.")
+    from pathlib import Path
+
+    from edgetl import budget
+
+    reporter = RichReporter()
+    try:
+        result = budget.search_int8(run_dir, max_drop=max_drop, calibration_samples=calibration_samples,
+                                    io_type=io_type or "uint8", output=output or str(Path(run_dir) / "export"),
+                                    threads=threads, reporter=reporter)
+    finally:
+        reporter.close()
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2, default=str))
+    else:
+        print_table(f"int8 within --max-drop {max_drop}", *budget.table(result))
+    if result.chosen is None:
+        raise GateFailure(f"no integer file kept accuracy within --max-drop {max_drop}. Ship float16 or float32, "
+                          "or train with 'edgetl optimize --method qat'.")
+    if not as_json:
+        out_console().print(f"chosen: {result.chosen['name']} -> {result.path}", soft_wrap=True)
 
 
 def _show(report: Any, as_json: bool) -> None:

@@ -180,3 +180,22 @@ def test_budget_search_ptq_and_float_layers(trained_run: Path, tmp_path: Path) -
     it = Interpreter(model_content=data)
     it.allocate_tensors()
     assert it.get_input_details()[0]["dtype"] == np.float32
+
+
+def test_edgetl_export_uses_the_qat_ranges(qat_run: Path, tmp_path: Path) -> None:
+    from edgetl.export.metadata import read_tflite_metadata
+
+    res = CliRunner().invoke(main, ["export", str(qat_run), "-q", "int8-full", "-o", str(tmp_path / "x")])
+    assert res.exit_code == 0, res.output
+    files = list((tmp_path / "x").glob("*int8-full*.tflite"))
+    assert len(files) == 1
+    assert read_tflite_metadata(files[0])["qat"] is True
+
+
+def test_export_auto_budget_through_the_cli(trained_run: Path, tmp_path: Path) -> None:
+    res = CliRunner().invoke(main, ["export", str(trained_run), "--auto", "-o", str(tmp_path / "a")])
+    assert res.exit_code == 2 and "--auto needs --max-drop" in res.output
+    res = CliRunner().invoke(main, ["export", str(trained_run), "-q", "int8-full", "--max-drop", "0.5", "--auto",
+                                    "--calibration-samples", "32", "-o", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    assert "chosen: " in res.output and list((tmp_path / "a").glob("*.tflite"))

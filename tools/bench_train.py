@@ -30,6 +30,7 @@ data, size, epochs, weights, alpha, seed = sys.argv[1], int(sys.argv[2]), int(sy
 keras.utils.set_random_seed(seed)
 train_ds, val_ds = keras.utils.image_dataset_from_directory(
     data, validation_split=0.2, subset="both", seed=seed, image_size=(size, size), batch_size=32)
+n_classes = len(train_ds.class_names)
 train_ds = train_ds.prefetch(tf.data.AUTOTUNE)
 val_ds = val_ds.prefetch(tf.data.AUTOTUNE)
 base = keras.applications.MobileNetV2(include_top=False, weights=None if weights == "none" else weights,
@@ -40,7 +41,7 @@ x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
 x = base(x, training=False)
 x = keras.layers.GlobalAveragePooling2D()(x)
 x = keras.layers.Dropout(0.2)(x)
-outputs = keras.layers.Dense(len(train_ds.class_names), activation="softmax")(x)
+outputs = keras.layers.Dense(n_classes, activation="softmax")(x)
 model = keras.Model(inputs, outputs)
 model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 hist = model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=0)

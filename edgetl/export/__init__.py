@@ -510,7 +510,8 @@ def _export_one(run: Any, fmt: str, mode: str, io: str | None, final: Path, save
     staging = _staging_path(final)
     t0 = time.perf_counter()
     try:
-        _write(fmt, mode, io, staging, saved, calib, meta, opset, allow_select_ops, float_onnx)
+        _write(fmt, mode, io, staging, _source(run, fmt, mode, saved, meta), calib, meta, opset, allow_select_ops,
+               float_onnx)
         row["export_seconds"] = round(time.perf_counter() - t0, 2)
         row["size_mb"] = round(_size(staging) / 1e6, 3)
         if verify:
@@ -536,6 +537,18 @@ def _export_one(run: Any, fmt: str, mode: str, io: str | None, final: Path, save
             with contextlib.suppress(OSError):
                 staging.unlink()
     return row
+
+
+def _source(run: Any, fmt: str, mode: str, saved: Path, meta: dict[str, Any]) -> Path:
+    """The SavedModel to convert: a QAT run's own for int8 TFLite (its learned ranges), else the run's."""
+    if fmt == "tflite" and mode in ("int8", "int8-full"):
+        from edgetl.optimize import qat_saved_model
+
+        qat = qat_saved_model(run)
+        if qat is not None:
+            meta["qat"] = True
+            return qat
+    return saved
 
 
 def _write(fmt: str, mode: str, io: str | None, path: Path, saved: Path, calib: Any, meta: dict[str, Any],
