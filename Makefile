@@ -15,11 +15,13 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(BIN)/edgetl demo-data $(DEMO)/data --force
+	$(BIN)/edgetl demo-data $(DEMO)/data --per-class 60 --force
+	$(BIN)/edgetl demo-data $(DEMO)/holdout --per-class 25 --seed 1 --force
 	$(BIN)/edgetl train $(DEMO)/data --backbone mobilenet_v2 --alpha 0.35 --weights bundled --image-size 96 \
 		--epochs 30 --output $(DEMO)/run --force
-	$(BIN)/edgetl export $(DEMO)/run --format tflite --format onnx --quantize int8-full --force
-	$(BIN)/edgetl evaluate $(DEMO)/run --data $(DEMO)/data --min-accuracy 0.6
+	$(BIN)/edgetl export $(DEMO)/run --format tflite --format onnx --quantize none --quantize int8-full --force
+	$(BIN)/edgetl evaluate $(DEMO)/run/export/*-int8-full-uint8.tflite --data $(DEMO)/holdout \
+		--reference $(DEMO)/run --max-drop 0.03 --min-accuracy 0.5 --plots $(DEMO)/plots
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -169,12 +169,12 @@ def _train(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: A
     t1 = time.perf_counter()
     feats: dict[str, Any] = {}
     if use_cache and not state.head_done or use_cache and cfg.fine_tune_layers is None:
-        for name in ("train", "val", "test"):
-            feats[name] = ckpt.load_features(name) if resuming else None
-            if feats[name] is None and getattr(splits, name):
-                feats[name] = _features(clf, splits, name, size, cfg.batch_size, reporter, placement)
-                if placement.chief:
-                    ckpt.save_features(name, *feats[name])
+        feats = {name: ckpt.load_features(name) if resuming else None for name in ("train", "val", "test")}
+        todo = [name for name, f in feats.items() if f is None and getattr(splits, name)]
+        for name, xy in _features(clf, splits, todo, size, cfg.batch_size, reporter, placement).items():
+            feats[name] = xy
+            if placement.chief:
+                ckpt.save_features(name, *xy)
         seconds["features"] = time.perf_counter() - t1
     t1 = time.perf_counter()
     if state.head_done:
@@ -381,35 +381,54 @@ def _float32_model(clf: Any, spec: BackboneSpec, cfg: TrainConfig, size: int, mo
     return twin.model
 
 
-def _features(clf: Any, splits: Any, name: str, size: int, batch_size: int, reporter: Reporter,
-              placement: Any) -> tuple[np.ndarray, np.ndarray] | None:
-    """Run the frozen base once over a split: the fast path's whole cost."""
+def _features(clf: Any, splits: Any, names: list[str], size: int, batch_size: int, reporter: Reporter,
+              placement: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Run the frozen base once over the images of these splits: the fast path's whole cost.
+
+    One pass over all splits together: one traced predict function and full batches, instead of
+    a trace and a ragged last batch per split.
+    """
     import keras
 
     from edgetl.data import make_dataset
 
-    items = getattr(splits, name)
-    if not items:
-        return None
-    ds = _shard_by_data(make_dataset(splits.root, items, (size, size), max(batch_size, 32), shuffle=False))
-    steps = -(-len(items) // max(batch_size, 32))
-    reporter.start(f"features {name}", steps)
+    if not names:
+        return {}
+    items = [item for name in names for item in getattr(splits, name)]
+    extract_batch = max(batch_size, 64)
+    ds = make_dataset(splits.root, items, (size, size), extract_batch, shuffle=False)
+    steps = -(-len(items) // extract_batch)
+    reporter.start(f"features of {len(items)} images", steps)
 
     class _Tick(keras.callbacks.Callback):
         def on_predict_batch_end(self, batch: int, logs: Any = None) -> None:
             reporter.advance(1)
 
-    if placement.name == "multiworker":
-        # Every worker needs every feature; a plain loop reads the mirrored weights locally.
+    if placement.name == "mirrored":
+        feats = clf.extractor.predict(ds, verbose=0, callbacks=[_Tick()])  # split across the replicas
+    else:
+        # One compiled function over the batches: about twice the throughput of Keras' predict on a
+        # CPU (measured: MobileNetV2-224, 52 vs 28 img/s). Under multi-worker training every worker
+        # needs every feature, and this reads the mirrored weights locally.
+        import tensorflow as tf
+
+        @tf.function(input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32)])
+        def extract(images: Any) -> Any:
+            return clf.extractor(images, training=False)
+
         parts = []
         for images, _ in ds:
-            parts.append(np.asarray(clf.extractor(images, training=False), dtype=np.float32))
+            parts.append(np.asarray(extract(images), dtype=np.float32))
             reporter.advance(1)
         feats = np.concatenate(parts)
-    else:
-        feats = clf.extractor.predict(ds, verbose=0, callbacks=[_Tick()])
     reporter.finish()
-    return np.asarray(feats, dtype=np.float32), _labels(items)
+    feats = np.asarray(feats, dtype=np.float32)
+    out, start = {}, 0
+    for name in names:
+        split_items = getattr(splits, name)
+        out[name] = feats[start:start + len(split_items)], _labels(split_items)
+        start += len(split_items)
+    return out
 
 
 def _fit(model: Any, train: Any, val: Any, cfg: TrainConfig, lr: float, epochs: int, stage: str,

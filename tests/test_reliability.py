@@ -391,10 +391,11 @@ def mismatched_run(trained_run: Path, tmp_path: Path) -> Path:
     return run
 
 
-@pytest.mark.parametrize("command", ["evaluate", "predict", "inspect", "benchmark"])
+@pytest.mark.parametrize("command", ["evaluate", "predict", "inspect", "benchmark", "export"])
 def test_run_whose_manifest_and_model_disagree_on_size(mismatched_run: Path, demo_dir: Path, command: str) -> None:
     image = next(p for p in (demo_dir / sorted(os.listdir(demo_dir))[0]).iterdir() if p.is_file())
-    args = {"evaluate": [], "predict": [image], "inspect": [], "benchmark": TIGHT}[command]
+    args = {"evaluate": [], "predict": [image], "inspect": [], "benchmark": TIGHT,
+            "export": ["--no-verify", "-o", str(mismatched_run / "x")]}[command]
     assert_one_error(invoke(command, mismatched_run, *args), 2, "takes 48x48", "says 64")
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgetl.errors import DataError, EdgetlError, ExportError, GateFailure, RunExistsError, UsageError
+from edgetl.errors import DataError, EdgetlError, ExportError, GateFailure, ModelError, RunExistsError, UsageError
 from edgetl.progress import Reporter
 
 log = logging.getLogger("edgetl")
@@ -258,6 +258,10 @@ def export_run(run_dir: Any, *, formats: Any = ("tflite",), quantize: Any = ("no
     try:
         reporter.start("loading the model", None)
         model = run.load_model()
+        shape = tuple(model.input_shape[1:3])
+        if shape != (run.image_size, run.image_size):
+            raise ModelError(f"run '{run.path}': its model takes {shape[0]}x{shape[1]} images but its manifest says "
+                             f"{run.image_size}. The run is damaged; train it again.")
         from edgetl.export.saved_model import save_serving
 
         reporter.start("writing a SavedModel", None)
@@ -547,6 +551,7 @@ def _source(run: Any, fmt: str, mode: str, saved: Path, meta: dict[str, Any]) ->
         qat = qat_saved_model(run)
         if qat is not None:
             meta["qat"] = True
+            meta["batch"] = None  # the QAT SavedModel keeps a free batch dimension
             return qat
     return saved
 

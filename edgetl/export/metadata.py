@@ -19,6 +19,7 @@ import functools
 import hashlib
 import json
 import os
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -212,17 +213,21 @@ def read_tflite_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     except OSError as exc:
         raise ModelError(f"cannot read '{p}': {exc.strerror or exc}.") from None
     root = _tflite_root(data, str(p))
-    for i in range(root.MetadataLength()):
-        entry = root.Metadata(i)
-        if _as_text(entry.Name()) != METADATA_NAME:
-            continue
-        idx = entry.Buffer()
-        if idx >= root.BuffersLength():
-            raise ModelError(f"the edgetl metadata entry of '{p}' points to a missing buffer. Export it again.")
-        buf = root.Buffers(idx)
-        if buf.DataLength() == 0:
-            return None
-        return _loads(buf.DataAsNumpy().tobytes(), str(p))
+    try:
+        for i in range(root.MetadataLength()):
+            entry = root.Metadata(i)
+            if _as_text(entry.Name()) != METADATA_NAME:
+                continue
+            idx = entry.Buffer()
+            if idx >= root.BuffersLength():
+                raise ModelError(f"the edgetl metadata entry of '{p}' points to a missing buffer. Export it again.")
+            buf = root.Buffers(idx)
+            if buf.DataLength() == 0:
+                return None
+            return _loads(buf.DataAsNumpy().tobytes(), str(p))
+    except (struct.error, IndexError, ValueError, TypeError, UnicodeDecodeError) as exc:
+        # A truncated or corrupted flatbuffer: offsets point outside the file.
+        raise ModelError(f"'{p}' is not a readable TFLite model ({type(exc).__name__}). Export it again.") from None
     return None
 
 
