@@ -45,18 +45,12 @@ def load_tensorflow() -> None:
     if "tensorflow" in sys.modules or os.environ.get("EDGETL_DEBUG"):
         return
     quiet_tensorflow()
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
+    from edgetl.native import quiet_native_stderr
+
+    with quiet_native_stderr():
         import tensorflow as tf
 
         tf.config.list_physical_devices("GPU")
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def err_console() -> Any:

@@ -673,7 +673,9 @@ def optimize_run(run_dir: Any, *, method: str, epochs: int = 3, output: Any, lr:
         model3.save(tmp)
     _write_history(path / rundir.HISTORY_FILE, rows)
     write_json(path / rundir.METRICS_FILE, {"class_names": src.class_names, **metrics})
-    plots = _plots(path, rows, metrics, src.class_names, f"{src.manifest['backbone']['name']} {method}")
+    from edgetl.report import plot_run
+
+    plots = plot_run(path, rows, metrics, src.class_names, f"{src.manifest['backbone']['name']} {method}")
     sparsity_now = kernel_sparsity(model3)
     opt: dict[str, Any] = {"method": method, "sparsity": round(sparsity_now, 4), "twin_max_diff": diff}
     if method == "qat":
@@ -758,23 +760,6 @@ def _write_history(path: Path, rows: list[dict[str, Any]]) -> None:
         writer = csv.DictWriter(f, HISTORY_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-
-
-def _plots(run: Path, rows: list[dict[str, Any]], metrics: dict[str, Any], class_names: list[str],
-           title: str) -> list[str]:
-    from edgetl.report import plot_confusion, plot_history
-
-    out = []
-    if rows:
-        plot_history(rows, run / "learning_curves.png", title=f"{title}: learning curves")
-        out.append("learning_curves.png")
-    chosen = metrics.get("test") or metrics.get("val")
-    if chosen:
-        which = "test" if metrics.get("test") else "val"
-        plot_confusion(chosen["confusion_matrix"], class_names, run / "confusion_matrix.png",
-                       title=f"{title}: {which} confusion matrix (accuracy {chosen['accuracy']:.3f})")
-        out.append("confusion_matrix.png")
-    return out
 
 
 def _new_manifest(src: Any, method: str, epochs: int, lr: float, sparsity: float, schedule: str,

@@ -74,3 +74,26 @@ def plot_confusion(matrix: Sequence[Sequence[int]], class_names: Sequence[str], 
                 ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=8,
                         color="white" if cm[i, j] > high else "black")
     _save(fig, path)
+
+
+def plot_run(run: str | os.PathLike[str], rows: Sequence[dict[str, Any]], metrics: dict[str, Any],
+             class_names: Sequence[str], title: str) -> list[str]:
+    """A run directory's plots: learning curves, and the test (else val) confusion matrix.
+
+    Returns:
+        The file names written, for the manifest.
+    """
+    from pathlib import Path
+
+    run = Path(run)
+    out = []
+    if rows:
+        plot_history(rows, run / "learning_curves.png", title=f"{title}: learning curves")
+        out.append("learning_curves.png")
+    chosen = metrics.get("test") or metrics.get("val")
+    if chosen:
+        which = "test" if metrics.get("test") else "val"
+        plot_confusion(chosen["confusion_matrix"], class_names, run / "confusion_matrix.png",
+                       title=f"{title}: {which} confusion matrix (accuracy {chosen['accuracy']:.3f})")
+        out.append("confusion_matrix.png")
+    return out

@@ -8,19 +8,17 @@ same way. Runtimes (TensorFlow, LiteRT, ONNX Runtime) are imported only when a m
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import sys
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgetl.errors import ModelError, UsageError
+from edgetl.native import quiet_native_stderr
 
 log = logging.getLogger("edgetl")
 
@@ -695,34 +693,6 @@ def read_labels(path: str | os.PathLike[str]) -> list[str]:
 
 # ----------------------------------------------------------------------------------------------
 # Helpers
-
-
-@contextlib.contextmanager
-def quiet_native_stderr() -> Iterator[None]:
-    """Point file descriptor 2 at /dev/null while a runtime prints C++ notices (EDGETL_DEBUG=1 keeps them).
-
-    LiteRT announces its XNNPACK delegate on the descriptor itself, where no Python setting reaches;
-    on a CLI that line is noise between the results. Errors still arrive as Python exceptions.
-    """
-    if os.environ.get("EDGETL_DEBUG"):
-        yield
-        return
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no real descriptor (some test runners)
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        with contextlib.suppress(OSError, ValueError):
-            sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def _static_hw(shape: tuple[Any, ...], path: Path) -> int | None:

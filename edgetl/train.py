@@ -232,7 +232,9 @@ def _train(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: A
         else clf.model
     _save_model(model, run_path / rundir.MODEL_FILE)
     write_json(run_path / rundir.METRICS_FILE, {"class_names": splits.class_names, **metrics})
-    plots = _plots(run_path, history.rows, metrics, splits.class_names, spec.name)
+    from edgetl.report import plot_run
+
+    plots = plot_run(run_path, history.rows, metrics, splits.class_names, spec.name)
     seconds["total"] = time.perf_counter() - t0
     manifest.update({
         "status": "complete",
@@ -602,20 +604,3 @@ def _save_model(model: Any, path: Path) -> None:
 
     with atomic_path(path, suffix=".keras") as tmp:
         model.save(tmp)
-
-
-def _plots(run: Path, rows: list[dict[str, Any]], metrics: dict[str, Any], class_names: list[str],
-           title: str) -> list[str]:
-    from edgetl.report import plot_confusion, plot_history
-
-    out = []
-    if rows:
-        plot_history(rows, run / "learning_curves.png", title=f"{title}: learning curves")
-        out.append("learning_curves.png")
-    chosen = metrics.get("test") or metrics.get("val")
-    if chosen:
-        which = "test" if metrics.get("test") else "val"
-        plot_confusion(chosen["confusion_matrix"], class_names, run / "confusion_matrix.png",
-                       title=f"{title}: {which} confusion matrix (accuracy {chosen['accuracy']:.3f})")
-        out.append("confusion_matrix.png")
-    return out

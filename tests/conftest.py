@@ -33,3 +33,17 @@ def trained_run(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
                       image_size=IMAGE_SIZE, epochs=15, batch_size=16, lr=3e-3, seed=0, output=str(out))
     train(cfg)
     return out
+
+
+@pytest.fixture(scope="session")
+def files(trained_run: Path) -> dict[str, Path]:
+    """The run's TFLite (float32, int8-full), ONNX and SavedModel files, exported once per session."""
+    import json
+
+    from edgetl.export import export_run
+
+    out = trained_run.parent / "edgetl-test-exports"
+    export_run(trained_run, formats=("tflite", "onnx", "saved_model"), quantize=("none", "int8-full"), output=out,
+               verify=False, force=True)
+    rows = json.loads((out / "export_report.json").read_text())["rows"]
+    return {f"{r['format']}-{r['mode']}": Path(r["path"]) for r in rows}

@@ -24,25 +24,6 @@ from edgetl.cli import main
 from edgetl.errors import UsageError
 
 EXPECTED = Path(__file__).parent / "expected" / "accuracy.json"
-SHARED_EXPORTS = "edgetl-test-exports"  # the same folder as tests/test_runtime.py: one export per session
-
-
-def exported_files(run: Path) -> dict[str, Path]:
-    """The run's TFLite (float32, int8-full), ONNX and SavedModel files, exported once per session."""
-    out = run.parent / SHARED_EXPORTS
-    report = out / "export_report.json"
-    if not report.is_file():
-        from edgetl.export import export_run
-
-        export_run(run, formats=("tflite", "onnx", "saved_model"), quantize=("none", "int8-full"), output=out,
-                   verify=False, force=True)
-    rows = json.loads(report.read_text())["rows"]
-    return {f"{r['format']}-{r['mode']}": Path(r["path"]) for r in rows}
-
-
-@pytest.fixture(scope="module")
-def files(trained_run: Path) -> dict[str, Path]:
-    return exported_files(trained_run)
 
 
 @pytest.fixture(scope="module")

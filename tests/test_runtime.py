@@ -15,28 +15,6 @@ IMAGE_SIZE = 48
 FLOAT_ATOL = 1e-4  # float32 files: the same maths, another kernel order
 INT8_MIN_AGREEMENT = 0.85  # int8-full: top-1 agreement with Keras on the demo images
 INT8_ATOL = 0.25  # int8-full: probabilities within a quarter (8-bit output, 4 classes)
-SHARED_EXPORTS = "edgetl-test-exports"
-
-
-def exported_files(run: Path) -> dict[str, Path]:
-    """The run's TFLite (float32, int8-full), ONNX and SavedModel files, exported once per test session.
-
-    Kept beside the session's run directory, so test modules that need them share one export.
-    """
-    out = run.parent / SHARED_EXPORTS
-    report = out / "export_report.json"
-    if not report.is_file():  # written last by export_run: its presence means a complete export
-        from edgetl.export import export_run
-
-        export_run(run, formats=("tflite", "onnx", "saved_model"), quantize=("none", "int8-full"), output=out,
-                   verify=False, force=True)
-    rows = json.loads(report.read_text())["rows"]
-    return {f"{r['format']}-{r['mode']}": Path(r["path"]) for r in rows}
-
-
-@pytest.fixture(scope="module")
-def files(trained_run: Path) -> dict[str, Path]:
-    return exported_files(trained_run)
 
 
 @pytest.fixture(scope="module")

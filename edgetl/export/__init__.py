@@ -16,44 +16,15 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgetl.errors import DataError, EdgetlError, ExportError, GateFailure, ModelError, RunExistsError, UsageError
+from edgetl.native import quiet_native_stderr  # noqa: F401 - submodules import it from here
 from edgetl.progress import Reporter
 
 log = logging.getLogger("edgetl")
-
-
-@contextlib.contextmanager
-def quiet_native_stderr() -> Iterator[None]:
-    """Point file descriptor 2 at /dev/null while converters run (EDGETL_DEBUG=1 keeps it).
-
-    The TFLite converter and tf2onnx's TensorFlow graph passes print MLIR diagnostics and absl
-    logs from C++ straight to the descriptor, where no Python setting reaches them. Their errors
-    still arrive as Python exceptions, which callers turn into one line.
-    """
-    if os.environ.get("EDGETL_DEBUG"):
-        yield
-        return
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no real descriptor (some test runners, embedded interpreters)
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        with contextlib.suppress(OSError, ValueError):
-            sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 # ----------------------------------------------------------------------------------------------
