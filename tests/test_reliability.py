@@ -577,3 +577,24 @@ def test_subprocess_bad_recipe_and_bad_model_print_one_line(small_data: Path, no
         lines = [x for x in p.stderr.splitlines() if x.strip()]
         assert len(lines) == 1 and lines[0].startswith("error: "), p.stderr
     assert sorted(x.name for x in workdir.iterdir()) == ["r.yaml"]
+
+
+def test_export_on_a_full_disk_leaves_nothing(trained_run: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk fills while a .tflite is written: one line, exit 2, no file and no staging file left."""
+    import errno
+
+    import edgetl.export.tflite as tfl
+    from edgetl.fileio import atomic_path
+
+    def full_disk(path: Any, data: bytes) -> None:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            f.write(data[:100])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tfl, "write_bytes", full_disk)
+    out = tmp_path / "export"
+    line = assert_one_error(invoke("export", trained_run, "--no-verify", "-o", out), 2, "No space left")
+    assert "--output" in line or "writable" in line or "space" in line
+    left = [p.name for p in out.rglob("*")] if out.exists() else []
+    assert not [n for n in left if n.endswith(".tflite") or n.startswith(".")], left
