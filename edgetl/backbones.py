@@ -189,7 +189,8 @@ def _build_application(spec: BackboneSpec, *, weights: str, alpha: float | None,
     import keras
 
     card = spec.card
-    assert card is not None  # noqa: S101 - internal invariant: only cards reach here
+    if card is None:  # only specs resolved from a card reach here
+        raise ModelError(f"'{spec.name}' is not a Keras Applications backbone.")
     ctor = getattr(keras.applications, card.constructor)
     kwargs: dict[str, Any] = {
         "include_top": False,

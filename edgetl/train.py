@@ -145,7 +145,7 @@ def _restore_policy(placement: Any) -> None:
 def _train(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: Any, clf: Any, placement: Any,
            run_path: Path, reporter: Reporter, t0: float, manifest: dict[str, Any] | None = None) -> TrainResult:
     """The training proper, inside a prepared run directory (a resumed one when `manifest` is given)."""
-    from edgetl.checkpoint import Checkpoints
+    from edgetl.checkpoint import Checkpoints, State
 
     ckpt = Checkpoints(run_path)
     resuming = manifest is not None
@@ -158,8 +158,6 @@ def _train(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: A
     history = _History(run_path / rundir.HISTORY_FILE, keep_rows=state.history_rows if state else None)
     seconds = {"build": time.perf_counter() - t0}
     if state is None:
-        from edgetl.checkpoint import State
-
         state = State()
     elif state.history_rows:
         reporter.info(f"resuming after {state.history_rows} completed epoch(s), stage {state.stage}")
@@ -168,7 +166,8 @@ def _train(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: A
     epochs_run = {}
     t1 = time.perf_counter()
     feats: dict[str, Any] = {}
-    if use_cache and not state.head_done or use_cache and cfg.fine_tune_layers is None:
+    # Features are needed unless a resumed run is already past the head stage of a fine-tuning run.
+    if use_cache and (not state.head_done or cfg.fine_tune_layers is None):
         feats = {name: ckpt.load_features(name) if resuming else None for name in ("train", "val", "test")}
         todo = [name for name, f in feats.items() if f is None and getattr(splits, name)]
         for name, xy in _features(clf, splits, todo, size, cfg.batch_size, reporter, placement).items():
@@ -191,7 +190,6 @@ def _train(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: A
     seconds["head"] = time.perf_counter() - t1
 
     if cfg.fine_tune_layers is not None and cfg.fine_tune_epochs > 0:
-        from edgetl.checkpoint import State
         from edgetl.model import unfreeze_top
 
         if not state.head_done:
@@ -453,9 +451,9 @@ def _fit(model: Any, train: Any, val: Any, cfg: TrainConfig, lr: float, epochs: 
         _restore_best(model, ckpt, resume)
         return history.count(stage)
     monitor = "val_loss" if val is not None else "loss"
-    stop = _ResumableStop(resume.early_stop if resume else None, ckpt.best_weights(resume) if resume else None,
+    stop = _resumable_stop(resume.early_stop if resume else None, ckpt.best_weights(resume) if resume else None,
                           monitor=monitor, patience=max(cfg.patience, 1), restore_best_weights=True)
-    save = _Checkpoint(ckpt, stop, stage, history, placement.chief)
+    save = _checkpoint_callback(ckpt, stop, stage, history, placement.chief)
     # Order matters: the history row and early stopping see the epoch before its checkpoint is written.
     callbacks = [history.callback(stage, lr), stop, save,
                  keras_callback(reporter, stage, epochs, _steps(train, cfg))]
@@ -496,11 +494,11 @@ def _resumable_stop_class() -> Any:
     return ResumableStop
 
 
-def _ResumableStop(saved: dict[str, Any] | None, best: list[np.ndarray] | None, **kw: Any) -> Any:  # noqa: N802
+def _resumable_stop(saved: dict[str, Any] | None, best: list[np.ndarray] | None, **kw: Any) -> Any:
     return _resumable_stop_class()(saved, best, **kw)
 
 
-def _Checkpoint(ckpt: Any, stop: Any, stage: str, history: _History, chief: bool) -> Any:  # noqa: N802
+def _checkpoint_callback(ckpt: Any, stop: Any, stage: str, history: _History, chief: bool) -> Any:
     """A callback that checkpoints model, optimizer and early-stopping state after each epoch."""
     import keras
 
