@@ -2,10 +2,11 @@
 
 `search_int8` converts the run's model with full-integer post-training quantization and measures
 it on the held-out images. When it loses more than `max_drop`, LiteRT's quantization debugger
-(tf.lite.experimental.QuantizationDebugger) measures each quantized tensor's error (RMSE divided
-by its quantization step); the worst are kept in float (denylisted) in growing numbers, and then
-int16 activations with int8 weights are tried. Every candidate is measured the same way; the
-first that meets the budget (smallest first) is chosen.
+(tf.lite.experimental.QuantizationDebugger) measures each quantized tensor's error per channel,
+relative to the channel's own signal (see `channel_noise_to_signal`); the worst tensors are kept in
+float in growing numbers (the ops that write them and the ops that read them are denylisted, so the
+tensor itself never goes through int8), and then int16 activations with int8 weights are tried.
+Every candidate is measured the same way; the first that meets the budget (smallest first) is chosen.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import math
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,14 +142,14 @@ def search_int8(run_dir: Any, *, max_drop: float, calibration_samples: int = 200
             reporter.start("finding the layers int8 hurts most", None)
             result.worst_layers = _worst_tensors(saved, rep, calib)
             reporter.finish()
-            names = [w["tensor_name"] for w in result.worst_layers]
             for k in DENYLIST_STEPS:
-                if k > len(names):
+                if k > len(result.worst_layers):
                     break
+                nodes = _float_nodes(result.worst_layers[:k])
                 reporter.start(f"int8 with {k} layer(s) in float", None)
-                data = _selective(saved, rep, calib, names[:k])
+                data = _selective(saved, rep, calib, nodes)
                 reporter.finish()
-                if data is not None and measure(f"int8, {k} worst layer(s) float", "int8", data, names[:k])["meets"]:
+                if data is not None and measure(f"int8, {k} worst layer(s) float", "int8", data, nodes)["meets"]:
                     break
             if try_int16x8 and not any(r["meets"] for r in result.rows):
                 reporter.start("int16x8", None)
@@ -166,7 +168,7 @@ def search_int8(run_dir: Any, *, max_drop: float, calibration_samples: int = 200
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _debugger(saved: Path, rep: Any, calib: Any, denylist: list[str] | None = None) -> Any:
+def _debugger(saved: Path, rep: Any, calib: Any, options: Any = None) -> Any:
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
@@ -177,20 +179,59 @@ def _debugger(saved: Path, rep: Any, calib: Any, denylist: list[str] | None = No
         for i in range(min(len(calib), 32)):
             yield [calib[i:i + 1]]
 
-    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=denylist) if denylist else None
     return tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=debug_data,
                                                      debug_options=options)
 
 
+def channel_noise_to_signal(float_values: Any, quant_values: Any, scale: float, zero_point: int) -> float:
+    """Mean over channels (last axis) of the int8 tensor's RMS error divided by the float channel's RMS value.
+
+    A QuantizationDebugger layer_direct_compare_metric. The debugger's own error in units of the
+    quantization step (RMSE / scale) is about 0.29 for every tensor whose values round cleanly, however
+    coarse that step is: it cannot see a per-tensor scale stretched by a few outlier channels, which
+    leaves every other channel with a step as large as its values (they quantize to the zero point).
+    Relative to each channel's own signal that loss reads as about 1, against a few hundredths for a
+    well-quantized tensor.
+
+    Args:
+        float_values: the float op's output for the same (quantized) inputs.
+        quant_values: the quantized op's output, integer.
+        scale: the quantized tensor's scale.
+        zero_point: its zero point.
+
+    Returns:
+        The mean ratio over channels that carry any signal; NaN if none does.
+    """
+    import numpy as np
+
+    f = np.asarray(float_values, np.float64)
+    if f.ndim == 0:
+        f = f.reshape(1, 1)
+    q = (np.asarray(quant_values, np.float64).reshape(f.shape) - zero_point) * scale
+    f = f.reshape(-1, f.shape[-1])
+    q = q.reshape(-1, f.shape[-1])
+    signal = np.sqrt((f * f).mean(axis=0))
+    error = np.sqrt(((q - f) ** 2).mean(axis=0))
+    live = signal > 0  # a channel that is always zero (a dead ReLU) has nothing to lose
+    return float((error[live] / signal[live]).mean()) if live.any() else float("nan")
+
+
 def _worst_tensors(saved: Path, rep: Any, calib: Any, top: int = 10) -> list[dict[str, Any]]:
-    """The quantized tensors with the largest RMSE in units of their quantization step, worst first."""
+    """The quantized tensors int8 hurts most (largest channel_noise_to_signal first), with the ops that read them."""
     import csv
+
+    import tensorflow as tf
 
     from edgetl.export import quiet_native_stderr
 
-    with quiet_native_stderr():
-        dbg = _debugger(saved, rep, calib)
+    options = tf.lite.experimental.QuantizationDebugOptions(
+        layer_direct_compare_metrics={"channel_nsr": channel_noise_to_signal})
+    with quiet_native_stderr(), warnings.catch_warnings():
+        # An all-dead tensor gives NaN on every sample: the debugger's nanmean warns, the row is ranked last.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        dbg = _debugger(saved, rep, calib, options)
         dbg.run()
+    readers = _readers(dbg.calibrated_model)
     buf = io.StringIO()
     dbg.layer_statistics_dump(buf)
     rows = []
@@ -198,23 +239,60 @@ def _worst_tensors(saved: Path, rep: Any, calib: Any, top: int = 10) -> list[dic
         try:
             scale = float(r["scale"])
             mse = float(r["mean_squared_error"])
+            nsr = float(r["channel_nsr"])
         except (KeyError, ValueError):
             continue
         if scale > 0 and math.isfinite(mse):
-            rows.append({"tensor_name": r["tensor_name"], "op_name": r.get("op_name"),
-                         "rmse_per_step": round(math.sqrt(mse) / scale, 4)})
-    rows.sort(key=lambda d: -d["rmse_per_step"])
+            name = r["tensor_name"]
+            rows.append({"tensor_name": name, "op_name": r.get("op_name"),
+                         "channel_nsr": round(nsr, 4) if math.isfinite(nsr) else None,
+                         "rmse_per_step": round(math.sqrt(mse) / scale, 4), "readers": readers.get(name, [])})
+    rows.sort(key=lambda d: (-(d["channel_nsr"] or 0.0), -d["rmse_per_step"]))
     return rows[:top]
+
+
+def _readers(model: bytes) -> dict[str, list[str]]:
+    """Tensor name -> output names of the ops that read it, from a TFLite flatbuffer (first subgraph)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    graph = schema.Model.GetRootAs(model, 0).Subgraphs(0)
+    names = [(graph.Tensors(t).Name() or b"").decode("utf-8", "replace") for t in range(graph.TensorsLength())]
+    out: dict[str, list[str]] = {}
+    for j in range(graph.OperatorsLength()):
+        op = graph.Operators(j)
+        outputs = [names[t] for t in op.OutputsAsNumpy() if t >= 0] if op.OutputsLength() else []
+        for t in (op.InputsAsNumpy() if op.InputsLength() else []):
+            if t < 0:  # -1 marks an optional input that is absent
+                continue
+            seen = out.setdefault(names[t], [])
+            seen += [n for n in outputs if n not in seen]
+    return out
+
+
+def _float_nodes(worst: list[dict[str, Any]]) -> list[str]:
+    """The denylist that keeps each of `worst` in float: the op that writes it and every op that reads it.
+
+    Denylisting only the writer is not enough: its float output is quantized again, with the same
+    calibrated scale, for an int8 reader, so the tensor loses exactly what it lost before.
+    """
+    nodes: list[str] = []
+    for w in worst:
+        for name in [w["tensor_name"], *w.get("readers", [])]:
+            if name not in nodes:
+                nodes.append(name)
+    return nodes
 
 
 def _selective(saved: Path, rep: Any, calib: Any, denylist: list[str]) -> bytes | None:
     """int8 with the named tensors' ops in float (float input and output), or None if it cannot be built."""
+    import tensorflow as tf
+
     from edgetl.export import quiet_native_stderr
 
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=denylist)
     try:
         with quiet_native_stderr():
-            dbg = _debugger(saved, rep, calib, denylist)
-            return bytes(dbg.get_nondebug_quantized_model())
+            return bytes(_debugger(saved, rep, calib, options).get_nondebug_quantized_model())
     except Exception as exc:  # the debugger refuses some graphs; the search goes on with int16x8
         log.warning("selective quantization with %s in float failed: %s", denylist, str(exc).splitlines()[0][:200])
         return None

@@ -156,32 +156,6 @@ def test_qat_and_prune_other_families(ctor: str, kwargs: dict) -> None:
     assert os.environ.get("TF_USE_LEGACY_KERAS") is None
 
 
-def test_budget_search_ptq_and_float_layers(trained_run: Path, tmp_path: Path) -> None:
-    from ai_edge_litert.interpreter import Interpreter
-
-    from edgetl.budget import _selective, _worst_tensors, search_int8
-    from edgetl.export.saved_model import save_serving
-    from edgetl.rundir import load_run
-
-    res = search_int8(trained_run, max_drop=0.5, calibration_samples=32, output=tmp_path / "b")
-    assert res.rows[0]["mode"] == "int8-full" and res.chosen is not None and res.path.is_file()
-    # The search's second step on its own: rank tensors by int8 error, keep the worst in float.
-    run = load_run(trained_run)
-    saved = save_serving(run.load_model(), tmp_path / "sm")
-    calib = np.random.RandomState(0).uniform(0, 255, (8, 48, 48, 3)).astype("float32")
-
-    def rep() -> object:
-        for i in range(len(calib)):
-            yield [calib[i:i + 1]]
-
-    worst = _worst_tensors(saved, rep, calib)
-    assert worst and worst[0]["rmse_per_step"] >= worst[-1]["rmse_per_step"]
-    data = _selective(saved, rep, calib, [w["tensor_name"] for w in worst[:2]])
-    it = Interpreter(model_content=data)
-    it.allocate_tensors()
-    assert it.get_input_details()[0]["dtype"] == np.float32
-
-
 def test_edgetl_export_uses_the_qat_ranges(qat_run: Path, tmp_path: Path) -> None:
     from edgetl.export.metadata import read_tflite_metadata
 
@@ -190,12 +164,3 @@ def test_edgetl_export_uses_the_qat_ranges(qat_run: Path, tmp_path: Path) -> Non
     files = list((tmp_path / "x").glob("*int8-full*.tflite"))
     assert len(files) == 1
     assert read_tflite_metadata(files[0])["qat"] is True
-
-
-def test_export_auto_budget_through_the_cli(trained_run: Path, tmp_path: Path) -> None:
-    res = CliRunner().invoke(main, ["export", str(trained_run), "--auto", "-o", str(tmp_path / "a")])
-    assert res.exit_code == 2 and "--auto needs --max-drop" in res.output
-    res = CliRunner().invoke(main, ["export", str(trained_run), "-q", "int8-full", "--max-drop", "0.5", "--auto",
-                                    "--calibration-samples", "32", "-o", str(tmp_path / "a")])
-    assert res.exit_code == 0, res.output
-    assert "chosen: " in res.output and list((tmp_path / "a").glob("*.tflite"))
