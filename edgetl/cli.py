@@ -197,3 +197,27 @@ def _register() -> None:
 
 
 _register()
+
+
+def run() -> None:
+    """The console entry point: the CLI, then an immediate exit once TensorFlow is loaded.
+
+    Every file has been written and closed by then (atomically), so nothing is lost by skipping the
+    interpreter's teardown of TensorFlow, which takes about a second after a training run
+    (measured: 0.9 s of a 7.5 s `edgetl train` on 2 cores). Tests call `main` and keep the normal exit.
+    """
+    import os
+    import sys
+
+    try:
+        main.main(prog_name="edgetl")
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if not isinstance(exc.code, (int, type(None))):
+            click.echo(str(exc.code), err=True)
+    if "tensorflow" not in sys.modules:
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

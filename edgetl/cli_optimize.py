@@ -18,8 +18,8 @@ from edgetl.clikit import RichReporter, fmt, handle_errors, out_console, print_t
 @click.option("--method", "-m", type=click.Choice(["qat", "prune"]), required=True,
               help="qat: quantization-aware training (int8 exports use the ranges learned in training); "
                    "prune: magnitude pruning to --sparsity (smaller compressed files).")
-@click.option("--epochs", type=int, default=3, show_default=True, help="Fine-tuning epochs on the run's training "
-              "images.")
+@click.option("--epochs", type=int, help="Fine-tuning epochs on the run's training images (default: 3 for qat, 10 "
+              "for prune, which must relearn around the removed weights).")
 @click.option("--output", "-o", type=click.Path(file_okay=False), required=True,
               help="The new run directory (a run like any other: export, evaluate and predict take it).")
 @click.option("--lr", type=float, help="Adam learning rate (default: 1e-4, small: the model is already trained).")
@@ -36,8 +36,8 @@ from edgetl.clikit import RichReporter, fmt, handle_errors, out_console, print_t
 @click.option("--force", is_flag=True, help="Replace the output run if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of a table.")
 @handle_errors
-def optimize(run_dir: str, method: str, epochs: int, output: str, lr: float | None, sparsity: float, schedule: str,
-             batch_size: int, compare: bool, threads: int | None, force: bool, as_json: bool) -> None:
+def optimize(run_dir: str, method: str, epochs: int | None, output: str, lr: float | None, sparsity: float,
+             schedule: str, batch_size: int, compare: bool, threads: int | None, force: bool, as_json: bool) -> None:
     """Fine-tune the model of RUN_DIR with quantization-aware training or pruning into a new run.
 
     The new run records its parent in its manifest. A QAT run keeps the model with its learned
@@ -47,7 +47,7 @@ def optimize(run_dir: str, method: str, epochs: int, output: str, lr: float | No
     \b
     Examples:
       edgetl optimize runs/cats --method qat --epochs 3 --output runs/cats-qat
-      edgetl optimize runs/cats --method prune --sparsity 0.5 --epochs 5 --output runs/cats-pruned
+      edgetl optimize runs/cats --method prune --sparsity 0.5 --output runs/cats-pruned
       edgetl export runs/cats-qat --quantize int8-full
     """
     from edgetl.optimize import check_options
@@ -85,9 +85,10 @@ def _show(result: Any, as_json: bool) -> None:
     con.print(line, soft_wrap=True)
     if result.table:
         rows = [[r["name"], fmt(r.get("accuracy")), _signed(r.get("drop")), fmt(r.get("size_mb"), 3),
-                 fmt(r.get("gzip_mb"), 3), fmt(r.get("latency_ms"), 2)] for r in result.table]
+                 fmt(r.get("gzip_mb"), 3), fmt(r.get("gzip_ratio"), 3), fmt(r.get("latency_ms"), 2)]
+                for r in result.table]
         print_table("TFLite files on the held-out images (drop from float; latency: batch 1, median)",
-                    ["model", "accuracy", "drop", "MB", "gzip MB", "ms"], rows)
+                    ["model", "accuracy", "drop", "MB", "gzip MB", "gzip/float", "ms"], rows)
     if result.report_path:
         con.print(f"report: {result.report_path}", soft_wrap=True)
 

@@ -35,6 +35,10 @@ log = logging.getLogger("edgetl")
 METHODS = ("qat", "prune")
 SCHEDULES = ("polynomial", "constant")
 DEFAULT_LR = {"qat": 1e-4, "prune": 1e-4}
+# Pruning needs longer than QAT: half of the weights must be relearned around. Measured on a
+# fine-tuned MobileNetV2 0.35 (BENCHMARKS.md, tools/bench_optimize.py): 50% pruning lost 4.2 points
+# after 3 epochs and 0.5 after 10; QAT recovered all of its int8 loss in 3.
+DEFAULT_EPOCHS = {"qat": 3, "prune": 10}
 DEFAULT_BATCH_SIZE = 32
 QAT_SAVED_MODEL = "qat_saved_model"
 REPORT_FILE = "optimize_report.json"
@@ -98,7 +102,7 @@ def _tfmot() -> tuple[Any, Any]:
 # option checks
 
 
-def check_options(method: str, epochs: int, lr: float | None, sparsity: float, schedule: str,
+def check_options(method: str, epochs: int | None, lr: float | None, sparsity: float, schedule: str,
                   batch_size: int) -> None:
     """Reject bad options before anything is loaded.
 
@@ -107,7 +111,7 @@ def check_options(method: str, epochs: int, lr: float | None, sparsity: float, s
     """
     if method not in METHODS:
         raise unknown_choice("--method", method, METHODS)
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or not 1 <= epochs <= 1000:
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or not 1 <= epochs <= 1000):
         raise UsageError(f"--epochs {epochs} is out of range. Use 1..1000 (a few epochs are usually enough).")
     if lr is not None and not 0 < float(lr) < 1:
         raise UsageError(f"--lr {lr} is out of range. Use a small positive rate below 1, e.g. "
@@ -536,7 +540,7 @@ def _quiet_warnings() -> Any:
 # optimize_run
 
 
-def optimize_run(run_dir: Any, *, method: str, epochs: int = 3, output: Any, lr: float | None = None,
+def optimize_run(run_dir: Any, *, method: str, epochs: int | None = None, output: Any, lr: float | None = None,
                  sparsity: float = 0.5, schedule: str = "polynomial", batch_size: int = DEFAULT_BATCH_SIZE,
                  force: bool = False, compare: bool = False, threads: int | None = None,
                  reporter: Reporter | None = None) -> OptimizeResult:
@@ -545,7 +549,7 @@ def optimize_run(run_dir: Any, *, method: str, epochs: int = 3, output: Any, lr:
     Args:
         run_dir: the trained run (edgetl train --output).
         method: "qat" (quantization-aware training) or "prune" (magnitude pruning).
-        epochs: fine-tuning epochs on the run's training split.
+        epochs: fine-tuning epochs on the run's training split (None: DEFAULT_EPOCHS of the method).
         output: the new run directory.
         lr: Adam learning rate (default 1e-4: the model is already trained).
         sparsity: pruning's target fraction of zero weights.
@@ -569,6 +573,7 @@ def optimize_run(run_dir: Any, *, method: str, epochs: int = 3, output: Any, lr:
     reporter = reporter or Reporter()
     check_options(method, epochs, lr, sparsity, schedule, batch_size)
     lr = float(lr) if lr is not None else DEFAULT_LR[method]
+    epochs = int(epochs) if epochs is not None else DEFAULT_EPOCHS[method]
     src = rundir.load_run(run_dir)
     _check_source(src)
     if output is None:
@@ -785,7 +790,8 @@ def compare_runs(parent: Any, optimized: Any, *, threads: int | None = None,
                  reporter: Reporter | None = None) -> list[dict[str, Any]]:
     """Float, PTQ int8-full (parent) and the optimized model as TFLite, measured on the held-out images.
 
-    Rows: name, accuracy, drop (from the parent's float TFLite), size_mb, gzip_mb, latency_ms, path.
+    Rows: name, accuracy, drop (from the parent's float TFLite), size_mb, gzip_mb, gzip_ratio (to the
+    float file's gzip size), latency_ms, path.
     Files go to OPTIMIZED/compare/.
     """
     import numpy as np
@@ -836,6 +842,9 @@ def compare_runs(parent: Any, optimized: Any, *, threads: int | None = None,
         pm = {r["mode"]: r for r in rep.rows}
         rows.append(_table_row("pruned", pm["none"], ref_acc))
         rows.append(_table_row("pruned int8", pm["int8-full"], ref_acc))
+    # What pruning is for: the compressed download against the float file's.
+    for r in rows:
+        r["gzip_ratio"] = round(r["gzip_mb"] / rows[0]["gzip_mb"], 3) if rows[0]["gzip_mb"] else None
     return rows
 
 

@@ -4,7 +4,10 @@ Same data (generated, 3 classes x 100 images), MobileNetV2 at 224, 10 epochs, th
 fractions. Both run as fresh processes and are timed whole (TensorFlow import included), since that
 is what a user waits for. Results go to stdout as a Markdown table and to --json.
 
-    .venv/bin/python tools/bench_train.py [--weights none] [--epochs 10] [--per-class 100]
+    .venv/bin/python tools/bench_train.py [--weights none] [--epochs 10] [--per-class 100] [--repeat 3]
+
+With --repeat N both sides run N times, alternating, and the medians are compared: on shared cores
+single runs vary by a third.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -67,6 +71,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--per-class", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each side, alternating; medians compared")
     ap.add_argument("--json", help="write the figures here too")
     args = ap.parse_args()
 
@@ -82,33 +87,43 @@ def main() -> None:
             from edgetl.backbones import bundled_weights_path, resolve_backbone
 
             weights = str(bundled_weights_path(resolve_backbone("mobilenet_v2"), args.alpha))
-        run = Path(tmp) / "run"
         # --patience equal to the epochs: both sides run every epoch; --test-split 0 matches the guide's split.
-        edgetl_cmd = [str(bin_dir / "edgetl"), "train", str(data), "--backbone", "mobilenet_v2", "--alpha",
-                      str(args.alpha), "--weights", weights, "--image-size", str(args.image_size), "--epochs",
-                      str(args.epochs), "--patience", str(args.epochs), "--val-split", "0.2", "--test-split", "0",
-                      "--batch-size", "32", "--seed", str(args.seed), "--output", str(run)]
-        t_edgetl, _ = timed(edgetl_cmd, env)
-        manifest = json.loads((run / "manifest.json").read_text())
-        metrics = json.loads((run / "metrics.json").read_text())
-        guide_cmd = [sys.executable, "-c", GUIDE, str(data), str(args.image_size), str(args.epochs), weights,
-                     str(args.alpha), str(args.seed), str(Path(tmp) / "guide.keras")]
-        t_guide, out = timed(guide_cmd, env)
-        guide = json.loads(out.strip().splitlines()[-1])
+        t_edgetl, t_guide, phases, guides = [], [], [], []
+        for i in range(max(args.repeat, 1)):
+            run = Path(tmp) / f"run{i}"
+            edgetl_cmd = [str(bin_dir / "edgetl"), "train", str(data), "--backbone", "mobilenet_v2", "--alpha",
+                          str(args.alpha), "--weights", weights, "--image-size", str(args.image_size), "--epochs",
+                          str(args.epochs), "--patience", str(args.epochs), "--val-split", "0.2", "--test-split",
+                          "0", "--batch-size", "32", "--seed", str(args.seed), "--output", str(run)]
+            seconds, _ = timed(edgetl_cmd, env)
+            t_edgetl.append(seconds)
+            manifest = json.loads((run / "manifest.json").read_text())
+            phases.append(manifest["training"]["seconds"])
+            metrics = json.loads((run / "metrics.json").read_text())
+            guide_cmd = [sys.executable, "-c", GUIDE, str(data), str(args.image_size), str(args.epochs), weights,
+                         str(args.alpha), str(args.seed), str(Path(tmp) / "guide.keras")]
+            seconds, out = timed(guide_cmd, env)
+            t_guide.append(seconds)
+            guides.append(json.loads(out.strip().splitlines()[-1]))
+            print(f"run {i + 1}: edgetl {t_edgetl[-1]:.1f} s, guide {t_guide[-1]:.1f} s", file=sys.stderr)
+        guide = guides[-1]
 
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
         "data": f"{3 * args.per_class} generated images, 3 classes, val 20%",
         "backbone": f"mobilenet_v2 alpha {args.alpha} at {args.image_size}, weights {args.weights}",
         "epochs": args.epochs,
-        "edgetl_seconds": round(t_edgetl, 1),
-        "edgetl_phase_seconds": manifest["training"]["seconds"],
-        "guide_seconds": round(t_guide, 1),
-        "speedup": round(t_guide / t_edgetl, 2),
+        "runs": len(t_edgetl),
+        "edgetl_seconds": round(statistics.median(t_edgetl), 1),
+        "edgetl_seconds_all": [round(t, 1) for t in t_edgetl],
+        "edgetl_phase_seconds": phases[t_edgetl.index(sorted(t_edgetl)[len(t_edgetl) // 2])],
+        "guide_seconds": round(statistics.median(t_guide), 1),
+        "guide_seconds_all": [round(t, 1) for t in t_guide],
+        "speedup": round(statistics.median(t_guide) / statistics.median(t_edgetl), 2),
         "edgetl_val_accuracy": metrics["val"]["accuracy"],
         "guide_val_accuracy (best epoch)": guide["val_accuracy"],
     }
-    print("| | wall time (s) | val accuracy |\n| --- | --- | --- |")
+    print("| | median wall time (s) | val accuracy |\n| --- | --- | --- |")
     print(f"| edgetl train (feature cache) | {result['edgetl_seconds']} | {result['edgetl_val_accuracy']:.3f} |")
     print(f"| Keras guide by hand | {result['guide_seconds']} | {result['guide_val_accuracy (best epoch)']:.3f} |")
     print(f"speed-up {result['speedup']}x; edgetl phases: {result['edgetl_phase_seconds']}")
