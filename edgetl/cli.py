@@ -218,6 +218,10 @@ def run() -> None:
             click.echo(str(exc.code), err=True)
     if "tensorflow" not in sys.modules:
         sys.exit(code)
+    import atexit
+
+    # The exit handlers still run: autograph deletes its temporary source files in one.
+    atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -135,6 +135,22 @@ def test_errors_never_print_a_traceback_in_a_real_process(tmp_path: Path) -> Non
     assert proc.stderr.strip().startswith("error: ")
 
 
+def test_real_process_exits_fast_with_complete_output(trained_run: Path, tmp_path: Path) -> None:
+    # The console entry point skips TensorFlow's teardown with os._exit: piped output must still be
+    # whole, the exit code kept, and files written before the exit complete.
+    proc = subprocess.run([sys.executable, "-m", "edgetl", "evaluate", str(trained_run), "--json",
+                           "--junit", str(tmp_path / "gate.xml")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert 0.0 <= report["accuracy"] <= 1.0
+    assert (tmp_path / "gate.xml").read_text().rstrip().endswith("</testsuites>")
+    if report["accuracy"] < 1.0:  # a gate that fails after TensorFlow is loaded keeps its exit code 1
+        proc = subprocess.run([sys.executable, "-m", "edgetl", "evaluate", str(trained_run), "--min-accuracy", "1"],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 1, proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
 def test_demo_data_command(tmp_path: Path) -> None:
     code, out = run_cli("demo-data", str(tmp_path / "d"), "--per-class", "5")
     assert code == 0, out
