@@ -11,6 +11,11 @@ class EdgetlError(Exception):
 
     exit_code = 2
 
+    def __init__(self, message: object = "", *args: object) -> None:
+        # Messages quote what the user gave (keys, paths, values), which may hold line breaks: shown
+        # escaped, the message stays one line whatever it quotes.
+        super().__init__(str(message).replace("\r", "\\r").replace("\n", "\\n"), *args)
+
 
 class UsageError(EdgetlError):
     """An option value or combination that is not allowed."""

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from edgetl.config import TrainConfig, load_recipe, merge
@@ -47,6 +47,7 @@ def test_any_bytes_as_a_recipe_raise_only_usage_errors(data: bytes) -> None:
 
 @SETTINGS
 @given(st.dictionaries(_keys, _values, max_size=5))
+@example({"\n": None})  # found by hypothesis: a key holding a line break made a two-line message
 def test_any_yaml_mapping_raises_only_usage_errors(mapping: dict[str, Any]) -> None:
     text = yaml.safe_dump(mapping, allow_unicode=True)
     try:
