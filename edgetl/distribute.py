@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -183,11 +184,15 @@ def _watchdog(timeout: float, what: str) -> Iterator[None]:
     line = (f"error: {what} within {timeout:.0f} s. Start every worker with the same TF_CONFIG cluster, check "
             "hosts, ports and firewalls, or raise EDGETL_WORKER_TIMEOUT.")
     script = f"sleep {timeout:.0f}; echo {shlex.quote(line)} >&2; kill -KILL {os.getpid()}"
-    guard = subprocess.Popen(["sh", "-c", script], stdin=subprocess.DEVNULL)
+    # Its own process group, killed whole: a `sleep` left behind would hold this process' stderr
+    # open, and `edgetl train ... 2>&1 | tee log` would wait for it for `timeout` seconds.
+    guard = subprocess.Popen(["sh", "-c", script], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             start_new_session=True)
     try:
         yield
     finally:
-        guard.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(guard.pid, signal.SIGKILL)
         guard.wait()
 
 

@@ -114,3 +114,12 @@ def test_mixed_precision_trains_and_saves_float32(demo_dir: Path, tmp_path: Path
     import keras
 
     assert keras.mixed_precision.global_policy().name == "float32"  # restored for whatever runs next
+
+
+def test_the_connect_watchdog_leaves_nothing_holding_the_output_pipes() -> None:
+    # A piped `edgetl train --strategy multiworker ... | tee log` must end when edgetl does, not when
+    # the watchdog's `sleep` would have fired (EDGETL_WORKER_TIMEOUT, 120 s by default).
+    code = ("import time\nfrom edgetl.distribute import _watchdog\nwith _watchdog(60, 'x'):\n    time.sleep(0.5)\n"
+            "print('done')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0 and proc.stdout.strip() == "done"
