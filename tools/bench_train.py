@@ -6,8 +6,10 @@ is what a user waits for. Results go to stdout as a Markdown table and to --json
 
     .venv/bin/python tools/bench_train.py [--weights none] [--epochs 10] [--per-class 100] [--repeat 3]
 
-With --repeat N both sides run N times, alternating, and the medians are compared: on shared cores
-single runs vary by a third.
+Both final models (edgetl's model.keras and the guide's) are then scored on the same held-out
+images, generated with another seed (--holdout-per-class per class), since the two sides split
+validation differently. With --repeat N both sides run N times, alternating, and the medians are
+compared: on shared cores single runs vary by a third.
 """
 
 from __future__ import annotations
@@ -63,6 +65,27 @@ def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
     return seconds, proc.stdout
 
 
+def holdout_accuracy(tmp: Path, args: argparse.Namespace, models: list[Path]) -> dict[str, object]:
+    """Accuracy of each model (RGB 0..255 in, probabilities out, as both sides build them) on new images."""
+    import keras
+    import numpy as np
+
+    from edgetl.data import load_images, scan_folder
+    from edgetl.demodata import write_demo_data
+
+    folder = tmp / "holdout"
+    write_demo_data(folder, classes=("circles", "squares", "triangles"), per_class=args.holdout_per_class,
+                    seed=args.seed + 1000)
+    items = scan_folder(folder, val_split=0, test_split=0).train
+    x = load_images(folder, items, (args.image_size, args.image_size)).astype("float32")
+    y = np.array([i.label for i in items])
+    accs = []
+    for path in models:
+        model = keras.saving.load_model(path, compile=False)
+        accs.append(round(float((model.predict(x, batch_size=32, verbose=0).argmax(1) == y).mean()), 4))
+    return {"images": len(items), "accuracy": accs}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", default="none", help="none, bundled (alpha 0.35 only) or a weights file")
@@ -71,6 +94,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--per-class", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--holdout-per-class", type=int, default=100, help="held-out images per class for both models")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each side, alternating; medians compared")
     ap.add_argument("--json", help="write the figures here too")
     args = ap.parse_args()
@@ -107,6 +131,7 @@ def main() -> None:
             guides.append(json.loads(out.strip().splitlines()[-1]))
             print(f"run {i + 1}: edgetl {t_edgetl[-1]:.1f} s, guide {t_guide[-1]:.1f} s", file=sys.stderr)
         guide = guides[-1]
+        holdout = holdout_accuracy(Path(tmp), args, [run / "model.keras", Path(tmp) / "guide.keras"])
 
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
@@ -122,10 +147,16 @@ def main() -> None:
         "speedup": round(statistics.median(t_guide) / statistics.median(t_edgetl), 2),
         "edgetl_val_accuracy": metrics["val"]["accuracy"],
         "guide_val_accuracy (best epoch)": guide["val_accuracy"],
+        "holdout_images": holdout["images"],
+        "edgetl_holdout_accuracy": holdout["accuracy"][0],
+        "guide_holdout_accuracy": holdout["accuracy"][1],
     }
-    print("| | median wall time (s) | val accuracy |\n| --- | --- | --- |")
-    print(f"| edgetl train (feature cache) | {result['edgetl_seconds']} | {result['edgetl_val_accuracy']:.3f} |")
-    print(f"| Keras guide by hand | {result['guide_seconds']} | {result['guide_val_accuracy (best epoch)']:.3f} |")
+    print(f"| | median wall time (s) | val accuracy | accuracy on {holdout['images']} held-out images |")
+    print("| --- | --- | --- | --- |")
+    print(f"| edgetl train (feature cache) | {result['edgetl_seconds']} | {result['edgetl_val_accuracy']:.3f} | "
+          f"{holdout['accuracy'][0]:.3f} |")
+    print(f"| Keras guide by hand | {result['guide_seconds']} | {result['guide_val_accuracy (best epoch)']:.3f} | "
+          f"{holdout['accuracy'][1]:.3f} |")
     print(f"speed-up {result['speedup']}x; edgetl phases: {result['edgetl_phase_seconds']}")
     print(json.dumps(result, indent=2))
     if args.json:
