@@ -47,6 +47,8 @@ TWIN_TOLERANCE = 1e-5
 # Layers whose kernels pruning acts on (and whose sparsity is reported). Depthwise kernels are left
 # dense: they hold about 2% of a MobileNet's weights, and pruning them costs accuracy for no size.
 _PRUNABLE = ("Conv2D", "Dense")
+# Weighted layers tfmot has no rule for that QAT gives an output quantizer (quantize_for_training).
+_AFFINE_LAYERS = ("LayerNormalization", "LayerScale", "Normalization")
 
 
 @dataclass
@@ -255,13 +257,61 @@ def max_output_diff(model3: Any, twin: Any, images: Any) -> float:
 # QAT and pruning transforms
 
 
+def _flatten(model: Any, tfk: Any) -> Any:
+    """`model` with every nested Keras model (ConvNeXt's stem and downsampling Sequentials) inlined.
+
+    tfmot quantizes flat graphs only. Each layer is a fresh copy with the same name and weights (so
+    variable names match the twin's for qat_weights_to_twin), not the twin's own instance: sharing
+    would give the twin's layers a second inbound node. A model without nested models is returned
+    as it is.
+    """
+    import tensorflow as tf
+
+    if not any(isinstance(layer, tfk.Model) for layer in model.layers):
+        return model
+
+    def copy(layer: Any, *args: Any, **kwargs: Any) -> Any:
+        new = layer.__class__.from_config(layer.get_config())
+        out = new(*args, **kwargs)
+        new.set_weights(layer.get_weights())
+        return out
+
+    computed: dict[str, Any] = {str(id(t)): t for t in model.inputs}
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            if node.is_input:
+                continue
+            flat = list(node._flat_arguments)
+            for kt_id, index in node._keras_inputs_ids_and_indices:
+                flat[index] = computed[kt_id]
+            args, kwargs = tf.nest.pack_sequence_as((node.call_args, node.call_kwargs.values()), flat)
+            kwargs = dict(zip(node.call_kwargs.keys(), kwargs, strict=True))
+            if isinstance(node.layer, tfk.Sequential):
+                y = args[0]
+                for sub in node.layer.layers:
+                    y = copy(sub, y)
+                outputs = y
+            elif isinstance(node.layer, tfk.Model):
+                raise ModelError(f"layer '{node.layer.name}' is a functional model nested inside the backbone; tfmot "
+                                 "quantizes only flat graphs, so this backbone cannot be quantization-aware trained; "
+                                 "use post-training quantization (edgetl export --quantize int8).")
+            else:
+                outputs = copy(node.layer, *args, **kwargs)
+            for kt_id, y in zip(node.flat_output_ids, tf.nest.flatten(outputs), strict=True):
+                computed[kt_id] = y
+    outputs = [computed[str(id(t))] for t in model.outputs]
+    return tfk.Model(model.inputs, outputs if len(outputs) > 1 else outputs[0], name=model.name)
+
+
 def quantize_for_training(twin: Any, tfk: Any, tfmot: Any) -> Any:
     """tfmot's default 8-bit QAT model of `twin`.
 
     Layers tfmot has no rule for but that hold no weights (Rescaling, Normalization, unsupported
     activations) get an output quantizer, so the converter has a learned range for their outputs.
     Raw TF ops (TFOpLambda: MobileNetV3's hard-swish arithmetic) stay unwrapped: the converter
-    calibrates their ranges from representative images.
+    calibrates their ranges from representative images. Weighted layers that only scale and shift
+    per channel (a BatchNormalization tfmot cannot fold, LayerNormalization, LayerScale) get an
+    output quantizer too. Nested models (ConvNeXt's Sequential blocks) are inlined first.
 
     Raises:
         ModelError: one line naming a layer that cannot be quantized and why.
@@ -278,10 +328,40 @@ def quantize_for_training(twin: Any, tfk: Any, tfmot: Any) -> Any:
     output_only = configs.Default8BitOutputQuantizeConfig
     unsupported_activations = ("hard_sigmoid", "hard_swish", "hard_silu", "silu", "elu", "selu", "exponential")
 
+    # tfmot folds a BatchNormalization into the linear convolution or Dense layer before it (and
+    # splits SeparableConv2D into depthwise + 1x1 conv first, so it counts as one). Any other BN
+    # (ResNet50V2's and DenseNet's pre-activation BN after an Add or Concatenate) has no rule: it
+    # is frozen, so it quantizes as an affine op on its output (the converter quantizes its
+    # per-channel scale and offset like any constant).
+    folded_into = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense")
+    try:
+        twin = _flatten(twin, tfk)
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"the models nested in this backbone cannot be inlined for tfmot: {_first_line(exc)}. Use "
+                         "post-training quantization (edgetl export --quantize int8) for this backbone.") from None
+    standalone_bn: set[str] = set()
+    for layer in twin.layers:
+        if layer.__class__.__name__ != "BatchNormalization":
+            continue
+        inbound = [n.inbound_layers for n in layer._inbound_nodes]
+        prev = inbound[0] if len(inbound) == 1 else None
+        if not (prev is not None and not isinstance(prev, list) and prev.__class__.__name__ in folded_into
+                and getattr(prev.activation, "__name__", "") == "linear"):
+            standalone_bn.add(layer.name)
+
     def annotate(layer: Any) -> Any:
         cls = layer.__class__.__name__
         if isinstance(layer, tfk.layers.InputLayer):
             return layer
+        if layer.name in standalone_bn:
+            return q.quantize_annotate_layer(layer, quantize_config=output_only())
+        if cls == "AveragePooling2D":
+            # TFLite's int8 AVERAGE_POOL_2D needs its output scale equal to its input's; tfmot gives it
+            # a range of its own, which the converter refuses (DenseNet's transitions). No quantizer:
+            # the converter carries the input's scale through, as tfmot does for MaxPooling2D.
+            return q.quantize_annotate_layer(layer, quantize_config=configs.NoOpQuantizeConfig())
         if cls in ("TFOpLambda", "SlicingOpLambda"):
             # A raw TF op (MobileNetV3's x + 3 and x * (1/6)) cannot be called inside a QuantizeWrapper.
             # Left as it is, it trains in float; the converter calibrates its range from the
@@ -291,10 +371,16 @@ def quantize_for_training(twin: Any, tfk: Any, tfmot: Any) -> Any:
             act = getattr(layer.activation, "__name__", str(layer.activation))
             if act in unsupported_activations:
                 return q.quantize_annotate_layer(layer, quantize_config=output_only())
-        # BatchNormalization is not in the registry: quantize_apply's layout transforms handle it.
-        if registry.supports(layer) or cls == "BatchNormalization":
+        # Not in the registry, but quantize_apply's layout transforms handle them: BatchNormalization
+        # after a convolution is folded into it; SeparableConv2D is split into DepthwiseConv2D and a
+        # 1x1 Conv2D (qat_weights_to_twin maps the pair back).
+        if registry.supports(layer) or cls in ("BatchNormalization", "SeparableConv2D"):
             return q.quantize_annotate_layer(layer)
-        if layer.weights and cls not in ("Normalization",):
+        # Per-channel scale and offset, no rule in tfmot: trained in float, the output quantized; the
+        # converter quantizes their weights as constants (ConvNeXt's LayerNormalization and LayerScale).
+        if cls in _AFFINE_LAYERS:
+            return q.quantize_annotate_layer(layer, quantize_config=output_only())
+        if layer.weights:
             raise ModelError(f"layer '{layer.name}' ({cls}) holds weights that tfmot's 8-bit scheme has no rule "
                              "for, so it cannot be quantization-aware trained; use post-training quantization "
                              "(edgetl export --quantize int8) for this backbone.")
@@ -302,7 +388,11 @@ def quantize_for_training(twin: Any, tfk: Any, tfmot: Any) -> Any:
 
     try:
         annotated = tfk.models.clone_model(twin, clone_function=annotate)
-        with q.quantize_scope({"Default8BitOutputQuantizeConfig": output_only}):
+        # quantize_apply rebuilds the model from its config: custom layers (LayerScale) must resolve.
+        custom = {layer.__class__.__name__: layer.__class__ for layer in twin.layers
+                  if not layer.__class__.__module__.startswith("tf_keras.src.layers")}
+        with q.quantize_scope({**custom, "Default8BitOutputQuantizeConfig": output_only,
+                               "NoOpQuantizeConfig": configs.NoOpQuantizeConfig}):
             return q.quantize_apply(annotated)
     except ModelError:
         raise
@@ -322,27 +412,38 @@ def init_ranges(qat_model: Any, twin: Any, images: Any, batch: int = 16) -> int:
         The number of ranges set.
     """
     import numpy as np
+    import tf_keras
 
+    # The QAT model has the nested models' layers inlined (ConvNeXt): so must the twin probed here.
+    twin = _flatten(twin, tf_keras)
     by_name = {layer.name: layer for layer in twin.layers}
-    targets: list[tuple[Any, Any, Any]] = []  # (twin layer, min var, max var)
+    # (twin layer, its output is the depthwise half of a split SeparableConv2D, min var, max var)
+    targets: list[tuple[Any, bool, Any, Any]] = []
     for wrapper in qat_model.layers:
         inner = getattr(wrapper, "layer", None)
         if inner is None or inner.name not in by_name:
             continue
-        found: dict[str, dict[str, Any]] = {}
-        for v in wrapper.weights:
-            short = v.name.split("/")[-1].split(":")[0]
-            for kind in ("output", "post_activation"):
-                if short in (f"{kind}_min", f"{kind}_max"):
-                    found.setdefault(kind, {})[short.rsplit("_", 1)[1]] = v
-        for pair in found.values():
-            if "min" in pair and "max" in pair:
-                targets.append((by_name[inner.name], pair["min"], pair["max"]))
+        for pair in _range_vars(wrapper):
+            targets.append((by_name[inner.name], False, pair["min"], pair["max"]))
+    # tfmot's split of a SeparableConv2D: the depthwise half's output is a tensor the twin never
+    # names. Left at [-6, 6] it can be 10^6 times wider than the 1x1 conv's output range, which
+    # XNNPACK refuses (requantization scale >= 256). It is the depthwise convolution of the
+    # SeparableConv2D's input with its depthwise kernel: computed below from the twin.
+    seps = [layer for layer in twin.layers if layer.__class__.__name__ == "SeparableConv2D"]
+    splits = _separable_splits(qat_model, twin)
+    if len(seps) == len(splits):
+        for sep, (dw, pw) in zip(seps, splits, strict=True):
+            targets += [(sep, True, pair["min"], pair["max"]) for pair in _range_vars(dw)]
+            targets += [(sep, False, pair["min"], pair["max"]) for pair in _range_vars(pw)]
     if not targets:
         return 0
-    import tf_keras
+    import tensorflow as tf
 
-    probe = tf_keras.Model(twin.inputs, [t[0].output for t in targets])
+    def depthwise(sep: Any, x: Any) -> Any:
+        return tf.nn.depthwise_conv2d(x, sep.depthwise_kernel, strides=(1, *sep.strides, 1),
+                                      padding=sep.padding.upper(), dilations=sep.dilation_rate)
+
+    probe = tf_keras.Model(twin.inputs, [layer.input if dw else layer.output for layer, dw, _, _ in targets])
     lo = np.full(len(targets), np.inf)
     hi = np.full(len(targets), -np.inf)
     x = np.asarray(images, dtype=np.float32)
@@ -350,14 +451,25 @@ def init_ranges(qat_model: Any, twin: Any, images: Any, batch: int = 16) -> int:
         outs = probe(x[i:i + batch], training=False)
         outs = outs if isinstance(outs, (list, tuple)) else [outs]
         for j, o in enumerate(outs):
-            arr = np.asarray(o)
+            arr = np.asarray(depthwise(targets[j][0], o) if targets[j][1] else o)
             lo[j] = min(lo[j], float(arr.min()))
             hi[j] = max(hi[j], float(arr.max()))
-    for j, (_, vmin, vmax) in enumerate(targets):
+    for j, (_, _, vmin, vmax) in enumerate(targets):
         # TFLite needs 0 inside every range (asymmetric quantization of activations).
         vmin.assign(min(0.0, lo[j]))
         vmax.assign(max(0.0, hi[j], lo[j] + 1e-6))
     return len(targets)
+
+
+def _range_vars(wrapper: Any) -> list[dict[str, Any]]:
+    """The {"min": var, "max": var} activation ranges of a tfmot wrapper (output, post-activation)."""
+    found: dict[str, dict[str, Any]] = {}
+    for v in wrapper.weights:
+        short = v.name.split("/")[-1].split(":")[0]
+        for kind in ("output", "post_activation"):
+            if short in (f"{kind}_min", f"{kind}_max"):
+                found.setdefault(kind, {})[short.rsplit("_", 1)[1]] = v
+    return [pair for pair in found.values() if "min" in pair and "max" in pair]
 
 
 def qat_weights_to_twin(qat_model: Any, twin: Any) -> None:
@@ -370,13 +482,52 @@ def qat_weights_to_twin(qat_model: Any, twin: Any) -> None:
         ModelError: a twin variable has no trained counterpart.
     """
     trained = {v.name: v for layer in qat_model.layers for v in layer.weights}
+    split = _separable_splits(qat_model, twin)
     for layer in weighted_layers(twin):
+        if layer.__class__.__name__ == "SeparableConv2D":
+            # tfmot split it into a DepthwiseConv2D and a 1x1 Conv2D with new names: take the next
+            # pair in graph order (depthwise kernel; pointwise kernel and bias).
+            if not split:
+                raise ModelError(f"the QAT model has no split counterpart of SeparableConv2D '{layer.name}'; cannot "
+                                 "copy it back. Report this.")
+            dw, pw = split.pop(0)
+            srcs = _own(dw, ("depthwise_kernel",)) + _own(pw, ("kernel", "bias"))
+            if [tuple(v.shape) for v in srcs] != [tuple(w.shape) for w in layer.weights]:
+                raise ModelError(f"the split of SeparableConv2D '{layer.name}' in the QAT model has other weight "
+                                 "shapes; cannot copy it back. Report this.")
+            for w, src in zip(layer.weights, srcs, strict=True):
+                w.assign(src)
+            continue
         for w in layer.weights:
             src = trained.get(w.name)
             if src is None or tuple(src.shape) != tuple(w.shape):
                 raise ModelError(f"the QAT model has no trained weight '{w.name}' of shape {tuple(w.shape)}; cannot "
                                  "copy it back. Report this.")
             w.assign(src)
+
+
+def _separable_splits(qat_model: Any, twin: Any) -> list[tuple[Any, Any]]:
+    """(DepthwiseConv2D wrapper, Conv2D wrapper) that tfmot made from each SeparableConv2D of `twin`.
+
+    They are the DepthwiseConv2D layers that have no namesake in `twin`, each with the Conv2D it feeds,
+    in graph order (the order of the SeparableConv2D layers they replace).
+    """
+    names = {layer.name for layer in twin.layers}
+    pairs: list[tuple[Any, Any]] = []
+    for wrapper in qat_model.layers:
+        inner = getattr(wrapper, "layer", None)
+        if inner is None or inner.__class__.__name__ != "DepthwiseConv2D" or inner.name in names:
+            continue
+        consumers = [n.outbound_layer for n in wrapper._outbound_nodes]
+        if len(consumers) == 1 and getattr(consumers[0], "layer", None).__class__.__name__ == "Conv2D":
+            pairs.append((wrapper, consumers[0]))
+    return pairs
+
+
+def _own(wrapper: Any, short_names: tuple[str, ...]) -> list[Any]:
+    """The wrapped layer's variables by short name (a wrapper also holds its quantizers' min/max)."""
+    by_short = {v.name.split("/")[-1].split(":")[0]: v for v in wrapper.weights}
+    return [by_short[n] for n in short_names if n in by_short]
 
 
 def prune_for_training(twin: Any, tfk: Any, tfmot: Any, *, sparsity: float, schedule: str, end_step: int) -> Any:

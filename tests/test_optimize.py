@@ -164,3 +164,34 @@ def test_edgetl_export_uses_the_qat_ranges(qat_run: Path, tmp_path: Path) -> Non
     files = list((tmp_path / "x").glob("*int8-full*.tflite"))
     assert len(files) == 1
     assert read_tflite_metadata(files[0])["qat"] is True
+
+
+def test_qat_separable_conv_and_standalone_batchnorm() -> None:
+    """Xception's SeparableConv2D (tfmot splits it) and pre-activation BN (ResNet50V2, DenseNet), in miniature."""
+    from edgetl.optimize import _tfmot, init_ranges, qat_weights_to_twin, quantize_for_training
+
+    tfk, tfmot = _tfmot()
+    L = tfk.layers
+    inputs = tfk.Input((16, 16, 3), name="image")
+    x = L.Conv2D(8, 3, padding="same", name="stem")(inputs)
+    x = L.BatchNormalization(name="preact_bn")(L.Add(name="add")([x, x]))  # BN after Add: no conv to fold into
+    x = L.SeparableConv2D(8, 3, padding="same", use_bias=False, name="sep")(L.ReLU(name="relu")(x))
+    x = L.BatchNormalization(name="sep_bn")(x)
+    outputs = L.Dense(3, activation="softmax", name="predictions")(L.GlobalAveragePooling2D(name="pool")(x))
+    model = tfk.Model(inputs, outputs)
+    qat = quantize_for_training(model, tfk, tfmot)
+    xs = np.random.RandomState(0).uniform(0, 255, (4, 16, 16, 3)).astype("float32")
+    init_ranges(qat, model, xs)
+    # The depthwise half tfmot split off has no namesake in the model; its range is set all the same.
+    split = [w for w in qat.layers if getattr(w, "layer", None).__class__.__name__ == "DepthwiseConv2D"]
+    assert len(split) == 1
+    maxima = [float(v.numpy()) for v in split[0].weights if v.name.endswith(("activation_max:0", "output_max:0"))]
+    assert maxima and 6.0 not in maxima
+    qat.compile(optimizer=tfk.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
+    qat.fit(xs, np.array([0, 1, 2, 0]), epochs=1, batch_size=4, verbose=0)
+    before = [w.copy() for w in model.get_layer("sep").get_weights()]
+    qat_weights_to_twin(qat, model)  # the split SeparableConv2D's trained kernels come back
+    after = model.get_layer("sep").get_weights()
+    assert [w.shape for w in after] == [w.shape for w in before]
+    assert not np.allclose(after[0], before[0]) and not np.allclose(after[1], before[1])
+    assert os.environ.get("TF_USE_LEGACY_KERAS") is None

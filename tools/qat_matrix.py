@@ -1,0 +1,152 @@
+"""QAT across the backbone registry: which backbones `edgetl optimize --method qat` takes, end to end.
+
+Usage:
+    .venv/bin/python tools/qat_matrix.py [--backbones vgg16,xception] [--json qat_matrix.json]
+
+For each backbone card: `edgetl demo-data` (once), `edgetl train --weights none` at the card's
+minimum input size for one epoch (a real run directory with its manifest: build_twin needs one),
+`edgetl optimize RUN --method qat --epochs 1 --batch-size 8 --no-compare`, then
+`edgetl export QATRUN -q int8-full` and the .tflite opened and invoked once in LiteRT. Everything
+goes through the CLI in subprocesses, so each backbone starts from a clean process (tfmot's
+TF_USE_LEGACY_KERAS side effect and tf_keras graph state cannot leak between backbones) and the
+recorded message is the one line a user would see.
+
+Prints a Markdown table (backbone, size, status, seconds, message) and writes it as JSON with --json.
+A backbone that takes longer than --timeout seconds in all (default 300) is stopped and recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cards() -> dict[str, dict[str, Any]]:
+    import yaml
+
+    return yaml.safe_load((ROOT / "models" / "backbones.yaml").read_text())
+
+
+def _error_line(stderr: str) -> str:
+    """The CLI's one-line error ("error: ..."), else the last non-empty line (a crash)."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if ln.startswith("error:"):
+            return ln[len("error:"):].strip()
+    return lines[-1] if lines else "(no output)"
+
+
+def _run(cmd: list[str], timeout: float) -> tuple[bool, str]:
+    """Run one CLI command; (ok, error line)."""
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return False, "stopped: over the time limit"
+    return p.returncode == 0, "" if p.returncode == 0 else _error_line(p.stderr)
+
+
+def _open_tflite(folder: Path) -> str:
+    """Open the exported int8-full .tflite in LiteRT and invoke it once; '' when that works."""
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    files = sorted(folder.glob("*.tflite"))
+    if not files:
+        return "edgetl export wrote no .tflite"
+    interp = Interpreter(model_path=str(files[0]))
+    interp.allocate_tensors()
+    inp = interp.get_input_details()[0]
+    interp.set_tensor(inp["index"], np.zeros(inp["shape"], dtype=inp["dtype"]))
+    interp.invoke()
+    out = interp.get_output_details()[0]
+    if inp["dtype"] != np.uint8 or out["dtype"] != np.uint8:
+        return f"int8-full file has {inp['dtype'].__name__}/{out['dtype'].__name__} input/output, not uint8"
+    return ""
+
+
+def check_backbone(name: str, card: dict[str, Any], data: Path, work: Path, timeout: float) -> dict[str, Any]:
+    """Train, QAT-optimize and export one backbone through the CLI; the row of the table."""
+    edgetl = str(Path(sys.executable).parent / "edgetl")
+    size = int(card.get("min_size") or 32)
+    run, qat, exp = work / name, work / f"{name}-qat", work / f"{name}-export"
+    row: dict[str, Any] = {"backbone": name, "image_size": size, "status": "ok", "stage": "", "message": ""}
+    t0 = time.perf_counter()
+    stages = [
+        ("train", [edgetl, "train", str(data), "--backbone", name, "--weights", "none", "--image-size", str(size),
+                   "--epochs", "1", "--batch-size", "8", "--output", str(run), "--force"]),
+        ("optimize", [edgetl, "optimize", str(run), "--method", "qat", "--epochs", "1", "--batch-size", "8",
+                      "--no-compare", "--output", str(qat), "--force"]),
+        ("export", [edgetl, "export", str(qat), "-q", "int8-full", "-o", str(exp)]),
+    ]
+    for stage, cmd in stages:
+        ok, msg = _run(cmd, max(1.0, timeout - (time.perf_counter() - t0)))
+        row[f"{stage}_s"] = round(time.perf_counter() - t0, 1)
+        if not ok:
+            # A refusal in train is not a QAT result; say so rather than count it as one.
+            if msg.startswith("stopped:"):
+                status = f"stopped ({stage})"
+            else:
+                status = "refused" if stage == "optimize" else f"failed ({stage})"
+            row.update(status=status, stage=stage, message=msg)
+            break
+    else:
+        try:
+            msg = _open_tflite(exp)
+        except Exception as exc:  # any LiteRT failure is the result being measured, not a tool bug
+            msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if msg:
+            row.update(status="failed (litert)", stage="litert", message=msg)
+    row["seconds"] = round(time.perf_counter() - t0, 1)
+    for p in (run, qat, exp):
+        shutil.rmtree(p, ignore_errors=True)
+    return row
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """The Markdown table for BENCHMARKS.md."""
+    out = ["| backbone | size | QAT int8-full | seconds | why not |", "|---|---|---|---|---|"]
+    for r in rows:
+        msg = r["message"].replace("|", "\\|")
+        out.append(f"| {r['backbone']} | {r['image_size']} | {r['status']} | {r['seconds']:.0f} | {msg} |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backbones", default="", help="comma-separated card names (default: all)")
+    ap.add_argument("--json", default=None, help="write the rows to this file")
+    ap.add_argument("--per-class", type=int, default=8, help="demo-data images per class (default 8)")
+    ap.add_argument("--timeout", type=float, default=300, help="seconds per backbone before it is stopped")
+    args = ap.parse_args(argv)
+    cards = _cards()
+    names = [n.strip() for n in args.backbones.split(",") if n.strip()] or list(cards)
+    unknown = [n for n in names if n not in cards]
+    if unknown:
+        ap.error(f"unknown backbone(s) {', '.join(unknown)}; known: {', '.join(cards)}")
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="qat-matrix-") as tmp:
+        work = Path(tmp)
+        data = work / "data"
+        subprocess.run([str(Path(sys.executable).parent / "edgetl"), "demo-data", str(data), "--per-class",
+                        str(args.per_class)], check=True, capture_output=True)
+        for name in names:
+            row = check_backbone(name, cards[name], data, work, args.timeout)
+            print(f"{name}: {row['status']} in {row['seconds']:.0f} s {row['message']}", file=sys.stderr, flush=True)
+            rows.append(row)
+    print(table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"qat_matrix": 1, "rows": rows}, indent=1) + "\n")
+    return 0 if all(r["status"] == "ok" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
