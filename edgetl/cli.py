@@ -213,9 +213,11 @@ def run() -> None:
         main.main(prog_name="edgetl")
         code = 0
     except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        if not isinstance(exc.code, (int, type(None))):
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:  # sys.exit("message"): printed, status 1, as Python does
             click.echo(str(exc.code), err=True)
+            code = 1
     if "tensorflow" not in sys.modules:
         sys.exit(code)
     import atexit

@@ -434,9 +434,9 @@ def _features(clf: Any, splits: Any, names: list[str], size: int, batch_size: in
 def _extract_batch(batch_size: int, placement: Any) -> int:
     """Batch size of the feature pass: large on accelerators, at most 32 on a CPU.
 
-    On a CPU larger batches are slower per image (MobileNetV2-224 on 2 cores: 300 images in 2.4 s
-    at batch 32 and 3.9 s at 64; tools/bench_train.py), since activations stop fitting in cache
-    and the first batch, which cannot overlap decoding, takes longer.
+    On a CPU larger batches are slower per image (MobileNetV2-224 on 2 cores: 300 images in 2.5 s
+    at batch 32 and 3.4-3.9 s at 64; BENCHMARKS.md, train), since activations stop fitting in cache
+    and the first batch, which includes the kernels' set-up, takes longer.
     """
     if any("GPU" in d.upper() or "TPU" in d.upper() for d in placement.devices):
         return max(batch_size, 64)

@@ -195,3 +195,17 @@ def test_cards_match_the_models_keras_builds(name: str) -> None:
     base = build_base(spec, weights="none", alpha=None, image_size=spec.card.min_size * 2)
     assert base.count_params() == spec.card.params
     assert base.output_shape[-1] == spec.card.features
+
+
+def test_feature_pass_batch_follows_the_device() -> None:
+    # Large batches are slower per image on a CPU (BENCHMARKS.md) and faster on a GPU.
+    from types import SimpleNamespace
+
+    from edgetl.train import _extract_batch
+
+    cpu = SimpleNamespace(devices=["CPU"])
+    gpus = SimpleNamespace(devices=["/job:localhost/replica:0/task:0/device:GPU:0", "/device:GPU:1"])
+    assert _extract_batch(128, cpu) == 32
+    assert _extract_batch(8, cpu) == 8
+    assert _extract_batch(32, gpus) == 64
+    assert _extract_batch(256, gpus) == 256
