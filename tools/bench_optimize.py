@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = prepare(Path(args.prepare)) if args.prepare else Path(args.run_dir)
     out = Path(args.out or args.prepare or "bench-opt")
 
-    from edgetl.optimize import optimize_run
+    from edgetl.optimize import OptimizeResult, optimize_run
 
     qat = optimize_run(run_dir, method="qat", epochs=args.qat_epochs, lr=args.qat_lr, output=out / "qat",
                        force=True, batch_size=args.batch_size, compare=True, threads=args.threads)
@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     names = {r["name"] for r in qat.table}
     table = qat.table + [r for r in pruned.table if r["name"] not in names]
 
-    def test_acc(res: object) -> float | None:
-        m = res.metrics.get("test") or res.metrics.get("val")  # type: ignore[attr-defined]
+    def test_acc(res: OptimizeResult) -> float | None:
+        m = res.metrics.get("test") or res.metrics.get("val")
         return m["accuracy"] if m else None
 
     doc = {"run": str(run_dir), "recipe": RECIPE if args.prepare else None,

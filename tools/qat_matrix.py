@@ -27,14 +27,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _cards() -> dict[str, dict[str, Any]]:
-    import yaml
-
-    return yaml.safe_load((ROOT / "models" / "backbones.yaml").read_text())
-
 
 def _error_line(stderr: str) -> str:
     """The CLI's one-line error ("error: ..."), else the last non-empty line (a crash)."""
@@ -73,10 +65,9 @@ def _open_tflite(folder: Path) -> str:
     return ""
 
 
-def check_backbone(name: str, card: dict[str, Any], data: Path, work: Path, timeout: float) -> dict[str, Any]:
-    """Train, QAT-optimize and export one backbone through the CLI; the row of the table."""
+def check_backbone(name: str, size: int, data: Path, work: Path, timeout: float) -> dict[str, Any]:
+    """Train, QAT-optimize and export one backbone at `size` px through the CLI; the row of the table."""
     edgetl = str(Path(sys.executable).parent / "edgetl")
-    size = int(card.get("min_size") or 32)
     run, qat, exp = work / name, work / f"{name}-qat", work / f"{name}-export"
     row: dict[str, Any] = {"backbone": name, "image_size": size, "status": "ok", "stage": "", "message": ""}
     t0 = time.perf_counter()
@@ -127,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-class", type=int, default=8, help="demo-data images per class (default 8)")
     ap.add_argument("--timeout", type=float, default=300, help="seconds per backbone before it is stopped")
     args = ap.parse_args(argv)
-    cards = _cards()
+    from edgetl.backbones import cards as registry
+
+    cards = registry()
     names = [n.strip() for n in args.backbones.split(",") if n.strip()] or list(cards)
     unknown = [n for n in names if n not in cards]
     if unknown:
@@ -139,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run([str(Path(sys.executable).parent / "edgetl"), "demo-data", str(data), "--per-class",
                         str(args.per_class)], check=True, capture_output=True)
         for name in names:
-            row = check_backbone(name, cards[name], data, work, args.timeout)
+            row = check_backbone(name, cards[name].min_size, data, work, args.timeout)
             print(f"{name}: {row['status']} in {row['seconds']:.0f} s {row['message']}", file=sys.stderr, flush=True)
             rows.append(row)
     print(table(rows))
