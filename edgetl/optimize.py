@@ -21,6 +21,7 @@ import csv
 import gzip
 import io
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ DEFAULT_LR = {"qat": 1e-4, "prune": 1e-4}
 # after 3 epochs and 0.5 after 10; QAT recovered all of its int8 loss in 3.
 DEFAULT_EPOCHS = {"qat": 3, "prune": 10}
 DEFAULT_BATCH_SIZE = 32
+DEFAULT_BLOCK = 1
 QAT_SAVED_MODEL = "qat_saved_model"
 REPORT_FILE = "optimize_report.json"
 # The tf_keras twin must give the Keras 3 classifier's probabilities within this (measured: 0 to 6e-8).
@@ -105,7 +107,7 @@ def _tfmot() -> tuple[Any, Any]:
 
 
 def check_options(method: str, epochs: int | None, lr: float | None, sparsity: float, schedule: str,
-                  batch_size: int) -> None:
+                  batch_size: int, block: int = 1) -> None:
     """Reject bad options before anything is loaded.
 
     Raises:
@@ -123,6 +125,9 @@ def check_options(method: str, epochs: int | None, lr: float | None, sparsity: f
     if method == "prune" and not 0 < float(sparsity) < 1:
         raise UsageError(f"--sparsity {sparsity} is out of range. Use a fraction in (0, 1), e.g. 0.5 for half the "
                          "weights set to zero.")
+    if isinstance(block, bool) or not isinstance(block, int) or not 1 <= block <= 64:
+        raise UsageError(f"--block {block} is out of range. Use 1..64 consecutive input channels (1: element-wise; "
+                         f"default {DEFAULT_BLOCK}).")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= 4096:
         raise UsageError(f"--batch-size {batch_size} is out of range. Use 1..4096 (default {DEFAULT_BATCH_SIZE}).")
 
@@ -237,7 +242,13 @@ def copy_weights(src: Any, dst: Any) -> None:
     for la, lb in zip(a, b, strict=True):
         wa = la.get_weights()
         shapes_b = [tuple(w.shape) for w in lb.get_weights()]
-        if la.__class__.__name__ != lb.__class__.__name__ or [tuple(w.shape) for w in wa] != shapes_b:
+        kinds = (la.__class__.__name__, lb.__class__.__name__)
+        sizes_b = [math.prod(sh) for sh in shapes_b]
+        if kinds == ("Dense", "Conv2D") and shapes_b[0][:2] == (1, 1) and [w.size for w in wa] == sizes_b:
+            # prune_for_training's stand-in for a 1x1 convolution
+            wa = [w.reshape(sh) for w, sh in zip(wa, shapes_b, strict=True)]
+            kinds = ("Conv2D", "Conv2D")
+        if kinds[0] != kinds[1] or [tuple(w.shape) for w in wa] != shapes_b:
             raise ModelError(f"layer '{la.name}' ({la.__class__.__name__}) does not match '{lb.name}' "
                              f"({lb.__class__.__name__}) in the rebuild; weights cannot be copied.")
         lb.set_weights(wa)
@@ -530,11 +541,15 @@ def _own(wrapper: Any, short_names: tuple[str, ...]) -> list[Any]:
     return [by_short[n] for n in short_names if n in by_short]
 
 
-def prune_for_training(twin: Any, tfk: Any, tfmot: Any, *, sparsity: float, schedule: str, end_step: int) -> Any:
+def prune_for_training(twin: Any, tfk: Any, tfmot: Any, *, sparsity: float, schedule: str, end_step: int,
+                       block: int = 1) -> Any:
     """`twin` with prune_low_magnitude on every trainable Conv2D and Dense layer.
 
     polynomial: sparsity rises from 0 to `sparsity` over `end_step` steps (tfmot's PolynomialDecay);
-    constant: `sparsity` from the first step.
+    constant: `sparsity` from the first step. block > 1: Dense layers and 1x1 convolutions lose weights
+    in runs of `block` consecutive input channels, ranked by their mean magnitude; other kernels lose
+    them one by one. tfmot prunes in blocks only rank-2 kernels, so 1x1 convolutions train here as the
+    Dense layers they equal; copy_weights puts their kernels back in the Conv2D shape.
     """
     s = tfmot.sparsity.keras
     freq = max(1, min(100, end_step // 10))
@@ -548,14 +563,46 @@ def prune_for_training(twin: Any, tfk: Any, tfmot: Any, *, sparsity: float, sche
         sched = s.ConstantSparsity(float(sparsity), begin_step=0, frequency=freq)
 
     def wrap(layer: Any) -> Any:
-        if layer.__class__.__name__ in _PRUNABLE and layer.trainable:
-            return s.prune_low_magnitude(layer, pruning_schedule=sched)
-        return layer
+        if layer.__class__.__name__ not in _PRUNABLE or not layer.trainable:
+            return layer
+        if block > 1 and _is_pointwise(layer):
+            layer = _as_dense(layer, tfk)
+        size = (block, 1) if block > 1 and layer.__class__.__name__ == "Dense" and _is_matrix(layer) else (1, 1)
+        return s.prune_low_magnitude(layer, pruning_schedule=sched, block_size=size)
 
     try:
         return tfk.models.clone_model(twin, clone_function=wrap)
     except Exception as exc:
         raise ModelError(f"tfmot cannot prune this model: {_first_line(exc)}.") from None
+
+
+def _is_matrix(layer: Any) -> bool:
+    """True for a kernel [in, out] with more than one input and output: what tfmot can prune in blocks.
+
+    Exported, it is stored [out, in] (TFLite, ONNX), so a block along `in` is a run of consecutive
+    zeros in the file, which gzip compresses best.
+    """
+    shape = [int(d) for d in layer.kernel.shape]
+    return len(shape) == 2 and shape[0] > 1 and shape[1] > 1
+
+
+def _is_pointwise(layer: Any) -> bool:
+    """A channels-last 1x1 Conv2D with stride 1: the same function as a Dense layer on the last axis."""
+    if layer.__class__.__name__ != "Conv2D":
+        return False
+    cfg = layer.get_config()
+    return (tuple(cfg["kernel_size"]) == (1, 1) and tuple(cfg["strides"]) == (1, 1)
+            and tuple(cfg["dilation_rate"]) == (1, 1) and int(cfg.get("groups", 1)) == 1
+            and cfg.get("data_format", "channels_last") == "channels_last" and int(layer.kernel.shape[2]) > 1)
+
+
+def _as_dense(conv: Any, tfk: Any) -> Any:
+    """A built tf_keras Dense with `conv`'s name, activation and weights (kernel [1,1,in,out] to [in,out])."""
+    kernel, *rest = conv.get_weights()
+    dense = tfk.layers.Dense(kernel.shape[-1], activation=conv.activation, use_bias=conv.use_bias, name=conv.name)
+    dense.build((None, None, None, kernel.shape[2]))
+    dense.set_weights([kernel.reshape(kernel.shape[2:]), *rest])
+    return dense
 
 
 def kernel_sparsity(model: Any) -> float:
@@ -692,7 +739,8 @@ def _quiet_warnings() -> Any:
 
 
 def optimize_run(run_dir: Any, *, method: str, epochs: int | None = None, output: Any, lr: float | None = None,
-                 sparsity: float = 0.5, schedule: str = "polynomial", batch_size: int = DEFAULT_BATCH_SIZE,
+                 sparsity: float = 0.5, schedule: str = "polynomial", block: int = DEFAULT_BLOCK,
+                 batch_size: int = DEFAULT_BATCH_SIZE,
                  force: bool = False, compare: bool = False, threads: int | None = None,
                  reporter: Reporter | None = None) -> OptimizeResult:
     """Fine-tune a trained run with QAT or pruning and write the result as a new run directory.
@@ -705,6 +753,8 @@ def optimize_run(run_dir: Any, *, method: str, epochs: int | None = None, output
         lr: Adam learning rate (default 1e-4: the model is already trained).
         sparsity: pruning's target fraction of zero weights.
         schedule: pruning schedule, "polynomial" (0 to sparsity over the first 70% of steps) or "constant".
+        block: pruning in runs of this many consecutive input channels of 1x1 convolutions and Dense
+            layers (1: element-wise). Blocks of zeros compress better with the same sparsity.
         batch_size: training batch size.
         force: replace `output` if it holds a run.
         compare: also export float, PTQ int8-full and the optimized model to TFLite and measure them
@@ -722,7 +772,7 @@ def optimize_run(run_dir: Any, *, method: str, epochs: int | None = None, output
     from edgetl import rundir
 
     reporter = reporter or Reporter()
-    check_options(method, epochs, lr, sparsity, schedule, batch_size)
+    check_options(method, epochs, lr, sparsity, schedule, batch_size, block)
     lr = float(lr) if lr is not None else DEFAULT_LR[method]
     epochs = int(epochs) if epochs is not None else DEFAULT_EPOCHS[method]
     src = rundir.load_run(run_dir)
@@ -782,7 +832,8 @@ def optimize_run(run_dir: Any, *, method: str, epochs: int | None = None, output
         reporter.finish()
     else:
         end_step = max(1, int(steps * epochs * 0.7)) if schedule == "polynomial" else 1
-        trainable = prune_for_training(twin, tfk, tfmot, sparsity=sparsity, schedule=schedule, end_step=end_step)
+        trainable = prune_for_training(twin, tfk, tfmot, sparsity=sparsity, schedule=schedule, end_step=end_step,
+                                       block=block)
         callbacks.append(tfmot.sparsity.keras.UpdatePruningStep())
     trainable.compile(optimizer=tfk.optimizers.Adam(learning_rate=lr), loss="sparse_categorical_crossentropy",
                       metrics=["accuracy"])
@@ -820,7 +871,7 @@ def optimize_run(run_dir: Any, *, method: str, epochs: int | None = None, output
 
     # Write the new run.
     path = rundir.prepare_output(out, force=force)
-    manifest = _new_manifest(src, method, epochs, lr, sparsity, schedule, batch_size)
+    manifest = _new_manifest(src, method, epochs, lr, sparsity, schedule, batch_size, block)
     from edgetl.fileio import atomic_path, write_json, write_text
 
     write_json(path / rundir.MANIFEST, manifest)
@@ -919,13 +970,13 @@ def _write_history(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _new_manifest(src: Any, method: str, epochs: int, lr: float, sparsity: float, schedule: str,
-                  batch_size: int) -> dict[str, Any]:
+                  batch_size: int, block: int) -> dict[str, Any]:
     from edgetl import rundir
 
     m = {k: v for k, v in src.manifest.items() if k not in ("training", "metrics", "finished", "optimize")}
     options: dict[str, Any] = {"epochs": epochs, "lr": lr, "batch_size": batch_size}
     if method == "prune":
-        options.update({"sparsity": float(sparsity), "schedule": schedule})
+        options.update({"sparsity": float(sparsity), "schedule": schedule, "block": int(block)})
     m.update({"status": "running", "created": rundir.now(), "versions": rundir.versions(),
               "parent": {"run": str(src.path.resolve()), "method": method, "options": options},
               "files": {"model": rundir.MODEL_FILE, "labels": rundir.LABELS_FILE, "history": rundir.HISTORY_FILE,

@@ -31,6 +31,7 @@ def qat_run(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     (["--method", "qat", "--epochs", "0"], "--epochs 0 is out of range"),
     (["--method", "prune", "--sparsity", "1.5"], "--sparsity 1.5 is out of range"),
     (["--method", "qat", "--lr", "-1"], "--lr -1.0 is out of range"),
+    (["--method", "prune", "--block", "0"], "--block 0 is out of range"),
 ])
 def test_bad_options_one_line_exit_2(trained_run: Path, tmp_path: Path, args: list[str], needle: str) -> None:
     res = _cli("optimize", str(trained_run), *args, "--output", str(tmp_path / "o"))
@@ -118,18 +119,99 @@ def test_keras3_still_works_after_optimize(qat_run: Path) -> None:
     m.fit(np.zeros((4, 4), "float32"), np.array([0, 1, 0, 1]), epochs=1, verbose=0)
 
 
-def test_prune_reaches_sparsity(trained_run: Path, tmp_path: Path) -> None:
-    from edgetl.optimize import kernel_sparsity, optimize_run
+def _blocks_of_zeros(kernel: np.ndarray, block: int) -> bool:
+    """True when a [in, out] kernel's zeros come in whole runs of `block` input channels."""
+    inn, out = kernel.shape
+    zero = np.pad(kernel == 0, ((0, -inn % block), (0, 0)), constant_values=True).reshape(-1, block, out)
+    return bool((zero.all(axis=1) | ~zero.any(axis=1)).all())
+
+
+def test_prune_reaches_sparsity_in_blocks(trained_run: Path, tmp_path: Path) -> None:
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgetl.export import export_run
+    from edgetl.optimize import gzip_size, kernel_sparsity, optimize_run
     from edgetl.rundir import load_run
 
-    res = optimize_run(trained_run, method="prune", epochs=2, sparsity=0.5, batch_size=16,
+    res = optimize_run(trained_run, method="prune", epochs=2, sparsity=0.5, block=4, batch_size=16,
                        output=tmp_path / "pruned")
     run = load_run(res.run_dir)
     assert run.manifest["parent"]["options"]["sparsity"] == 0.5
-    assert kernel_sparsity(run.load_model()) >= 0.49
+    assert run.manifest["parent"]["options"]["block"] == 4
+    model = run.load_model()
+    assert kernel_sparsity(model) >= 0.49
     assert res.sparsity >= 0.49
     report = json.loads((res.run_dir / "optimize_report.json").read_text())
     assert report["method"] == "prune"
+    # 1x1 convolutions came back from their Dense stand-ins as Conv2D, zeroed in blocks of 4 inputs.
+    pointwise = [lay for lay in model._flatten_layers() if lay.__class__.__name__ == "Conv2D"
+                 and lay.kernel.shape[:2] == (1, 1) and lay.kernel.shape[2] > 1]
+    assert len(pointwise) > 10
+    for lay in pointwise:
+        k = np.asarray(lay.kernel)[0, 0]
+        assert (k == 0).mean() >= 0.45, lay.name
+        assert _blocks_of_zeros(k, 4), lay.name
+
+    # Exported, the float file keeps the zeros, opens in LiteRT and ONNX Runtime, and gzips smaller.
+    rep = export_run(res.run_dir, formats=("tflite", "onnx"), quantize=("none",), output=tmp_path / "x",
+                     verify=True)
+    assert sorted(r["format"] for r in rep.rows) == ["onnx", "tflite"]
+    assert all(r["status"] == "ok" for r in rep.rows), rep.rows
+    tfl = next(Path(r["path"]) for r in rep.rows if r["format"] == "tflite")
+    parent = export_run(trained_run, formats=("tflite",), quantize=("none",), output=tmp_path / "p", verify=False)
+    assert gzip_size(tfl) < 0.75 * gzip_size(parent.rows[0]["path"])
+    it = Interpreter(model_path=str(tfl))
+    it.allocate_tensors()
+    zeros = [float((it.get_tensor(d["index"]) == 0).mean()) for d in it.get_tensor_details()
+             if len(d["shape"]) == 4 and d["shape"][1] == 1 and d["shape"][2] == 1 and d["shape"][3] > 1
+             and d["dtype"] == np.float32 and _is_constant(it, d)]
+    assert len(zeros) >= len(pointwise) and min(zeros) >= 0.45
+
+
+def _is_constant(it: object, d: dict) -> bool:
+    try:
+        it.get_tensor(d["index"])  # type: ignore[attr-defined]
+    except ValueError:
+        return False
+    return "serving" not in d["name"]
+
+
+def test_prune_block_stand_ins_are_the_same_function() -> None:
+    """Block pruning trains 1x1 convolutions as Dense layers: same outputs, and copied back as Conv2D."""
+    from edgetl.optimize import _tfmot, copy_weights, prune_for_training
+
+    tfk, tfmot = _tfmot()
+    L = tfk.layers
+    inputs = tfk.Input((8, 8, 3))
+    x = L.Conv2D(16, 3, padding="same", activation="relu")(inputs)
+    x = L.Conv2D(24, 1, activation="relu")(x)  # pointwise: becomes a Dense stand-in
+    x = L.Conv2D(8, 1, strides=2, use_bias=False)(x)  # strided: stays a Conv2D, pruned element-wise
+    x = L.DepthwiseConv2D(3, padding="same")(x)
+    x = L.Conv2D(12, 1)(x)
+    x = L.GlobalAveragePooling2D()(x)
+    model = tfk.Model(inputs, L.Dense(3, activation="softmax")(x))
+    xs = np.random.RandomState(0).uniform(-1, 1, (6, 8, 8, 3)).astype("float32")
+    ys = np.array([0, 1, 2, 0, 1, 2])
+    before = np.asarray(model(xs))
+
+    pruned = prune_for_training(model, tfk, tfmot, sparsity=0.5, schedule="constant", end_step=1, block=4)
+    inner = [getattr(lay, "layer", lay).__class__.__name__ for lay in pruned.layers]
+    assert inner.count("Dense") == 3 and inner.count("Conv2D") == 2
+    np.testing.assert_allclose(np.asarray(pruned(xs)), before, atol=1e-5)
+
+    pruned.compile(optimizer=tfk.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    pruned.fit(xs, ys, epochs=2, batch_size=3, verbose=0, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+    stripped = tfmot.sparsity.keras.strip_pruning(pruned)
+    copy_weights(stripped, model)
+    np.testing.assert_allclose(np.asarray(model(xs)), np.asarray(stripped(xs)), atol=1e-5)
+    pw = [lay for lay in model.layers if lay.__class__.__name__ == "Conv2D" and lay.kernel.shape[0] == 1
+          and lay.strides == (1, 1)]
+    assert len(pw) == 2
+    for lay in pw:
+        k = np.asarray(lay.kernel)[0, 0]
+        assert abs((k == 0).mean() - 0.5) < 0.1 and _blocks_of_zeros(k, 4)
+    strided = next(lay for lay in model.layers if lay.__class__.__name__ == "Conv2D" and lay.strides == (2, 2))
+    assert abs((np.asarray(strided.kernel) == 0).mean() - 0.5) < 0.1
 
 
 @pytest.mark.parametrize("ctor, kwargs", [

@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prune-epochs", type=int, default=None, help="default: edgetl's (10)")
     ap.add_argument("--prune-lr", type=float, default=None, help="default: edgetl's (1e-4)")
     ap.add_argument("--sparsity", type=float, default=0.5)
+    ap.add_argument("--block", type=int, default=None, help="pruning block (default: edgetl's)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--out", default=None, help="default: --prepare's folder, else bench-opt")
     ap.add_argument("--threads", type=int, default=None)
@@ -59,12 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = prepare(Path(args.prepare)) if args.prepare else Path(args.run_dir)
     out = Path(args.out or args.prepare or "bench-opt")
 
-    from edgetl.optimize import OptimizeResult, optimize_run
+    from edgetl.optimize import DEFAULT_BLOCK, OptimizeResult, optimize_run
 
     qat = optimize_run(run_dir, method="qat", epochs=args.qat_epochs, lr=args.qat_lr, output=out / "qat",
                        force=True, batch_size=args.batch_size, compare=True, threads=args.threads)
     pruned = optimize_run(run_dir, method="prune", epochs=args.prune_epochs, lr=args.prune_lr,
-                          sparsity=args.sparsity, output=out / "pruned", force=True, batch_size=args.batch_size,
+                          sparsity=args.sparsity, block=DEFAULT_BLOCK if args.block is None else args.block,
+                          output=out / "pruned", force=True, batch_size=args.batch_size,
                           compare=True, threads=args.threads)
     names = {r["name"] for r in qat.table}
     table = qat.table + [r for r in pruned.table if r["name"] not in names]
@@ -77,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
            "qat": {"epochs": qat.epochs_run, "float_accuracy_of_its_weights": test_acc(qat),
                    "fake_quant_accuracy": (qat.qat_metrics or {}).get("accuracy"), "seconds": qat.seconds},
            "prune": {"epochs": pruned.epochs_run, "sparsity_target": args.sparsity,
-                     "sparsity_reached": pruned.sparsity, "seconds": pruned.seconds},
+                     "sparsity_reached": pruned.sparsity,
+                     "block": DEFAULT_BLOCK if args.block is None else args.block, "seconds": pruned.seconds},
            "table": table}
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_optimize.json").write_text(json.dumps(doc, indent=2) + "\n")
