@@ -3,13 +3,17 @@
 Usage:
     .venv/bin/python tools/bench_optimize.py RUN_DIR [--qat-epochs 3] [--prune-epochs 10] [--out bench-opt]
     .venv/bin/python tools/bench_optimize.py --prepare bench-opt     # makes the benchmark's run first
+    .venv/bin/python tools/bench_optimize.py bench-opt/run --prune-epochs 20 --prune-lr 1e-3 --block 4 --control
 
 --prepare writes the issue's case from scratch, offline: 2000 generated images (4 classes, seed 11;
 half of them held out for testing, so one image is 0.1 point), MobileNetV2 alpha 0.35 with the
 bundled weights at 96 px, head for up to 40 epochs, then the whole base fine-tuned for 10 epochs
 at lr 5e-4. Post-training int8-full loses about a point on that model.
 
-Writes OUT/qat and OUT/pruned (runs) and OUT/bench_optimize.json, and prints a Markdown table
+--control also fine-tunes the float model exactly as long as pruning does (pruning to 0.1%,
+dense in effect), since the extra training alone can gain more than pruning loses.
+
+Writes OUT/qat and OUT/pruned (runs; OUT/control) and OUT/bench_optimize.json, and prints a Markdown table
 (accuracy, drop from float, size, gzip size and its ratio to float, latency) for BENCHMARKS.md.
 """
 
@@ -52,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sparsity", type=float, default=0.5)
     ap.add_argument("--block", type=int, default=None, help="pruning block (default: edgetl's)")
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--control", action="store_true",
+                    help="also fine-tune the float model as long as pruning does (pruned to 0.1%%: dense in "
+                         "effect), to tell what pruning costs from what the extra training gains")
     ap.add_argument("--out", default=None, help="default: --prepare's folder, else bench-opt")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
@@ -62,14 +69,19 @@ def main(argv: list[str] | None = None) -> int:
 
     from edgetl.optimize import DEFAULT_BLOCK, OptimizeResult, optimize_run
 
+    block = DEFAULT_BLOCK if args.block is None else args.block
     qat = optimize_run(run_dir, method="qat", epochs=args.qat_epochs, lr=args.qat_lr, output=out / "qat",
                        force=True, batch_size=args.batch_size, compare=True, threads=args.threads)
     pruned = optimize_run(run_dir, method="prune", epochs=args.prune_epochs, lr=args.prune_lr,
-                          sparsity=args.sparsity, block=DEFAULT_BLOCK if args.block is None else args.block,
-                          output=out / "pruned", force=True, batch_size=args.batch_size,
-                          compare=True, threads=args.threads)
+                          sparsity=args.sparsity, block=block, output=out / "pruned", force=True,
+                          batch_size=args.batch_size, compare=True, threads=args.threads)
     names = {r["name"] for r in qat.table}
     table = qat.table + [r for r in pruned.table if r["name"] not in names]
+    control = None
+    if args.control:
+        control = optimize_run(run_dir, method="prune", epochs=args.prune_epochs, lr=args.prune_lr,
+                               sparsity=0.001, block=1, output=out / "control", force=True,
+                               batch_size=args.batch_size, threads=args.threads)
 
     def test_acc(res: OptimizeResult) -> float | None:
         m = res.metrics.get("test") or res.metrics.get("val")
@@ -78,9 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     doc = {"run": str(run_dir), "recipe": RECIPE if args.prepare else None,
            "qat": {"epochs": qat.epochs_run, "float_accuracy_of_its_weights": test_acc(qat),
                    "fake_quant_accuracy": (qat.qat_metrics or {}).get("accuracy"), "seconds": qat.seconds},
-           "prune": {"epochs": pruned.epochs_run, "sparsity_target": args.sparsity,
-                     "sparsity_reached": pruned.sparsity,
-                     "block": DEFAULT_BLOCK if args.block is None else args.block, "seconds": pruned.seconds},
+           "prune": {"epochs": pruned.epochs_run, "lr": args.prune_lr, "block": block,
+                     "sparsity_target": args.sparsity, "sparsity_reached": pruned.sparsity,
+                     "seconds": pruned.seconds},
+           "control": None if control is None else {"epochs": control.epochs_run, "lr": args.prune_lr,
+                                                    "sparsity": control.sparsity, "accuracy": test_acc(control)},
            "table": table}
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_optimize.json").write_text(json.dumps(doc, indent=2) + "\n")
@@ -91,7 +105,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['name']} | {r['accuracy']:.3f} | {drop} | {r['size_mb']:.3f} | {r['gzip_mb']:.3f} | "
               f"{r.get('gzip_ratio', 0):.3f} | {r['latency_ms']:.2f} |")
     print(f"QAT: {qat.epochs_run} epochs; its float weights score {test_acc(qat)}. Pruning: {pruned.epochs_run} "
-          f"epochs, sparsity reached {pruned.sparsity:.3f}. Details: {out / 'bench_optimize.json'}")
+          f"epochs, block {block}, sparsity reached {pruned.sparsity:.3f}. Details: {out / 'bench_optimize.json'}")
+    if control is not None:
+        pr = next(r["accuracy"] for r in table if r["name"] == "pruned")
+        print(f"Control, the float model fine-tuned as long as the pruned one (to 0.1% sparsity): "
+              f"{test_acc(control):.3f}; pruned - control: {100 * (pr - (test_acc(control) or 0)):+.1f} points.")
     return 0
 
 
