@@ -891,7 +891,7 @@ def optimize_run(run_dir: Any, *, method: str, epochs: int | None = None, output
                     "export": "int8 and int8-full TFLite convert from saved_model with the ranges learned in "
                               "training (edgetl.optimize.qat_tflite); other modes use model.keras"})
     else:
-        opt["target_sparsity"] = float(sparsity)
+        opt.update({"target_sparsity": float(sparsity), "block": int(block)})
     seconds["total"] = round(time.perf_counter() - t0, 2)
     manifest.update({
         "status": "complete",

@@ -137,7 +137,7 @@ def test_prune_reaches_sparsity_in_blocks(trained_run: Path, tmp_path: Path) -> 
                        output=tmp_path / "pruned")
     run = load_run(res.run_dir)
     assert run.manifest["parent"]["options"]["sparsity"] == 0.5
-    assert run.manifest["parent"]["options"]["block"] == 4
+    assert run.manifest["parent"]["options"]["block"] == run.manifest["optimize"]["block"] == 4
     model = run.load_model()
     assert kernel_sparsity(model) >= 0.49
     assert res.sparsity >= 0.49
