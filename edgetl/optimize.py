@@ -565,10 +565,10 @@ def prune_for_training(twin: Any, tfk: Any, tfmot: Any, *, sparsity: float, sche
     def wrap(layer: Any) -> Any:
         if layer.__class__.__name__ not in _PRUNABLE or not layer.trainable:
             return layer
-        if block > 1 and _is_pointwise(layer):
+        if block > 1 and _is_pointwise(layer) and _blockable(layer.kernel.shape[2:], block):
             layer = _as_dense(layer, tfk)
-        size = (block, 1) if block > 1 and layer.__class__.__name__ == "Dense" and _is_matrix(layer) else (1, 1)
-        return s.prune_low_magnitude(layer, pruning_schedule=sched, block_size=size)
+        blocks = block > 1 and layer.__class__.__name__ == "Dense" and _blockable(layer.kernel.shape, block)
+        return s.prune_low_magnitude(layer, pruning_schedule=sched, block_size=(block, 1) if blocks else (1, 1))
 
     try:
         return tfk.models.clone_model(twin, clone_function=wrap)
@@ -576,14 +576,16 @@ def prune_for_training(twin: Any, tfk: Any, tfmot: Any, *, sparsity: float, sche
         raise ModelError(f"tfmot cannot prune this model: {_first_line(exc)}.") from None
 
 
-def _is_matrix(layer: Any) -> bool:
-    """True for a kernel [in, out] with more than one input and output: what tfmot can prune in blocks.
+def _blockable(shape: Any, block: int) -> bool:
+    """True for a kernel [in, out] that tfmot can prune in blocks of `block` inputs.
 
-    Exported, it is stored [out, in] (TFLite, ONNX), so a block along `in` is a run of consecutive
-    zeros in the file, which gzip compresses best.
+    More than one block along `in` and more than one output: tfmot squeezes the pooled block
+    magnitudes and fails on a single row or column (EfficientNet's squeeze-excite convolutions
+    have 4 inputs). Exported, such a kernel is stored [out, in] (TFLite, ONNX), so a block along
+    `in` is a run of consecutive zeros in the file, which gzip compresses best.
     """
-    shape = [int(d) for d in layer.kernel.shape]
-    return len(shape) == 2 and shape[0] > 1 and shape[1] > 1
+    dims = [int(d) for d in shape]
+    return len(dims) == 2 and dims[0] > block and dims[1] > 1
 
 
 def _is_pointwise(layer: Any) -> bool:
@@ -593,7 +595,7 @@ def _is_pointwise(layer: Any) -> bool:
     cfg = layer.get_config()
     return (tuple(cfg["kernel_size"]) == (1, 1) and tuple(cfg["strides"]) == (1, 1)
             and tuple(cfg["dilation_rate"]) == (1, 1) and int(cfg.get("groups", 1)) == 1
-            and cfg.get("data_format", "channels_last") == "channels_last" and int(layer.kernel.shape[2]) > 1)
+            and cfg.get("data_format", "channels_last") == "channels_last")
 
 
 def _as_dense(conv: Any, tfk: Any) -> Any:

@@ -219,7 +219,7 @@ def test_prune_block_stand_ins_are_the_same_function() -> None:
     ("MobileNetV3Small", {"alpha": 0.75}),  # hard-swish as TFOpLambda add/multiply
 ])
 def test_qat_and_prune_other_families(ctor: str, kwargs: dict) -> None:
-    from edgetl.optimize import _tfmot, prune_for_training, quantize_for_training
+    from edgetl.optimize import _tfmot, copy_weights, prune_for_training, quantize_for_training
 
     tfk, tfmot = _tfmot()
     inputs = tfk.Input((32, 32, 3), name="image")
@@ -232,9 +232,12 @@ def test_qat_and_prune_other_families(ctor: str, kwargs: dict) -> None:
     qat.compile(optimizer=tfk.optimizers.Adam(1e-4), loss="sparse_categorical_crossentropy")
     qat.fit(x, y, epochs=1, batch_size=4, verbose=0)
     assert np.isfinite(np.asarray(qat(x))).all()
-    pruned = prune_for_training(model, tfk, tfmot, sparsity=0.5, schedule="constant", end_step=1)
-    pruned.compile(optimizer=tfk.optimizers.Adam(1e-4), loss="sparse_categorical_crossentropy")
-    pruned.fit(x, y, epochs=1, batch_size=4, verbose=0, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+    for block in (1, 4):  # 4: 1x1 convolutions (SE blocks, expand/project) train as Dense stand-ins
+        pruned = prune_for_training(model, tfk, tfmot, sparsity=0.5, schedule="constant", end_step=1, block=block)
+        np.testing.assert_allclose(np.asarray(pruned(x)), np.asarray(model(x)), atol=1e-5)
+        pruned.compile(optimizer=tfk.optimizers.Adam(1e-4), loss="sparse_categorical_crossentropy")
+        pruned.fit(x, y, epochs=1, batch_size=4, verbose=0, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+        copy_weights(tfmot.sparsity.keras.strip_pruning(pruned), model)
     assert os.environ.get("TF_USE_LEGACY_KERAS") is None
 
 
