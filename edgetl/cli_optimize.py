@@ -24,7 +24,8 @@ from edgetl.clikit import RichReporter, fmt, handle_errors, out_console, print_t
               help="The new run directory (a run like any other: export, evaluate and predict take it).")
 @click.option("--lr", type=float, help="Adam learning rate (default: 1e-4, small: the model is already trained).")
 @click.option("--sparsity", type=float, default=0.5, show_default=True,
-              help="prune: target fraction of zero weights in Conv2D and Dense kernels (depthwise kernels stay dense).")
+              help="prune: target fraction of zero weights in Conv2D, Dense and SeparableConv2D pointwise kernels "
+                   "(depthwise kernels stay dense).")
 @click.option("--schedule", type=click.Choice(["polynomial", "constant"]), default="polynomial", show_default=True,
               help="prune: polynomial raises sparsity from 0 to --sparsity over the first 70% of steps; constant "
                    "prunes to --sparsity from the start.")

@@ -48,7 +48,9 @@ REPORT_FILE = "optimize_report.json"
 TWIN_TOLERANCE = 1e-5
 # Layers whose kernels pruning acts on (and whose sparsity is reported). Depthwise kernels are left
 # dense: they hold about 2% of a MobileNet's weights, and pruning them costs accuracy for no size.
-_PRUNABLE = ("Conv2D", "Dense")
+_PRUNABLE = ("Conv2D", "Dense", "SeparableConv2D")
+# The weights pruning zeroes (tfmot's registry: a SeparableConv2D loses pointwise weights only).
+_PRUNED_WEIGHTS = ("kernel", "pointwise_kernel")
 # Weighted layers tfmot has no rule for that QAT gives an output quantizer (quantize_for_training).
 _AFFINE_LAYERS = ("LayerNormalization", "LayerScale", "Normalization")
 
@@ -608,7 +610,7 @@ def _as_dense(conv: Any, tfk: Any) -> Any:
 
 
 def kernel_sparsity(model: Any) -> float:
-    """Fraction of exact zeros over the kernels of Conv2D and Dense layers (the ones pruning acts on)."""
+    """Fraction of exact zeros over the kernels pruning acts on: Conv2D, Dense, SeparableConv2D's pointwise."""
     import numpy as np
 
     zeros = total = 0
@@ -616,7 +618,7 @@ def kernel_sparsity(model: Any) -> float:
         if layer.__class__.__name__ not in _PRUNABLE or not layer.trainable and layer.name == "preprocess_caffe":
             continue
         for w in layer.weights:
-            if "kernel" in w.name:
+            if w.name.split("/")[-1].split(":")[0] in _PRUNED_WEIGHTS:
                 arr = np.asarray(w)
                 zeros += int((arr == 0).sum())
                 total += arr.size

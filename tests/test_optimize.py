@@ -178,7 +178,7 @@ def _is_constant(it: object, d: dict) -> bool:
 
 def test_prune_block_stand_ins_are_the_same_function() -> None:
     """Block pruning trains 1x1 convolutions as Dense layers: same outputs, and copied back as Conv2D."""
-    from edgetl.optimize import _tfmot, copy_weights, prune_for_training
+    from edgetl.optimize import _tfmot, copy_weights, kernel_sparsity, prune_for_training
 
     tfk, tfmot = _tfmot()
     L = tfk.layers
@@ -187,6 +187,7 @@ def test_prune_block_stand_ins_are_the_same_function() -> None:
     x = L.Conv2D(24, 1, activation="relu")(x)  # pointwise: becomes a Dense stand-in
     x = L.Conv2D(10, 1, strides=2, use_bias=False)(x)  # strided: stays a Conv2D; 10 outputs: a short last block next
     x = L.DepthwiseConv2D(3, padding="same")(x)
+    x = L.SeparableConv2D(8, 3, padding="same")(x)  # Xception's: pointwise weights pruned element-wise
     x = L.Conv2D(12, 1)(x)
     x = L.GlobalAveragePooling2D()(x)
     model = tfk.Model(inputs, L.Dense(3, activation="softmax")(x))
@@ -196,7 +197,7 @@ def test_prune_block_stand_ins_are_the_same_function() -> None:
 
     pruned = prune_for_training(model, tfk, tfmot, sparsity=0.5, schedule="constant", end_step=1, block=4)
     inner = [getattr(lay, "layer", lay).__class__.__name__ for lay in pruned.layers]
-    assert inner.count("Dense") == 3 and inner.count("Conv2D") == 2
+    assert inner.count("Dense") == 3 and inner.count("Conv2D") == 2 and inner.count("SeparableConv2D") == 1
     np.testing.assert_allclose(np.asarray(pruned(xs)), before, atol=1e-5)
 
     pruned.compile(optimizer=tfk.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
@@ -212,6 +213,10 @@ def test_prune_block_stand_ins_are_the_same_function() -> None:
         assert abs((k == 0).mean() - 0.5) < 0.1 and _blocks_of_zeros(k, 4)
     strided = next(lay for lay in model.layers if lay.__class__.__name__ == "Conv2D" and lay.strides == (2, 2))
     assert abs((np.asarray(strided.kernel) == 0).mean() - 0.5) < 0.1
+    sep = next(lay for lay in model.layers if lay.__class__.__name__ == "SeparableConv2D")
+    assert abs((np.asarray(sep.pointwise_kernel) == 0).mean() - 0.5) < 0.1
+    assert (np.asarray(sep.depthwise_kernel) != 0).all()
+    assert abs(kernel_sparsity(model) - 0.5) < 0.05
 
 
 @pytest.mark.parametrize("ctor, kwargs", [
