@@ -80,6 +80,9 @@ def _check_blocks(run: Path, block: int) -> str:
     sparsity = pruned.manifest["optimize"]["sparsity"]
     if sparsity < 0.45:
         return f"weight sparsity {sparsity:.3f} (target 0.5)"
+    # A weight can be exactly zero before pruning (random initialisation hits 0.0 about once in
+    # 10 million draws: DenseNet121 has a few), so a kept block may hold one zero; count them.
+    mixed = runs_total = 0
     for layer in pruned.load_model()._flatten_layers():
         if layer.__class__.__name__ != "Conv2D" or tuple(layer.kernel.shape[:2]) != (1, 1):
             continue
@@ -87,9 +90,12 @@ def _check_blocks(run: Path, block: int) -> str:
         if k.shape[0] <= block or k.shape[1] == 1 or layer.strides != (1, 1):
             continue
         zero = k == 0
-        runs = [zero[i:i + block] for i in range(0, k.shape[0], block)]  # the last one may be shorter
-        if not all((r.all(axis=0) | ~r.any(axis=0)).all() for r in runs):
-            return f"{layer.name}: zeros not in blocks of {block}"
+        for i in range(0, k.shape[0], block):  # the last run may be shorter
+            r = zero[i:i + block]
+            mixed += int((r.any(axis=0) & ~r.all(axis=0)).sum())
+            runs_total += r.shape[1]
+    if runs_total and mixed > max(2, runs_total // 1000):
+        return f"{mixed} of {runs_total} runs of {block} inputs are partly zero: not pruned in blocks"
     return ""
 
 
