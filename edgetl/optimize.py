@@ -545,7 +545,7 @@ def _own(wrapper: Any, short_names: tuple[str, ...]) -> list[Any]:
 
 def prune_for_training(twin: Any, tfk: Any, tfmot: Any, *, sparsity: float, schedule: str, end_step: int,
                        block: int = 1) -> Any:
-    """`twin` with prune_low_magnitude on every trainable Conv2D and Dense layer.
+    """`twin` with prune_low_magnitude on every trainable Conv2D, Dense and SeparableConv2D layer.
 
     polynomial: sparsity rises from 0 to `sparsity` over `end_step` steps (tfmot's PolynomialDecay);
     constant: `sparsity` from the first step. block > 1: Dense layers and 1x1 convolutions lose weights
@@ -607,6 +607,23 @@ def _as_dense(conv: Any, tfk: Any) -> Any:
     dense.build((None, None, None, kernel.shape[2]))
     dense.set_weights([kernel.reshape(kernel.shape[2:]), *rest])
     return dense
+
+
+def mixed_block_runs(kernel: Any, block: int) -> tuple[int, int]:
+    """(partly zero, all) runs of `block` consecutive inputs, per output, in a kernel [in, out].
+
+    Pruning in blocks leaves every run all zero or all kept: 0 partly zero runs. The last run may be
+    shorter, as tfmot pads it.
+    """
+    import numpy as np
+
+    zero = np.asarray(kernel) == 0
+    mixed = total = 0
+    for i in range(0, zero.shape[0], block):
+        run = zero[i:i + block]
+        mixed += int((run.any(axis=0) & ~run.all(axis=0)).sum())
+        total += run.shape[1]
+    return mixed, total
 
 
 def kernel_sparsity(model: Any) -> float:

@@ -119,18 +119,11 @@ def test_keras3_still_works_after_optimize(qat_run: Path) -> None:
     m.fit(np.zeros((4, 4), "float32"), np.array([0, 1, 0, 1]), epochs=1, verbose=0)
 
 
-def _blocks_of_zeros(kernel: np.ndarray, block: int) -> bool:
-    """True when a [in, out] kernel's zeros come in whole runs of `block` input channels."""
-    zero = kernel == 0
-    runs = [zero[i:i + block] for i in range(0, len(zero), block)]  # the last one may be shorter
-    return all(bool((r.all(axis=0) | ~r.any(axis=0)).all()) for r in runs)
-
-
 def test_prune_reaches_sparsity_in_blocks(trained_run: Path, tmp_path: Path) -> None:
     from ai_edge_litert.interpreter import Interpreter
 
     from edgetl.export import export_run
-    from edgetl.optimize import gzip_size, kernel_sparsity, optimize_run
+    from edgetl.optimize import gzip_size, kernel_sparsity, mixed_block_runs, optimize_run
     from edgetl.rundir import load_run
 
     res = optimize_run(trained_run, method="prune", epochs=2, sparsity=0.5, block=4, batch_size=16,
@@ -150,7 +143,7 @@ def test_prune_reaches_sparsity_in_blocks(trained_run: Path, tmp_path: Path) -> 
     for lay in pointwise:
         k = np.asarray(lay.kernel)[0, 0]
         assert (k == 0).mean() >= 0.45, lay.name
-        assert _blocks_of_zeros(k, 4), lay.name
+        assert mixed_block_runs(k, 4)[0] == 0, lay.name
 
     # Exported, the float file keeps the zeros, opens in LiteRT and ONNX Runtime, and gzips smaller.
     rep = export_run(res.run_dir, formats=("tflite", "onnx"), quantize=("none",), output=tmp_path / "x",
@@ -178,7 +171,7 @@ def _is_constant(it: object, d: dict) -> bool:
 
 def test_prune_block_stand_ins_are_the_same_function() -> None:
     """Block pruning trains 1x1 convolutions as Dense layers: same outputs, and copied back as Conv2D."""
-    from edgetl.optimize import _tfmot, copy_weights, kernel_sparsity, prune_for_training
+    from edgetl.optimize import _tfmot, copy_weights, kernel_sparsity, mixed_block_runs, prune_for_training
 
     tfk, tfmot = _tfmot()
     L = tfk.layers
@@ -210,7 +203,7 @@ def test_prune_block_stand_ins_are_the_same_function() -> None:
     assert len(pw) == 2
     for lay in pw:
         k = np.asarray(lay.kernel)[0, 0]
-        assert abs((k == 0).mean() - 0.5) < 0.1 and _blocks_of_zeros(k, 4)
+        assert abs((k == 0).mean() - 0.5) < 0.1 and mixed_block_runs(k, 4)[0] == 0
     strided = next(lay for lay in model.layers if lay.__class__.__name__ == "Conv2D" and lay.strides == (2, 2))
     assert abs((np.asarray(strided.kernel) == 0).mean() - 0.5) < 0.1
     sep = next(lay for lay in model.layers if lay.__class__.__name__ == "SeparableConv2D")

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = prepare(Path(args.prepare)) if args.prepare else Path(args.run_dir)
     out = Path(args.out or args.prepare or "bench-opt")
 
-    from edgetl.optimize import DEFAULT_BLOCK, OptimizeResult, optimize_run
+    from edgetl.optimize import DEFAULT_BLOCK, DEFAULT_LR, OptimizeResult, optimize_run
 
     block = DEFAULT_BLOCK if args.block is None else args.block
     qat = optimize_run(run_dir, method="qat", epochs=args.qat_epochs, lr=args.qat_lr, output=out / "qat",
@@ -90,10 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     doc = {"run": str(run_dir), "recipe": RECIPE if args.prepare else None,
            "qat": {"epochs": qat.epochs_run, "float_accuracy_of_its_weights": test_acc(qat),
                    "fake_quant_accuracy": (qat.qat_metrics or {}).get("accuracy"), "seconds": qat.seconds},
-           "prune": {"epochs": pruned.epochs_run, "lr": args.prune_lr, "block": block,
+           "prune": {"epochs": pruned.epochs_run, "lr": args.prune_lr or DEFAULT_LR["prune"], "block": block,
                      "sparsity_target": args.sparsity, "sparsity_reached": pruned.sparsity,
                      "seconds": pruned.seconds},
-           "control": None if control is None else {"epochs": control.epochs_run, "lr": args.prune_lr,
+           "control": None if control is None else {"epochs": control.epochs_run,
+                                                    "lr": args.prune_lr or DEFAULT_LR["prune"],
                                                     "sparsity": control.sparsity, "accuracy": test_acc(control)},
            "table": table}
     out.mkdir(parents=True, exist_ok=True)

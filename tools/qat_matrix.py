@@ -74,6 +74,7 @@ def _check_blocks(run: Path, block: int) -> str:
     """'' when the pruned run reached its sparsity with its 1x1 kernels zeroed in whole blocks."""
     import numpy as np
 
+    from edgetl.optimize import mixed_block_runs
     from edgetl.rundir import load_run
 
     pruned = load_run(run)
@@ -89,11 +90,8 @@ def _check_blocks(run: Path, block: int) -> str:
         k = np.asarray(layer.kernel)[0, 0]
         if k.shape[0] <= block or k.shape[1] == 1 or layer.strides != (1, 1):
             continue
-        zero = k == 0
-        for i in range(0, k.shape[0], block):  # the last run may be shorter
-            r = zero[i:i + block]
-            mixed += int((r.any(axis=0) & ~r.all(axis=0)).sum())
-            runs_total += r.shape[1]
+        m, t = mixed_block_runs(k, block)
+        mixed, runs_total = mixed + m, runs_total + t
     if runs_total and mixed > max(2, runs_total // 1000):
         return f"{mixed} of {runs_total} runs of {block} inputs are partly zero: not pruned in blocks"
     return ""
