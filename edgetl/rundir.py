@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetl import __version__
-from edgetl.errors import EdgetlError, ModelError, RunExistsError
+from edgetl.core.errors import EdgetlError, ModelError, RunExistsError
 
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.keras"
@@ -106,7 +106,7 @@ class Run:
 
     def load_model(self, safe_mode: bool = True) -> Any:
         """The trained Keras classifier."""
-        from edgetl.model import load_model
+        from edgetl.model.classifier import load_model
 
         return load_model(str(self.model_path), safe_mode=safe_mode)
 

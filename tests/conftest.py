@@ -15,7 +15,7 @@ IMAGE_SIZE = 48  # small enough for 2-core CI, large enough for MobileNetV2 to s
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small generated data set (4 classes, mixed file kinds), written once per session."""
-    from edgetl.demodata import write_demo_data
+    from edgetl.data.demo import write_demo_data
 
     dest = tmp_path_factory.mktemp("demo") / "data"
     write_demo_data(dest, per_class=24, seed=0, size_range=(40, 96))
@@ -25,8 +25,8 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A complete run directory: MobileNetV2 alpha 0.35 with the bundled weights at 48 px."""
-    from edgetl.config import TrainConfig
     from edgetl.train import train
+    from edgetl.train.config import TrainConfig
 
     out = tmp_path_factory.mktemp("runs") / "run"
     cfg = TrainConfig(data=str(demo_dir), backbone="mobilenet_v2", alpha=0.35, weights="bundled",

@@ -1,4 +1,4 @@
-"""The int8 accuracy-budget search (edgetl.budget, `edgetl export -q int8-full --max-drop X --auto`).
+"""The int8 accuracy-budget search (edgetl.export.auto, `edgetl export -q int8-full --max-drop X --auto`).
 
 The case that needs the search: a float model with one outlier activation channel. Post-training
 int8 gives each activation tensor one scale, sized by its largest channel; a channel 1000x larger
@@ -94,7 +94,7 @@ def outlier_run(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def test_search_keeps_the_outlier_tensor_in_float(outlier_run: Path, tmp_path: Path) -> None:
-    from edgetl.budget import search_int8
+    from edgetl.export.auto import search_int8
     from edgetl.export.metadata import read_tflite_metadata
 
     res = search_int8(outlier_run, max_drop=MAX_DROP, calibration_samples=32, output=tmp_path / "b")
@@ -144,7 +144,7 @@ def test_export_auto_through_the_cli_on_the_outlier_run(outlier_run: Path, tmp_p
 def test_search_stops_at_plain_int8_on_the_unmodified_model(trained_run: Path, tmp_path: Path) -> None:
     from ai_edge_litert.interpreter import Interpreter
 
-    from edgetl.budget import _float_nodes, _selective, _worst_tensors, search_int8
+    from edgetl.export.auto import _float_nodes, _selective, _worst_tensors, search_int8
     from edgetl.export.saved_model import save_serving
     from edgetl.rundir import load_run
 

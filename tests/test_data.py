@@ -1,4 +1,4 @@
-"""Tests of edgetl.data and edgetl.demodata: layouts, splits, messy files, tf.data pipeline."""
+"""Tests of edgetl.data and edgetl.data.demo: layouts, splits, messy files, tf.data pipeline."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from edgetl import data
+from edgetl.core.errors import DataError, RunExistsError, UsageError
 from edgetl.data import DataSplits, Item, load_image, load_images, scan_eval_folder, scan_folder
-from edgetl.demodata import MESSY_UNREADABLE, write_demo_data, write_messy_files
-from edgetl.errors import DataError, RunExistsError, UsageError
+from edgetl.data.demo import MESSY_UNREADABLE, write_demo_data, write_messy_files
 
 COLOURS = {"a": (200, 30, 30), "b": (30, 200, 30), "c": (30, 30, 200)}
 
@@ -108,7 +108,7 @@ def test_few_images_per_class(tmp_path: Path) -> None:
 def test_stratified_split_properties(sizes: list[int], val: float, test: float, seed: int) -> None:
     names = [f"c{i}" for i in range(len(sizes))]
     per_class = [[f"{n}/{k}.png" for k in range(size)] for n, size in zip(names, sizes, strict=True)]
-    train, v, t = data._stratified(per_class, val, test, seed, names)
+    train, v, t = data.scan._stratified(per_class, val, test, seed, names)
     everything = sorted(it.path for it in train + v + t)
     assert everything == sorted(p for ps in per_class for p in ps)
     for label, size in enumerate(sizes):
@@ -118,7 +118,7 @@ def test_stratified_split_properties(sizes: list[int], val: float, test: float, 
         assert abs(n_val - size * val) <= 1.5  # stratified: close to the asked fraction per class
     if val > 0 and any(s >= 2 for s in sizes):
         assert v  # a whole empty val split only when no class can spare an image
-    assert data._stratified(per_class, val, test, seed, names) == (train, v, t)
+    assert data.scan._stratified(per_class, val, test, seed, names) == (train, v, t)
 
 
 def test_class_names_argument_fixes_order_and_set(tmp_path: Path) -> None:
@@ -306,7 +306,7 @@ def test_permission_denied_is_skipped(tmp_path: Path, monkeypatch: pytest.Monkey
                 raise PermissionError(13, "Permission denied", str(fp))
             return real_open(fp, *args, **kwargs)
 
-        monkeypatch.setattr(data.Image, "open", fake_open)
+        monkeypatch.setattr(data.scan.Image, "open", fake_open)
     s = scan_folder(root, max_bad_fraction=0.5)
     assert dict(s.skipped) == {"a/locked.png": "permission denied"}
 

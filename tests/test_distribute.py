@@ -96,9 +96,9 @@ def test_bad_tf_config_is_one_line(demo_dir: Path, tmp_path: Path) -> None:
 
 
 def test_mixed_precision_trains_and_saves_float32(demo_dir: Path, tmp_path: Path) -> None:
-    from edgetl.config import TrainConfig
     from edgetl.rundir import load_run
     from edgetl.train import train
+    from edgetl.train.config import TrainConfig
 
     cfg = TrainConfig(data=str(demo_dir), backbone="mobilenet_v2", alpha=0.35, weights="bundled", image_size=48,
                       epochs=3, batch_size=16, seed=0, mixed_precision="on", fine_tune_layers="2",
@@ -119,7 +119,7 @@ def test_mixed_precision_trains_and_saves_float32(demo_dir: Path, tmp_path: Path
 def test_the_connect_watchdog_leaves_nothing_holding_the_output_pipes() -> None:
     # A piped `edgetl train --strategy multiworker ... | tee log` must end when edgetl does, not when
     # the watchdog's `sleep` would have fired (EDGETL_WORKER_TIMEOUT, 120 s by default).
-    code = ("import time\nfrom edgetl.distribute import _watchdog\nwith _watchdog(60, 'x'):\n    time.sleep(0.5)\n"
-            "print('done')\n")
+    code = ("import time\nfrom edgetl.train.distribute import _watchdog\n"
+            "with _watchdog(60, 'x'):\n    time.sleep(0.5)\nprint('done')\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0 and proc.stdout.strip() == "done"

@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgetl.cli import main
-from edgetl.errors import UsageError
+from edgetl.core.errors import UsageError
 
 EXPECTED = Path(__file__).parent / "expected" / "accuracy.json"
 
@@ -29,7 +29,7 @@ EXPECTED = Path(__file__).parent / "expected" / "accuracy.json"
 @pytest.fixture(scope="module")
 def holdout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Fixed evaluation images the run never saw: demo data drawn with another seed."""
-    from edgetl.demodata import write_demo_data
+    from edgetl.data.demo import write_demo_data
 
     dest = tmp_path_factory.mktemp("holdout") / "data"
     write_demo_data(dest, per_class=24, seed=1, size_range=(40, 96))

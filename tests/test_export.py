@@ -50,10 +50,10 @@ def make_run(data: Path, out: Path, backbone_file: Path, epochs: int = 25) -> Pa
     import keras
 
     from edgetl import rundir
-    from edgetl.backbones import build_base, resolve_backbone
+    from edgetl.core.fileio import write_json, write_text
     from edgetl.data import load_images, scan_folder
-    from edgetl.fileio import write_json, write_text
-    from edgetl.model import build_classifier
+    from edgetl.model.backbones import build_base, resolve_backbone
+    from edgetl.model.classifier import build_classifier
 
     keras.utils.set_random_seed(0)
     splits = scan_folder(data, val_split=0.15, test_split=0.25, seed=0)
@@ -84,7 +84,7 @@ def make_run(data: Path, out: Path, backbone_file: Path, epochs: int = 25) -> Pa
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from edgetl.demodata import write_demo_data
+    from edgetl.data.demo import write_demo_data
 
     root = tmp_path_factory.mktemp("export")
     data = root / "data"
@@ -349,7 +349,7 @@ def test_metadata_readers_on_foreign_and_bad_files(tmp_path: Path) -> None:
     import onnx
     from onnx import TensorProto, helper
 
-    from edgetl.errors import ModelError
+    from edgetl.core.errors import ModelError
     from edgetl.export.metadata import read_onnx_metadata, read_saved_model_metadata, read_tflite_metadata
 
     bad = tmp_path / "bad.tflite"
@@ -373,8 +373,8 @@ def test_metadata_readers_on_foreign_and_bad_files(tmp_path: Path) -> None:
 
 
 def test_plan_pairs_and_impossible_combinations() -> None:
-    from edgetl.errors import UsageError
-    from edgetl.quantize import check_io_type, plan_pairs
+    from edgetl.core.errors import UsageError
+    from edgetl.export.modes import check_io_type, plan_pairs
 
     assert plan_pairs(["tflite", "onnx"], ["none", "int8-full"]) == [
         ("tflite", "none"), ("tflite", "int8-full"), ("onnx", "none")]
@@ -391,7 +391,7 @@ def test_plan_pairs_and_impossible_combinations() -> None:
 
 
 def test_targets_pick_format_and_mode() -> None:
-    from edgetl.errors import UsageError
+    from edgetl.core.errors import UsageError
     from edgetl.export import resolve_request
 
     assert resolve_request(None, None, "edgetpu", None) == (["tflite"], ["int8-full"], "uint8")
@@ -449,7 +449,7 @@ def test_no_calibration_images_is_one_clear_error(tiny_run: Path, tmp_path: Path
 
 
 def test_existing_files_need_force(exported: Any, tiny_run: Path) -> None:
-    from edgetl.errors import RunExistsError
+    from edgetl.core.errors import RunExistsError
     from edgetl.export import export_run
 
     path = Path(_row(exported, "tflite", "none")["path"])
@@ -518,7 +518,7 @@ class _FakeRunner:
 
 def test_gates_fail_and_keep_no_file(tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import edgetl.runtime as rt
-    from edgetl.errors import ExportError, GateFailure
+    from edgetl.core.errors import ExportError, GateFailure
     from edgetl.export import export_run
 
     real_open = rt.open_model
@@ -549,7 +549,7 @@ def test_gates_fail_and_keep_no_file(tiny_run: Path, tmp_path: Path, monkeypatch
 def test_op_without_builtin_kernel_names_op_and_flag(tmp_path: Path) -> None:
     import tensorflow as tf
 
-    from edgetl.errors import ExportError
+    from edgetl.core.errors import ExportError
     from edgetl.export.tflite import convert_tflite
 
     class Det(tf.Module):
@@ -573,7 +573,7 @@ def test_cli_export_json_and_table(tiny_run: Path, tmp_path: Path) -> None:
 
 
 def test_help_names_every_mode_and_target() -> None:
-    from edgetl.quantize import MODES, TARGETS
+    from edgetl.export.modes import MODES, TARGETS
 
     result = CliRunner().invoke(__import__("edgetl.cli", fromlist=["main"]).main, ["export", "--help"],
                                 terminal_width=200)

@@ -48,7 +48,7 @@ def test_not_a_run_exit_2(tmp_path: Path) -> None:
 
 
 def test_weight_copy_twin_matches(trained_run: Path) -> None:
-    from edgetl.optimize import _probe_images, _tfmot, build_twin, max_output_diff
+    from edgetl.optimize.job import _probe_images, _tfmot, build_twin, max_output_diff
     from edgetl.rundir import load_run
 
     run = load_run(trained_run)
@@ -171,7 +171,7 @@ def _is_constant(it: object, d: dict) -> bool:
 
 def test_prune_block_stand_ins_are_the_same_function() -> None:
     """Block pruning trains 1x1 convolutions as Dense layers: same outputs, and copied back as Conv2D."""
-    from edgetl.optimize import _tfmot, copy_weights, kernel_sparsity, mixed_block_runs, prune_for_training
+    from edgetl.optimize.job import _tfmot, copy_weights, kernel_sparsity, mixed_block_runs, prune_for_training
 
     tfk, tfmot = _tfmot()
     L = tfk.layers
@@ -217,7 +217,7 @@ def test_prune_block_stand_ins_are_the_same_function() -> None:
     ("MobileNetV3Small", {"alpha": 0.75}),  # hard-swish as TFOpLambda add/multiply
 ])
 def test_qat_and_prune_other_families(ctor: str, kwargs: dict) -> None:
-    from edgetl.optimize import _tfmot, copy_weights, prune_for_training, quantize_for_training
+    from edgetl.optimize.job import _tfmot, copy_weights, prune_for_training, quantize_for_training
 
     tfk, tfmot = _tfmot()
     inputs = tfk.Input((32, 32, 3), name="image")
@@ -251,7 +251,7 @@ def test_edgetl_export_uses_the_qat_ranges(qat_run: Path, tmp_path: Path) -> Non
 
 def test_qat_separable_conv_and_standalone_batchnorm() -> None:
     """Xception's SeparableConv2D (tfmot splits it) and pre-activation BN (ResNet50V2, DenseNet), in miniature."""
-    from edgetl.optimize import _tfmot, init_ranges, qat_weights_to_twin, quantize_for_training
+    from edgetl.optimize.job import _tfmot, init_ranges, qat_weights_to_twin, quantize_for_training
 
     tfk, tfmot = _tfmot()
     L = tfk.layers

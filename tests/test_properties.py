@@ -15,8 +15,8 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from edgetl.config import TrainConfig, load_recipe, merge
-from edgetl.errors import EdgetlError, UsageError
+from edgetl.core.errors import EdgetlError, UsageError
+from edgetl.train.config import TrainConfig, load_recipe, merge
 
 SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -103,8 +103,8 @@ _junk = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4)
 @given(st.one_of(_junk, st.dictionaries(st.sampled_from(["root", "class_names", "train", "val", "test", "skipped"]),
                                         _junk, max_size=6)))
 def test_data_splits_from_junk_raise_only_data_errors(d: Any) -> None:
+    from edgetl.core.errors import DataError
     from edgetl.data import DataSplits
-    from edgetl.errors import DataError
 
     try:
         splits = DataSplits.from_manifest(d)
@@ -146,7 +146,7 @@ def _read(reader: str, data: bytes, suffix: str) -> Any:
 @pytest.fixture(scope="module")
 def real_tflite() -> bytes:
     """A small valid .tflite flatbuffer with edgetl metadata, to truncate and corrupt."""
-    from edgetl.clikit import load_tensorflow
+    from edgetl.cli.kit import load_tensorflow
 
     load_tensorflow()
     import tensorflow as tf
@@ -188,7 +188,7 @@ def test_tflite_metadata_reader_on_truncated_and_corrupted_files(real_tflite: by
     # Through the runtime, as every command reads it: a damaged metadata block is a warning, never a crash.
     # (edgetl.export.metadata.read_tflite_metadata itself still lets struct.error/IndexError out on some
     # truncated files: reported to the owner of edgetl/export/.)
-    from edgetl.runtime import _read_metadata
+    from edgetl.runtime.runners import _read_metadata
 
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "model.tflite"

@@ -71,7 +71,7 @@ def bomb_png(path: Path, w: int = 100_000, h: int = 100_000) -> None:
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny clean data set (4 classes x 6 images) to copy and spoil."""
-    from edgetl.demodata import write_demo_data
+    from edgetl.data.demo import write_demo_data
 
     d = tmp_path_factory.mktemp("rel") / "clean"
     write_demo_data(d, per_class=6, seed=1, size_range=(40, 64))
@@ -80,7 +80,7 @@ def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def spoiled(small_data: Path, tmp: Path, how: str) -> Path:
     """A copy of the clean data set spoiled in one way."""
-    from edgetl.demodata import write_messy_files
+    from edgetl.data.demo import write_messy_files
 
     d = tmp / f"data-{how}"
     shutil.copytree(small_data, d, symlinks=True)
@@ -206,7 +206,7 @@ def test_scan_survives_symlink_loops_and_reports_unreadable_files(small_data: Pa
             raise PermissionError(errno.EACCES, "Permission denied", str(fp))
         return real_open(fp, *a, **k)
 
-    monkeypatch.setattr(data_mod.Image, "open", guarded)
+    monkeypatch.setattr(data_mod.scan.Image, "open", guarded)
     splits = data_mod.scan_folder(str(d), val_split=0.2, test_split=0.1, seed=0, max_bad_fraction=0.5)
     reasons = dict(splits.skipped)
     assert any("symlink loop" in r for r in reasons.values()), reasons
@@ -331,7 +331,7 @@ def test_absurd_option_values_with_a_model(trained_run: Path, demo_dir: Path, tm
 
 def test_predict_reports_every_bad_image_and_still_predicts_the_rest(trained_run: Path, demo_dir: Path,
                                                                     tmp_path: Path) -> None:
-    from edgetl.demodata import write_messy_files
+    from edgetl.data.demo import write_messy_files
 
     folder = tmp_path / "imgs"
     write_messy_files(folder)
@@ -416,7 +416,7 @@ def test_atomic_path_turns_os_errors_into_one_line_and_leaves_nothing(tmp_path: 
                                                                      monkeypatch: pytest.MonkeyPatch,
                                                                      code: int, where: str) -> None:
     from edgetl import fileio
-    from edgetl.errors import EdgetlError
+    from edgetl.core.errors import EdgetlError
 
     target = tmp_path / "out.json"
     target.write_text("old")
@@ -436,7 +436,7 @@ def test_atomic_path_turns_os_errors_into_one_line_and_leaves_nothing(tmp_path: 
 
 def test_atomic_path_on_a_read_only_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from edgetl import fileio
-    from edgetl.errors import EdgetlError
+    from edgetl.core.errors import EdgetlError
 
     monkeypatch.setattr(fileio.tempfile, "mkstemp", _raiser(errno.EROFS))
     with pytest.raises(EdgetlError, match="Read-only file system"):
@@ -446,7 +446,7 @@ def test_atomic_path_on_a_read_only_folder(tmp_path: Path, monkeypatch: pytest.M
 
 def test_prepare_output_on_a_read_only_parent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from edgetl import rundir
-    from edgetl.errors import EdgetlError
+    from edgetl.core.errors import EdgetlError
 
     monkeypatch.setattr(Path, "mkdir", _raiser(errno.EROFS))
     with pytest.raises(EdgetlError, match="cannot create output folder .*Read-only file system"):
@@ -500,7 +500,7 @@ def test_train_on_a_read_only_output_parent(small_data: Path, tmp_path: Path,
 @pytest.fixture(scope="module")
 def lambda_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A .keras classifier with a Lambda layer: code that safe mode refuses to deserialise."""
-    from edgetl.clikit import load_tensorflow
+    from edgetl.cli.kit import load_tensorflow
 
     load_tensorflow()
     import keras
@@ -532,8 +532,8 @@ def test_keras_lambda_loads_with_unsafe(lambda_model: Path) -> None:
 @pytest.mark.parametrize("handle", ["http://tfhub.dev/x/1", "ftp://host/model", "file:///etc/passwd",
                                     "gs://bucket/model", "HTTP://tfhub.dev/x"])
 def test_hub_handles_other_than_https_are_refused(handle: str, small_data: Path, tmp_path: Path) -> None:
-    from edgetl.backbones import resolve_backbone
-    from edgetl.errors import UsageError
+    from edgetl.core.errors import UsageError
+    from edgetl.model.backbones import resolve_backbone
 
     with pytest.raises(UsageError, match="https"):
         resolve_backbone(f"hub:{handle}")
@@ -543,7 +543,7 @@ def test_hub_handles_other_than_https_are_refused(handle: str, small_data: Path,
 
 
 def test_hub_https_and_local_paths_are_accepted(tmp_path: Path) -> None:
-    from edgetl.backbones import resolve_backbone
+    from edgetl.model.backbones import resolve_backbone
 
     assert resolve_backbone("hub:https://tfhub.dev/google/x/1").kind == "hub"
     assert resolve_backbone(f"hub:{tmp_path}").name == str(tmp_path)
@@ -585,7 +585,7 @@ def test_export_on_a_full_disk_leaves_nothing(trained_run: Path, tmp_path: Path,
     import errno
 
     import edgetl.export.tflite as tfl
-    from edgetl.fileio import atomic_path
+    from edgetl.core.fileio import atomic_path
 
     def full_disk(path: Any, data: bytes) -> None:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:

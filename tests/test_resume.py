@@ -16,10 +16,10 @@ import pytest
 from click.testing import CliRunner
 
 from edgetl.cli import main
-from edgetl.config import TrainConfig
-from edgetl.errors import DataError
-from edgetl.progress import Reporter
+from edgetl.core.errors import DataError
+from edgetl.core.progress import Reporter
 from edgetl.train import AlreadyComplete, resume, train
+from edgetl.train.config import TrainConfig
 
 
 def history(run: Path) -> list[dict[str, str]]:

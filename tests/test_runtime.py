@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgetl.errors import ModelError, UsageError
+from edgetl.core.errors import ModelError, UsageError
 
 IMAGE_SIZE = 48
 # Tolerances per format against the Keras model on the same images (probabilities):
@@ -197,7 +197,7 @@ def test_keras_file_without_manifest(tmp_path: Path) -> None:
 
 
 def test_quantize_and_dequantize_use_scale_and_zero_point() -> None:
-    from edgetl.runtime import _dequantize, _quantize
+    from edgetl.runtime.runners import _dequantize, _quantize
 
     detail = {"quantization_parameters": {"scales": np.array([2.0]), "zero_points": np.array([-128])}}
     q = _quantize(np.array([0.0, 1.0, 3.0, 255.0, 1000.0]), "int8", detail)

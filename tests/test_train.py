@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgetl.config import TrainConfig
-from edgetl.errors import ModelError
+from edgetl.core.errors import ModelError
 from edgetl.train import train
+from edgetl.train.config import TrainConfig
 
 
 def small_cfg(data: Path, out: Path, **kw: object) -> TrainConfig:
@@ -52,7 +52,7 @@ def test_run_directory_is_complete(trained_run: Path) -> None:
 
 def test_model_takes_raw_pixels_and_learns(trained_run: Path) -> None:
     from edgetl.data import load_images
-    from edgetl.model import load_model
+    from edgetl.model.classifier import load_model
     from edgetl.rundir import load_run
 
     run = load_run(trained_run)
@@ -75,7 +75,7 @@ def test_model_takes_raw_pixels_and_learns(trained_run: Path) -> None:
 def test_preprocessing_layers_match_keras_applications(mode: str) -> None:
     import keras
 
-    from edgetl.model import preprocessing_layers
+    from edgetl.model.classifier import preprocessing_layers
 
     x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
     y = x
@@ -104,7 +104,7 @@ def test_pretrained_base_beats_random_initialisation(demo_dir: Path, trained_run
 def test_fine_tuning_unfreezes_top_layers_but_not_batchnorm(demo_dir: Path, tmp_path: Path) -> None:
     import keras
 
-    from edgetl.model import unfreeze_top
+    from edgetl.model.classifier import unfreeze_top
 
     base = keras.applications.MobileNetV2(include_top=False, weights=None, alpha=0.35, input_shape=(32, 32, 3),
                                           pooling="avg")
@@ -168,7 +168,7 @@ def test_user_keras_file_as_backbone(demo_dir: Path, tmp_path: Path) -> None:
 def test_imagenet_download_failure_names_the_offline_way(monkeypatch: pytest.MonkeyPatch) -> None:
     import keras.src.utils.file_utils as file_utils
 
-    from edgetl.backbones import build_base, resolve_backbone
+    from edgetl.model.backbones import build_base, resolve_backbone
 
     def offline(*args: object, **kwargs: object) -> None:
         raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- no network")
@@ -179,7 +179,7 @@ def test_imagenet_download_failure_names_the_offline_way(monkeypatch: pytest.Mon
 
 
 def test_weights_file_of_another_backbone_is_refused(tmp_path: Path) -> None:
-    from edgetl.backbones import build_base, bundled_weights_path, resolve_backbone
+    from edgetl.model.backbones import build_base, bundled_weights_path, resolve_backbone
 
     spec = resolve_backbone("mobilenet_v2")
     path = bundled_weights_path(spec, 0.35)
@@ -189,7 +189,7 @@ def test_weights_file_of_another_backbone_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["mobilenet_v3_small", "efficientnet_b0", "densenet121"])
 def test_cards_match_the_models_keras_builds(name: str) -> None:
-    from edgetl.backbones import build_base, resolve_backbone
+    from edgetl.model.backbones import build_base, resolve_backbone
 
     spec = resolve_backbone(name)
     base = build_base(spec, weights="none", alpha=None, image_size=spec.card.min_size * 2)
@@ -201,7 +201,7 @@ def test_feature_pass_batch_follows_the_device() -> None:
     # Large batches are slower per image on a CPU (BENCHMARKS.md) and faster on a GPU.
     from types import SimpleNamespace
 
-    from edgetl.train import _extract_batch
+    from edgetl.train.job import _extract_batch
 
     cpu = SimpleNamespace(devices=["CPU"])
     gpus = SimpleNamespace(devices=["/job:localhost/replica:0/task:0/device:GPU:0", "/device:GPU:1"])

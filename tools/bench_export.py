@@ -41,7 +41,7 @@ TFLITE_MODES = ("none", "float16", "dynamic", "int8", "int8-full", "int16x8")
 
 def _calibration_images(size: int, n: int, workdir: Path) -> np.ndarray:
     from edgetl.data import load_images, scan_folder
-    from edgetl.demodata import write_demo_data
+    from edgetl.data.demo import write_demo_data
 
     data = workdir / f"calib-{size}-{n}"
     if data.is_dir():
@@ -57,8 +57,8 @@ def _calibration_images(size: int, n: int, workdir: Path) -> np.ndarray:
 def _build(backbone: str, size: int, weights: str, alpha: float | None, images: np.ndarray) -> Any:
     import keras
 
-    from edgetl.backbones import build_base, resolve_backbone
-    from edgetl.model import build_classifier
+    from edgetl.model.backbones import build_base, resolve_backbone
+    from edgetl.model.classifier import build_classifier
 
     keras.utils.set_random_seed(0)
     spec = resolve_backbone(backbone)
@@ -241,7 +241,7 @@ def main() -> None:
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
 
-    from edgetl.clikit import load_tensorflow
+    from edgetl.cli.kit import load_tensorflow
 
     load_tensorflow()
     import tensorflow as tf

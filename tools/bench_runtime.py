@@ -38,9 +38,9 @@ def main() -> None:
     run = work / "run"
     t0 = time.perf_counter()
     if not (run / "manifest.json").is_file():
-        from edgetl.config import TrainConfig
-        from edgetl.demodata import write_demo_data
+        from edgetl.data.demo import write_demo_data
         from edgetl.train import train
+        from edgetl.train.config import TrainConfig
 
         write_demo_data(work / "data", per_class=12, seed=0, size_range=(64, 128), force=True)
         train(TrainConfig(data=str(work / "data"), backbone=args.backbone, alpha=args.alpha, weights="none",
@@ -66,7 +66,7 @@ def main() -> None:
         out = json.loads(proc.stdout)
         machine = out["machine"]
         rows.append(out["results"][0])
-    from edgetl.benchmark import machine_line
+    from edgetl.evaluate.benchmark import machine_line
 
     lines = [
         f"### {args.backbone} alpha {args.alpha:g}, {args.size} px, {args.threads} threads",

@@ -71,7 +71,7 @@ def holdout_accuracy(tmp: Path, args: argparse.Namespace, models: list[Path]) ->
     import numpy as np
 
     from edgetl.data import load_images, scan_folder
-    from edgetl.demodata import write_demo_data
+    from edgetl.data.demo import write_demo_data
 
     folder = tmp / "holdout"
     write_demo_data(folder, classes=("circles", "squares", "triangles"), per_class=args.holdout_per_class,
@@ -103,12 +103,12 @@ def main() -> None:
     bin_dir = Path(sys.executable).parent
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
-        from edgetl.demodata import write_demo_data
+        from edgetl.data.demo import write_demo_data
 
         write_demo_data(data, classes=("circles", "squares", "triangles"), per_class=args.per_class, seed=args.seed)
         weights = args.weights
         if weights == "bundled":
-            from edgetl.backbones import bundled_weights_path, resolve_backbone
+            from edgetl.model.backbones import bundled_weights_path, resolve_backbone
 
             weights = str(bundled_weights_path(resolve_backbone("mobilenet_v2"), args.alpha))
         # --patience equal to the epochs: both sides run every epoch; --test-split 0 matches the guide's split.

@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=300, help="seconds per backbone before it is stopped")
     ap.add_argument("--prune-block", type=int, default=0, help="prune in blocks of N instead of QAT (0: QAT)")
     args = ap.parse_args(argv)
-    from edgetl.backbones import cards as registry
+    from edgetl.model.backbones import cards as registry
 
     cards = registry()
     names = [n.strip() for n in args.backbones.split(",") if n.strip()] or list(cards)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetl import __version__
-from edgetl.errors import ModelError
+from edgetl.core.errors import ModelError
 
 METADATA_NAME = "edgetl_metadata"
 ONNX_KEY = "edgetl"
@@ -275,7 +275,7 @@ def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 def write_saved_model_metadata(directory: str | os.PathLike[str], meta: dict[str, Any]) -> None:
     """Write <directory>/assets.extra/edgetl_metadata.json (atomically)."""
-    from edgetl.fileio import write_bytes
+    from edgetl.core.fileio import write_bytes
 
     target = Path(directory) / SAVED_MODEL_DIR / SAVED_MODEL_FILE
     write_bytes(target, json.dumps(meta, indent=2, ensure_ascii=False).encode("utf-8") + b"\n")

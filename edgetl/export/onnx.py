@@ -15,10 +15,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from edgetl.errors import ExportError, UsageError
-from edgetl.export import quiet_native_stderr
+from edgetl.core.errors import ExportError, UsageError
+from edgetl.core.fileio import atomic_path
+from edgetl.core.native import quiet_native_stderr
 from edgetl.export.metadata import write_onnx_metadata
-from edgetl.fileio import atomic_path
 
 log = logging.getLogger("edgetl")
 
@@ -139,7 +139,7 @@ def export_onnx(saved_model_dir: str | os.PathLike[str], path: str | os.PathLike
     """
     import onnx
 
-    from edgetl.quantize import quantize_onnx
+    from edgetl.export.modes import quantize_onnx
 
     work = Path(tempfile.mkdtemp(prefix="edgetl-onnx-"))
     try:

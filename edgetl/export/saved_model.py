@@ -13,10 +13,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from edgetl.errors import ExportError
-from edgetl.export import quiet_native_stderr
+from edgetl.core.errors import ExportError
+from edgetl.core.fileio import atomic_path
+from edgetl.core.native import quiet_native_stderr
 from edgetl.export.metadata import SAVED_MODEL_DIR, write_saved_model_metadata
-from edgetl.fileio import atomic_path
 
 
 def save_serving(model: Any, directory: str | os.PathLike[str], *, batch: int | None = None) -> Path:

@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from edgetl.errors import ExportError, UsageError
-from edgetl.export import quiet_native_stderr
+from edgetl.core.errors import ExportError, UsageError, first_line
+from edgetl.core.fileio import write_bytes
+from edgetl.core.native import quiet_native_stderr
 from edgetl.export.metadata import write_tflite_metadata
-from edgetl.fileio import write_bytes
 
 log = logging.getLogger("edgetl")
 
@@ -32,7 +32,7 @@ def convert_tflite(model_or_savedmodel: Any, mode: str = "none", *,
     Args:
         model_or_savedmodel: a SavedModel folder (str or Path) with a serving_default signature, or a
             Keras model.
-        mode: a TFLite quantization mode (see edgetl.quantize).
+        mode: a TFLite quantization mode (see edgetl.export.modes).
         representative: calibration generator function for calibrated modes.
         io_type: "uint8" or "int8" for int8-full.
         allow_select_ops: allow TensorFlow (Flex) ops where no builtin exists.
@@ -42,7 +42,7 @@ def convert_tflite(model_or_savedmodel: Any, mode: str = "none", *,
     """
     import tensorflow as tf
 
-    from edgetl.quantize import apply_tflite
+    from edgetl.export.modes import apply_tflite
 
     if isinstance(model_or_savedmodel, (str, os.PathLike)):
         converter = tf.lite.TFLiteConverter.from_saved_model(os.fspath(model_or_savedmodel))
@@ -71,18 +71,10 @@ def _explain(exc: Exception, mode: str, allow_select_ops: bool) -> ExportError:
         return ExportError(f"the model uses ops TFLite cannot convert: {custom.group(1).strip()}. "
                            "Export --format onnx or saved_model instead.")
     if mode in ("int8", "int8-full", "int16x8") and ("quantiz" in text.lower() or "int8" in text.lower()):
-        return ExportError(f"the model cannot be quantized to {mode}: {_first_line(text)}. Try --quantize dynamic "
+        return ExportError(f"the model cannot be quantized to {mode}: {first_line(text)}. Try --quantize dynamic "
                            "or float16.")
-    return ExportError(f"TFLite conversion ({mode}) failed: {_first_line(text)}. Re-run with EDGETL_DEBUG=1 "
+    return ExportError(f"TFLite conversion ({mode}) failed: {first_line(text)}. Re-run with EDGETL_DEBUG=1 "
                        "for the converter log.")
-
-
-def _first_line(text: str) -> str:
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("<unknown>") and "loc(" not in line:
-            return line[:300]
-    return (text.strip().splitlines() or ["unknown error"])[0][:300]
 
 
 def export_tflite(model_or_savedmodel: Any, path: str | os.PathLike[str], mode: str = "none", *,

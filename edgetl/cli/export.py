@@ -1,0 +1,173 @@
+"""`edgetl export`: a run directory -> TFLite / ONNX / SavedModel files, quantized and verified.
+
+No TensorFlow at import: the options are checked first, then export_run loads it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from edgetl.cli.kit import RichReporter, fmt, handle_errors, out_console, print_table
+from edgetl.export.modes import FORMATS, IO_TYPES, MODES, TARGETS
+
+_MODE_HELP = "; ".join(f"{m.name}: {m.help} [{'/'.join(m.formats)}]" for m in MODES.values())
+_TARGET_HELP = "; ".join(f"{name}: {t['help']}" for name, t in TARGETS.items())
+
+
+@click.command("export")
+@click.argument("run_dir", type=click.Path(file_okay=True, dir_okay=True))
+@click.option("--format", "-f", "formats", multiple=True, type=click.Choice(FORMATS),
+              help="Format to write; repeat for several (default: tflite).")
+@click.option("--quantize", "-q", multiple=True, metavar="MODE",
+              help=f"Quantization mode; repeat for several, each applies to the formats it exists for "
+                   f"(default: none). {_MODE_HELP}.")
+@click.option("--target", type=click.Choice(list(TARGETS)),
+              help=f"Pick format, mode and io type for a device instead of --format/--quantize. {_TARGET_HELP}.")
+@click.option("--output", "-o", type=click.Path(file_okay=False),
+              help="Folder for the files (default: RUN_DIR/export).")
+@click.option("--calibration-samples", type=int, default=300, show_default=True,
+              help="Training images used to calibrate int8, int8-full and int16x8 (fewer: a warning, and all are "
+                   "used).")
+@click.option("--io-type", type=click.Choice(IO_TYPES),
+              help="Input/output type of TFLite int8-full: uint8 (default; camera pixels go in unchanged) or int8 "
+                   "(TensorFlow Lite Micro).")
+@click.option("--opset", type=int, help="ONNX opset, 13..18 (default: 17).")
+@click.option("--allow-select-ops", is_flag=True,
+              help="Let TensorFlow (Flex) ops into TFLite files when an op has no builtin kernel (the app then "
+                   "needs the Flex delegate).")
+@click.option("--max-drop", type=float, help="Fail a quantized file whose held-out accuracy is lower than the "
+              "Keras model's by more than this fraction (0.01 = 1 point).")
+@click.option("--auto", is_flag=True, help="With --max-drop: post-training int8-full first; if it loses more, keep "
+              "the layers that lose most in float, then try int16x8; write the first file that meets the budget.")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Open each file in its runtime and compare it with the Keras model on the held-out images.")
+@click.option("--threads", type=int, help="CPU threads for verification and latency (default: up to 4).")
+@click.option("--force", is_flag=True, help="Replace export files that already exist.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
+@handle_errors
+def export(run_dir: str, formats: tuple[str, ...], quantize: tuple[str, ...], target: str | None,
+           output: str | None, calibration_samples: int, io_type: str | None, opset: int | None,
+           allow_select_ops: bool, max_drop: float | None, auto: bool, verify: bool, threads: int | None,
+           force: bool, as_json: bool) -> None:
+    """Export the trained model of RUN_DIR to TFLite, ONNX and/or SavedModel.
+
+    Files are named backbone-size-mode (e.g. mobilenet_v2_a0.35-96-int8-full-uint8.tflite), carry
+    their labels and input contract inside, and get labels.txt and export_report.json beside them.
+    Each file is then opened in its own runtime (LiteRT, ONNX Runtime, TensorFlow) and measured on
+    the run's held-out images against the Keras model: float files must match it, --max-drop
+    gates quantized ones.
+
+    \b
+    Examples:
+      edgetl export runs/cats --format tflite --quantize none --quantize int8-full
+      edgetl export runs/cats --format onnx --quantize none --quantize int8
+      edgetl export runs/cats --target edgetpu
+      edgetl export runs/cats --quantize int8-full --max-drop 0.01 --auto
+    """
+    from edgetl.core.errors import UsageError
+
+    if auto:
+        _auto(run_dir, formats, quantize, target, output, calibration_samples, io_type, max_drop, threads, as_json)
+        return
+    if opset is not None and "onnx" not in formats:
+        raise UsageError(f"--opset {opset} applies only to --format onnx. Add --format onnx or drop --opset.")
+    from edgetl.export import export_run
+
+    reporter = RichReporter()
+    try:
+        report = export_run(run_dir, formats=formats or None, quantize=quantize or None, output=output,
+                            calibration_samples=calibration_samples, io_type=io_type, opset=opset or 17,
+                            allow_select_ops=allow_select_ops, max_drop=max_drop, verify=verify, threads=threads,
+                            target=target, force=force, reporter=reporter)
+    except Exception as exc:
+        reporter.close()
+        partial = getattr(exc, "report", None)
+        if partial is not None:
+            _show(partial, as_json)
+        raise
+    finally:
+        reporter.close()
+    _show(report, as_json)
+
+
+def _auto(run_dir: str, formats: tuple[str, ...], quantize: tuple[str, ...], target: str | None,
+          output: str | None, calibration_samples: int, io_type: str | None, max_drop: float | None,
+          threads: int | None, as_json: bool) -> None:
+    """--auto: the accuracy-budget search for an integer TFLite file."""
+    from edgetl.core.errors import GateFailure, UsageError
+
+    if max_drop is None:
+        raise UsageError("--auto needs --max-drop X, the accuracy the integer file may lose (0.01 = 1 point).")
+    if not 0 <= max_drop < 1:
+        raise UsageError(f"--max-drop {max_drop} is out of range. Use a fraction 0 <= x < 1, e.g. 0.01.")
+    if target or set(formats) - {"tflite"} or set(quantize) - {"int8-full"}:
+        raise UsageError("--auto searches TFLite int8-full (then mixed float/int8, then int16x8); drop --target, "
+                         "and use only --format tflite and --quantize int8-full with it.")
+    if calibration_samples < 1:
+        raise UsageError(f"--calibration-samples {calibration_samples} is out of range. Use 1 or more.")
+    from pathlib import Path
+
+    from edgetl.export import auto as budget
+
+    reporter = RichReporter()
+    try:
+        result = budget.search_int8(run_dir, max_drop=max_drop, calibration_samples=calibration_samples,
+                                    io_type=io_type or "uint8", output=output or str(Path(run_dir) / "export"),
+                                    threads=threads, reporter=reporter)
+    finally:
+        reporter.close()
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2, default=str))
+    else:
+        print_table(f"int8 within --max-drop {max_drop}", *budget.table(result))
+    if result.chosen is None:
+        raise GateFailure(f"no integer file kept accuracy within --max-drop {max_drop}. Ship float16 or float32, "
+                          "or train with 'edgetl optimize --method qat'.")
+    if not as_json:
+        out_console().print(f"chosen: {result.chosen['name']} -> {result.path}", soft_wrap=True)
+
+
+def _show(report: Any, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2, default=str))
+        return
+    rows = []
+    ref = report.reference
+    if ref:
+        rows.append(["keras", "-", fmt(ref.get("size_mb"), 2), fmt(ref.get("accuracy")), "-", "-", "-",
+                     fmt(ref.get("latency_ms"), 2), "reference"])
+    for r in report.rows:
+        mode = r["mode"] + (f"/{r['io_type']}" if r.get("io_type") else "")
+        rows.append([r["format"], mode, fmt(r.get("size_mb"), 2), fmt(r.get("accuracy")), _signed(r.get("drop")),
+                     fmt(r.get("agreement")), _small(r.get("max_abs_diff")), fmt(r.get("latency_ms"), 2),
+                     _short(str(r.get("status")))])
+    v = report.verify or {}
+    title = f"Exported {len(report.rows)} file(s) to {report.output}"
+    if v.get("enabled") and ref:
+        title += (f" (verified on {ref.get('samples')} {ref.get('split')} images; latency: batch 1, "
+                  f"{v.get('threads')} threads, median)")
+    print_table(title, ["format", "mode", "MB", "acc", "drop", "agree", "max diff", "ms", "status"], rows)
+    if report.json_path:
+        out_console().print(f"report: {report.json_path}", soft_wrap=True)
+    written = [r["path"] for r in report.rows if r.get("written")]
+    if written:
+        out_console().print(f"Next: edgetl evaluate {written[-1]} --data HOLDOUT_DIR", soft_wrap=True)
+
+
+def _signed(x: Any) -> str:
+    return "-" if x is None else f"{x:+.3f}"
+
+
+def _small(x: Any) -> str:
+    return "-" if x is None else f"{x:.2g}"
+
+
+def _short(s: str) -> str:
+    # The reasons of failures follow in the error line; the table keeps one word.
+    return "FAILED" if s.startswith("failed") else s
+
+
+COMMANDS = [export]

@@ -1,0 +1,1 @@
+"""Core: errors, atomic files, native stderr, TensorFlow loading, progress, metrics and plots."""

@@ -1,0 +1,99 @@
+"""PNG plots and text tables of results. matplotlib is imported only when drawing."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from edgetl.core.fileio import atomic_path
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: str | os.PathLike[str]) -> None:
+    plt = _pyplot()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_history(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], title: str = "") -> None:
+    """Learning curves (loss and accuracy, train and val) over the epochs of all stages."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    x = list(range(1, len(rows) + 1))
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for prefix, style in (("", "-o"), ("val_", "-s")):
+            ys = [r.get(prefix + metric) for r in rows]
+            if any(y not in (None, "") for y in ys):
+                ax.plot(x, [float(y) if y not in (None, "") else float("nan") for y in ys], style,
+                        label=(prefix or "train_") + metric, markersize=3)
+        stages = [r.get("stage") for r in rows]
+        for i in range(1, len(stages)):
+            if stages[i] != stages[i - 1]:
+                ax.axvline(i + 0.5, color="grey", linestyle="--", linewidth=1)
+                ax.text(i + 0.6, ax.get_ylim()[1], "fine-tune", va="top", fontsize=8, color="grey")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    _save(fig, path)
+
+
+def plot_confusion(matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: str | os.PathLike[str],
+                   title: str = "Confusion matrix") -> None:
+    """The confusion matrix as a heat map with counts (rows: true class, columns: predicted)."""
+    import numpy as np
+
+    plt = _pyplot()
+    cm = np.asarray(matrix, dtype=float)
+    n = len(class_names)
+    size = max(4.0, 0.5 * n + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(cm, cmap="Blues")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(n), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    if n <= 30:
+        high = cm.max() / 2 if cm.size else 0
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if cm[i, j] > high else "black")
+    _save(fig, path)
+
+
+def plot_run(run: str | os.PathLike[str], rows: Sequence[dict[str, Any]], metrics: dict[str, Any],
+             class_names: Sequence[str], title: str) -> list[str]:
+    """A run directory's plots: learning curves, and the test (else val) confusion matrix.
+
+    Returns:
+        The file names written, for the manifest.
+    """
+    from pathlib import Path
+
+    run = Path(run)
+    out = []
+    if rows:
+        plot_history(rows, run / "learning_curves.png", title=f"{title}: learning curves")
+        out.append("learning_curves.png")
+    chosen = metrics.get("test") or metrics.get("val")
+    if chosen:
+        which = "test" if metrics.get("test") else "val"
+        plot_confusion(chosen["confusion_matrix"], class_names, run / "confusion_matrix.png",
+                       title=f"{title}: {which} confusion matrix (accuracy {chosen['accuracy']:.3f})")
+        out.append("confusion_matrix.png")
+    return out

@@ -1,0 +1,328 @@
+"""int8 within an accuracy budget: post-training int8 first, then the worst layers in float, then int16x8.
+
+`search_int8` converts the run's model with full-integer post-training quantization and measures
+it on the held-out images. When it loses more than `max_drop`, LiteRT's quantization debugger
+(tf.lite.experimental.QuantizationDebugger) measures each quantized tensor's error per channel,
+relative to the channel's own signal (see `channel_noise_to_signal`); the worst tensors are kept in
+float in growing numbers (the ops that write them and the ops that read them are denylisted, so the
+tensor itself never goes through int8), and then int16 activations with int8 weights are tried.
+Every candidate is measured the same way; the first that meets the budget (smallest first) is chosen.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgetl.core.errors import UsageError
+from edgetl.core.progress import Reporter
+
+log = logging.getLogger("edgetl")
+
+DENYLIST_STEPS = (1, 3, 8)  # how many of the worst tensors to keep in float, in turn
+
+
+@dataclass
+class BudgetResult:
+    """Candidates measured (name, mode, float_layers, accuracy, drop, size_mb, latency_ms, meets) and the choice."""
+
+    max_drop: float
+    reference: dict[str, Any]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    chosen: dict[str, Any] | None = None
+    worst_layers: list[dict[str, Any]] = field(default_factory=list)
+    path: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"max_drop": self.max_drop, "reference": self.reference, "rows": self.rows, "chosen": self.chosen,
+                "worst_layers": self.worst_layers, "path": str(self.path) if self.path else None}
+
+
+def search_int8(run_dir: Any, *, max_drop: float, calibration_samples: int = 200, io_type: str = "uint8",
+                output: Any = None, threads: int | None = None, try_int16x8: bool = True,
+                reporter: Reporter | None = None) -> BudgetResult:
+    """Find the most integer TFLite file of a run that loses at most `max_drop` accuracy.
+
+    Args:
+        run_dir: a trained run.
+        max_drop: allowed accuracy drop from the Keras model on the held-out images (0.01 = 1 point).
+        calibration_samples: training images for calibration.
+        io_type: input/output type of the full-integer candidate ("uint8" or "int8"); candidates with
+            float layers keep float input and output.
+        output: folder where the chosen file is written (None: nothing written).
+        threads: CPU threads for measurement.
+        try_int16x8: also try int16 activations with int8 weights.
+        reporter: progress events.
+
+    Returns:
+        The BudgetResult; `chosen` is None when no candidate met the budget.
+
+    Raises:
+        UsageError: max_drop out of range; DataError: the run's images are gone.
+    """
+    import numpy as np
+
+    from edgetl.data.sampling import balanced_sample
+    from edgetl.rundir import load_run
+    from edgetl.runtime.timing import median_ms
+
+    if not 0 <= float(max_drop) <= 1:
+        raise UsageError(f"--max-drop {max_drop} is out of range. Use an accuracy fraction 0..1 (0.01 = 1 point).")
+    if io_type not in ("uint8", "int8"):
+        raise UsageError(f"unknown --io-type '{io_type}'. Allowed: uint8, int8.")
+    reporter = reporter or Reporter()
+    run = load_run(run_dir)
+    splits = run.splits()
+    from edgetl.data import load_images
+
+    size = (run.image_size, run.image_size)
+    held_items = splits.test or splits.val
+    if not held_items:
+        raise UsageError(f"run '{run.path}' has no test or val images; the budget needs held-out accuracy. "
+                         "Train with --test-split or --val-split.")
+    x = load_images(splits.root, held_items, size)
+    y = np.array([i.label for i in held_items])
+    calib = load_images(splits.root, balanced_sample(splits.train, calibration_samples, seed=0), size)
+    calib = calib.astype(np.float32)
+    calib[0, 0, 0, :] = 0.0  # the input range calibrates to exactly 0..255 (see edgetl.export)
+    calib[0, 0, 1, :] = 255.0
+
+    def rep() -> Any:
+        for i in range(len(calib)):
+            yield [calib[i:i + 1]]
+
+    from edgetl.export.saved_model import save_serving
+    from edgetl.runtime import open_model
+
+    work = Path(tempfile.mkdtemp(prefix="edgetl-budget-"))
+    try:
+        reporter.start("loading the model", None)
+        model = run.load_model()
+        saved = save_serving(model, work / "saved_model")
+        ref_probs = np.asarray(model.predict(x.astype(np.float32), verbose=0))
+        reporter.finish()
+        ref_acc = float((ref_probs.argmax(1) == y).mean())
+        result = BudgetResult(max_drop=float(max_drop),
+                              reference={"accuracy": ref_acc, "samples": int(len(y)),
+                                         "split": "test" if splits.test else "val"})
+
+        def measure(name: str, mode: str, data: bytes, float_layers: list[str]) -> dict[str, Any]:
+            path = work / f"{len(result.rows)}.tflite"
+            path.write_bytes(data)
+            runner = open_model(path, threads=threads, class_names=run.class_names)
+            try:
+                probs = runner.predict(x)
+                lat = median_ms(lambda: runner.predict(x[:1]))
+            finally:
+                runner.close()
+            acc = float((probs.argmax(1) == y).mean())
+            row = {"name": name, "mode": mode, "float_layers": float_layers, "accuracy": round(acc, 4),
+                   "drop": round(ref_acc - acc, 4), "size_mb": round(len(data) / 1e6, 3), "latency_ms": lat,
+                   "agreement": round(float((probs.argmax(1) == ref_probs.argmax(1)).mean()), 4)}
+            row["meets"] = row["drop"] <= float(max_drop) + 1e-9
+            row["_data"] = data
+            result.rows.append(row)
+            reporter.info(f"{name}: accuracy {acc:.4f}, drop {row['drop']:+.4f}, {row['size_mb']:.3f} MB"
+                          f"{' (meets the budget)' if row['meets'] else ''}")
+            return row
+
+        from edgetl.export.tflite import convert_tflite
+
+        reporter.start("post-training int8-full", None)
+        first = measure(f"PTQ int8-full ({io_type} I/O)", "int8-full",
+                        convert_tflite(saved, "int8-full", representative=rep, io_type=io_type), [])
+        reporter.finish()
+        if not first["meets"]:
+            reporter.start("finding the layers int8 hurts most", None)
+            result.worst_layers = _worst_tensors(saved, rep, calib)
+            reporter.finish()
+            for k in DENYLIST_STEPS:
+                if k > len(result.worst_layers):
+                    break
+                nodes = _float_nodes(result.worst_layers[:k])
+                reporter.start(f"int8 with {k} layer(s) in float", None)
+                data = _selective(saved, rep, calib, nodes)
+                reporter.finish()
+                if data is not None and measure(f"int8, {k} worst layer(s) float", "int8", data, nodes)["meets"]:
+                    break
+            if try_int16x8 and not any(r["meets"] for r in result.rows):
+                reporter.start("int16x8", None)
+                measure("int16x8", "int16x8", convert_tflite(saved, "int16x8", representative=rep), [])
+                reporter.finish()
+        chosen = next((r for r in result.rows if r["meets"]), None)
+        if chosen is not None:
+            result.chosen = {k: v for k, v in chosen.items() if k != "_data"}
+            if output is not None:
+                result.path = _write_chosen(run, chosen, Path(output), io_type)
+        for r in result.rows:
+            r.pop("_data", None)
+        return result
+    finally:
+        reporter.finish()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _debugger(saved: Path, rep: Any, calib: Any, options: Any = None) -> Any:
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = rep
+
+    def debug_data() -> Any:
+        for i in range(min(len(calib), 32)):
+            yield [calib[i:i + 1]]
+
+    return tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=debug_data,
+                                                     debug_options=options)
+
+
+def channel_noise_to_signal(float_values: Any, quant_values: Any, scale: float, zero_point: int) -> float:
+    """Mean over channels (last axis) of the int8 tensor's RMS error divided by the float channel's RMS value.
+
+    A QuantizationDebugger layer_direct_compare_metric. The debugger's own error in units of the
+    quantization step (RMSE / scale) is about 0.29 for every tensor whose values round cleanly, however
+    coarse that step is: it cannot see a per-tensor scale stretched by a few outlier channels, which
+    leaves every other channel with a step as large as its values (they quantize to the zero point).
+    Relative to each channel's own signal that loss reads as about 1, against a few hundredths for a
+    well-quantized tensor.
+
+    Args:
+        float_values: the float op's output for the same (quantized) inputs.
+        quant_values: the quantized op's output, integer.
+        scale: the quantized tensor's scale.
+        zero_point: its zero point.
+
+    Returns:
+        The mean ratio over channels that carry any signal; NaN if none does.
+    """
+    import numpy as np
+
+    f = np.asarray(float_values, np.float64)
+    if f.ndim == 0:
+        f = f.reshape(1, 1)
+    q = (np.asarray(quant_values, np.float64).reshape(f.shape) - zero_point) * scale
+    f = f.reshape(-1, f.shape[-1])
+    q = q.reshape(-1, f.shape[-1])
+    signal = np.sqrt((f * f).mean(axis=0))
+    error = np.sqrt(((q - f) ** 2).mean(axis=0))
+    live = signal > 0  # a channel that is always zero (a dead ReLU) has nothing to lose
+    return float((error[live] / signal[live]).mean()) if live.any() else float("nan")
+
+
+def _worst_tensors(saved: Path, rep: Any, calib: Any, top: int = 10) -> list[dict[str, Any]]:
+    """The quantized tensors int8 hurts most (largest channel_noise_to_signal first), with the ops that read them."""
+    import csv
+
+    import tensorflow as tf
+
+    from edgetl.core.native import quiet_native_stderr
+
+    options = tf.lite.experimental.QuantizationDebugOptions(
+        layer_direct_compare_metrics={"channel_nsr": channel_noise_to_signal})
+    with quiet_native_stderr(), warnings.catch_warnings():
+        # An all-dead tensor gives NaN on every sample: the debugger's nanmean warns, the row is ranked last.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        dbg = _debugger(saved, rep, calib, options)
+        dbg.run()
+    readers = _readers(dbg.calibrated_model)
+    buf = io.StringIO()
+    dbg.layer_statistics_dump(buf)
+    rows = []
+    for r in csv.DictReader(io.StringIO(buf.getvalue())):
+        try:
+            scale = float(r["scale"])
+            mse = float(r["mean_squared_error"])
+            nsr = float(r["channel_nsr"])
+        except (KeyError, ValueError):
+            continue
+        if scale > 0 and math.isfinite(mse):
+            name = r["tensor_name"]
+            rows.append({"tensor_name": name, "op_name": r.get("op_name"),
+                         "channel_nsr": round(nsr, 4) if math.isfinite(nsr) else None,
+                         "rmse_per_step": round(math.sqrt(mse) / scale, 4), "readers": readers.get(name, [])})
+    rows.sort(key=lambda d: (-(d["channel_nsr"] or 0.0), -d["rmse_per_step"]))
+    return rows[:top]
+
+
+def _readers(model: bytes) -> dict[str, list[str]]:
+    """Tensor name -> output names of the ops that read it, from a TFLite flatbuffer (first subgraph)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    graph = schema.Model.GetRootAs(model, 0).Subgraphs(0)
+    names = [(graph.Tensors(t).Name() or b"").decode("utf-8", "replace") for t in range(graph.TensorsLength())]
+    out: dict[str, list[str]] = {}
+    for j in range(graph.OperatorsLength()):
+        op = graph.Operators(j)
+        outputs = [names[t] for t in op.OutputsAsNumpy() if t >= 0] if op.OutputsLength() else []
+        for t in (op.InputsAsNumpy() if op.InputsLength() else []):
+            if t < 0:  # -1 marks an optional input that is absent
+                continue
+            seen = out.setdefault(names[t], [])
+            seen += [n for n in outputs if n not in seen]
+    return out
+
+
+def _float_nodes(worst: list[dict[str, Any]]) -> list[str]:
+    """The denylist that keeps each of `worst` in float: the op that writes it and every op that reads it.
+
+    Denylisting only the writer is not enough: its float output is quantized again, with the same
+    calibrated scale, for an int8 reader, so the tensor loses exactly what it lost before.
+    """
+    nodes: list[str] = []
+    for w in worst:
+        for name in [w["tensor_name"], *w.get("readers", [])]:
+            if name not in nodes:
+                nodes.append(name)
+    return nodes
+
+
+def _selective(saved: Path, rep: Any, calib: Any, denylist: list[str]) -> bytes | None:
+    """int8 with the named tensors' ops in float (float input and output), or None if it cannot be built."""
+    import tensorflow as tf
+
+    from edgetl.core.native import quiet_native_stderr
+
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=denylist)
+    try:
+        with quiet_native_stderr():
+            return bytes(_debugger(saved, rep, calib, options).get_nondebug_quantized_model())
+    except Exception as exc:  # the debugger refuses some graphs; the search goes on with int16x8
+        log.warning("selective quantization with %s in float failed: %s", denylist, str(exc).splitlines()[0][:200])
+        return None
+
+
+def _write_chosen(run: Any, row: dict[str, Any], folder: Path, io_type: str) -> Path:
+    from edgetl.core.fileio import write_bytes
+    from edgetl.export.job import file_name
+    from edgetl.export.metadata import build_metadata, write_tflite_metadata
+
+    mode = row["mode"]
+    io = io_type if mode == "int8-full" else None
+    meta = build_metadata(run, fmt="tflite", quantization=mode, io_type=io)
+    meta["budget"] = {"float_layers": row["float_layers"], "drop": row["drop"]}
+    name = file_name(run, "tflite", mode, io)
+    if row["float_layers"]:
+        name = name.replace(".tflite", f"-{len(row['float_layers'])}float.tflite")
+    path = folder / name
+    write_bytes(path, write_tflite_metadata(row["_data"], meta))
+    return path
+
+
+def table(result: BudgetResult) -> tuple[list[str], list[list[str]]]:
+    """Columns and rows for clikit.print_table: one row per candidate, the chosen one marked."""
+    cols = ["candidate", "accuracy", "drop", "MB", "ms", "budget"]
+    rows = [["keras float (reference)", f"{result.reference['accuracy']:.4f}", "-", "-", "-", "-"]]
+    for r in result.rows:
+        mark = "chosen" if result.chosen and r["name"] == result.chosen["name"] else ("meets" if r["meets"] else
+                                                                                       "over")
+        rows.append([r["name"], f"{r['accuracy']:.4f}", f"{r['drop']:+.4f}", f"{r['size_mb']:.3f}",
+                     f"{r['latency_ms']:.2f}", mark])
+    return cols, rows

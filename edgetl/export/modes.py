@@ -1,0 +1,264 @@
+"""Quantization modes as named settings, applied to a converter in one place.
+
+Each mode is a `Mode`: its name, the formats it exists for, what it is for (the help text the CLI
+shows), whether it needs calibration images, and for TFLite how it sets a `TFLiteConverter`.
+Nothing here imports TensorFlow at module level.
+
+TFLite modes (TFLiteConverter, post-training):
+    none       float32 weights and activations: the reference, and the fastest on x86 CPUs.
+    float16    float16 weights, float32 compute on CPU; half the size; GPU delegates run it in fp16.
+    dynamic    int8 weights, float activations quantized on the fly; 4x smaller; no calibration.
+    int8       int8 weights and activations, float32 input and output; calibrated.
+    int8-full  everything integer including input and output (uint8 or int8, --io-type): Edge TPU,
+               NPUs, DSPs, microcontrollers; calibrated; static shapes (batch 1), as those compilers need.
+    int16x8    int16 activations, int8 weights; closer to float than int8; calibrated; slow
+               reference kernels on most CPUs.
+ONNX modes (onnxruntime.quantization):
+    none       float32.
+    int8       static QDQ: int8 per-channel weights, uint8 activations (ONNX Runtime's fast U8S8
+               kernels take every layer), calibrated on the same images as TFLite.
+    dynamic    8-bit weights (uint8, ONNX Runtime's faster ConvInteger path), activations quantized at
+               run time; no calibration; slower than float32 on x86.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from edgetl.core.errors import UsageError, did_you_mean
+
+IO_TYPES = ("uint8", "int8")
+DEFAULT_IO_TYPE = "uint8"
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One quantization mode of one or more formats."""
+
+    name: str
+    formats: tuple[str, ...]
+    help: str
+    calibrated: bool  # needs representative (calibration) images
+    float_model: bool  # a float model: must match Keras within the float tolerance
+    file_tag: str  # the part of the file name that tells this mode apart
+
+
+MODES: dict[str, Mode] = {m.name: m for m in (
+    Mode("none", ("tflite", "onnx", "saved_model"), "float32, no quantization: the reference; fastest on x86 CPUs.",
+         calibrated=False, float_model=True, file_tag="float32"),
+    Mode("float16", ("tflite",), "float16 weights (half the size); GPU delegates compute in fp16, CPUs in fp32.",
+         calibrated=False, float_model=False, file_tag="float16"),
+    Mode("dynamic", ("tflite", "onnx"), "8-bit weights, float activations (4x smaller, no calibration); "
+         "often slower than float32 on x86.", calibrated=False, float_model=False, file_tag="dynamic"),
+    Mode("int8", ("tflite", "onnx"), "int8 weights and activations, float input/output (calibrated): a third of "
+         "the size; float32 speed on x86 without VNNI, faster with int8 dot products (ARM, VNNI).",
+         calibrated=True, float_model=False, file_tag="int8"),
+    Mode("int8-full", ("tflite",), "everything integer, uint8/int8 input and output (--io-type; calibrated), "
+         "batch fixed at 1: Edge TPU, NPUs, DSPs, microcontrollers.", calibrated=True, float_model=False,
+         file_tag="int8-full"),
+    Mode("int16x8", ("tflite",), "int16 activations, int8 weights (calibrated): nearer float accuracy than int8; "
+         "slow on most CPUs.", calibrated=True, float_model=False, file_tag="int16x8"),
+)}
+
+FORMATS = ("tflite", "onnx", "saved_model")
+
+# --target: what each deployment target gets. Measured on x86 (BENCHMARKS.md, AVX2 without VNNI):
+# dynamic-range files are 2-3x slower than float32 in both runtimes, so no target picks them; int8
+# with float I/O runs at about float32 speed there (1.0-1.2x) with a third of the size and half the
+# memory, and is the mode that gets faster on CPUs with int8 dot products (ARM, x86 VNNI).
+TARGETS: dict[str, dict[str, Any]] = {
+    "cpu": {"formats": ("tflite",), "quantize": ("int8",), "io_type": None,
+            "help": "TFLite int8 with float input/output: a third of the size and half the memory of float32; "
+                    "about float32 speed on x86 without VNNI (measured), faster where CPUs have int8 dot products"},
+    "gpu": {"formats": ("tflite",), "quantize": ("float16",), "io_type": None,
+            "help": "TFLite float16 weights: what GPU delegates (Android, iOS) run natively"},
+    "edgetpu": {"formats": ("tflite",), "quantize": ("int8-full",), "io_type": "uint8",
+                "help": "TFLite full-integer with uint8 input/output; then run edgetpu_compiler on the file"},
+    "npu": {"formats": ("tflite",), "quantize": ("int8-full",), "io_type": "uint8",
+            "help": "TFLite full-integer with uint8 input/output, for NNAPI and vendor NPU delegates"},
+    "mcu": {"formats": ("tflite",), "quantize": ("int8-full",), "io_type": "int8",
+            "help": "TFLite full-integer with int8 input/output, as TensorFlow Lite Micro expects"},
+}
+
+
+def get_mode(name: str) -> Mode:
+    """The Mode named `name`, or a UsageError with a did-you-mean."""
+    if name not in MODES:
+        raise UsageError(f"unknown quantization mode '{name}'.{did_you_mean(name, MODES)} "
+                         f"Allowed: {', '.join(MODES)}.")
+    return MODES[name]
+
+
+def modes_for(fmt: str) -> list[str]:
+    """The names of the modes that exist for format `fmt`."""
+    return [m.name for m in MODES.values() if fmt in m.formats]
+
+
+def help_text() -> str:
+    """One line per mode, for the CLI's --quantize help."""
+    return " ".join(f"{m.name}: {m.help} [{', '.join(m.formats)}]" for m in MODES.values())
+
+
+def plan_pairs(formats: Iterable[str], modes: Iterable[str]) -> list[tuple[str, str]]:
+    """Pair each format with each mode that exists for it, refusing combinations that do not exist.
+
+    Every requested format must get at least one mode, and every mode must exist for at least one
+    requested format: float16 for ONNX alone is an error, not a silent float32 file.
+
+    Raises:
+        UsageError: an unknown format or mode, or a combination that does not exist.
+    """
+    fmts = list(dict.fromkeys(formats))
+    mds = list(dict.fromkeys(modes))
+    if not fmts:
+        raise UsageError("no export format given. Use --format tflite, onnx or saved_model.")
+    if not mds:
+        raise UsageError("no quantization mode given. Use --quantize none (float32) or another mode.")
+    for f in fmts:
+        if f not in FORMATS:
+            raise UsageError(f"unknown export format '{f}'.{did_you_mean(f, FORMATS)} Allowed: {', '.join(FORMATS)}.")
+    for m in mds:
+        get_mode(m)
+    for m in mds:
+        if not any(f in MODES[m].formats for f in fmts):
+            where = ", ".join(MODES[m].formats)
+            names = " or ".join(fmts)
+            raise UsageError(f"--quantize {m} does not exist for {names} ({m} exists for: {where}). "
+                             f"{_modes_line(fmts)}")
+    for f in fmts:
+        if not any(f in MODES[m].formats for m in mds):
+            raise UsageError(f"none of --quantize {', '.join(mds)} exists for --format {f}. {_modes_line([f])} "
+                             f"Add one of them, or drop --format {f}.")
+    return [(f, m) for f in fmts for m in mds if f in MODES[m].formats]
+
+
+def _modes_line(fmts: list[str]) -> str:
+    return " ".join(f"{f} modes: {', '.join(modes_for(f))}." for f in fmts)
+
+
+def check_io_type(io_type: str | None, modes: Iterable[str], formats: Iterable[str]) -> str | None:
+    """Validate --io-type: it applies only to TFLite int8-full. Returns the effective io type of int8-full.
+
+    Raises:
+        UsageError: an unknown value, or --io-type without int8-full for TFLite.
+    """
+    mds = list(modes)
+    if io_type is None:
+        return DEFAULT_IO_TYPE if "int8-full" in mds else None
+    if io_type not in IO_TYPES:
+        raise UsageError(f"unknown --io-type '{io_type}'. Allowed: {', '.join(IO_TYPES)} (with --quantize int8-full).")
+    if "int8-full" not in mds or "tflite" not in list(formats):
+        raise UsageError(f"--io-type {io_type} applies only to --format tflite --quantize int8-full (integer input "
+                         "and output). Add --quantize int8-full or drop --io-type.")
+    return io_type
+
+
+# ----------------------------------------------------------------------------------------------
+# TFLite converter settings
+
+
+def apply_tflite(converter: Any, mode: str, *, representative: Callable[[], Iterable[list[Any]]] | None = None,
+                 io_type: str | None = None, allow_select_ops: bool = False) -> Any:
+    """Configure a tf.lite.TFLiteConverter for `mode`; return it.
+
+    Args:
+        converter: a TFLiteConverter (from_saved_model or from_keras_model).
+        mode: a TFLite mode name.
+        representative: a generator function yielding [float32 batch of 1] for calibrated modes.
+        io_type: "uint8" or "int8" for int8-full.
+        allow_select_ops: let TensorFlow ops (Flex) into the model when no builtin op exists.
+
+    Raises:
+        UsageError: the mode does not exist for TFLite or needs calibration images that are missing.
+    """
+    import tensorflow as tf
+
+    m = get_mode(mode)
+    if "tflite" not in m.formats:
+        raise UsageError(f"--quantize {mode} does not exist for tflite. "
+                         f"tflite modes: {', '.join(modes_for('tflite'))}.")
+    if m.calibrated and representative is None:
+        raise UsageError(f"--quantize {mode} needs calibration images and none were given.")
+    builtins = tf.lite.OpsSet.TFLITE_BUILTINS
+    ops = {builtins}
+    if mode == "none":
+        pass
+    elif mode == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif mode == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif mode in ("int8", "int8-full"):
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        ops = {tf.lite.OpsSet.TFLITE_BUILTINS_INT8}
+        if mode == "int8-full":
+            dtype = {"uint8": tf.uint8, "int8": tf.int8}[io_type or DEFAULT_IO_TYPE]
+            converter.inference_input_type = dtype
+            converter.inference_output_type = dtype
+    elif mode == "int16x8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        ops = {tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8}
+    if allow_select_ops:
+        ops = ops | {builtins, tf.lite.OpsSet.SELECT_TF_OPS}
+    converter.target_spec.supported_ops = ops
+    return converter
+
+
+# ----------------------------------------------------------------------------------------------
+# ONNX Runtime quantization
+
+
+def quantize_onnx(src: str, dst: str, mode: str, *, calibration: Any = None, input_name: str = "image") -> None:
+    """Quantize the float ONNX model `src` into `dst` with onnxruntime.quantization.
+
+    Args:
+        src, dst: ONNX file paths.
+        mode: "int8" (static QDQ: int8 weights per channel, uint8 activations, calibrated with MinMax)
+            or "dynamic" (8-bit weights, activations quantized at run time).
+        calibration: for int8, an (N, H, W, 3) float32 array of calibration images (pixels 0..255).
+        input_name: the model's input name.
+    """
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    if mode == "dynamic":
+        # uint8 weights: ORT's ConvInteger runs them 2.7x faster than int8 ones on x86 (21 vs 58 ms on
+        # MobileNetV2 224, 2 threads); both stay slower than float32 there, like TFLite's dynamic mode.
+        quantize_dynamic(src, dst, weight_type=QuantType.QUInt8)
+        return
+    if mode != "int8":
+        raise UsageError(f"--quantize {mode} does not exist for onnx. onnx modes: {', '.join(modes_for('onnx'))}.")
+    if calibration is None or len(calibration) == 0:
+        raise UsageError("--quantize int8 for onnx needs calibration images and none were given.")
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.i = 0
+
+        def get_next(self) -> dict[str, Any] | None:
+            if self.i >= len(calibration):
+                return None
+            batch = calibration[self.i:self.i + 1]
+            self.i += 1
+            return {input_name: batch}
+
+        def rewind(self) -> None:
+            self.i = 0
+
+    # uint8 activations: ORT's x86 and ARM kernels are U8S8. With int8 activations ORT converts to uint8
+    # itself but not at branch points, where Conv and Add fall back to float between Dequantize,
+    # Quantize and Transposes: MobileNetV2 224 ran 2.04 ms against 1.01 ms (BENCHMARKS.md).
+    quantize_static(src, dst, _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax,
+                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})

@@ -1,0 +1,1 @@
+"""Models: backbone cards and building, and the classifier around a backbone."""
