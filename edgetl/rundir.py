@@ -18,7 +18,10 @@ MODEL_FILE = "model.keras"
 LABELS_FILE = "labels.txt"
 HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
+QAT_SAVED_MODEL = "qat_saved_model"
 SCHEMA_VERSION = 1
+FILES = {"model": MODEL_FILE, "labels": LABELS_FILE, "history": HISTORY_FILE, "metrics": METRICS_FILE}
+HISTORY_COLUMNS = ["stage", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
 
 
 def now() -> str:
@@ -110,6 +113,21 @@ class Run:
 
         return load_model(str(self.model_path), safe_mode=safe_mode)
 
+    def qat_saved_model(self) -> Path | None:
+        """The fake-quantized SavedModel of a run written by `edgetl optimize --method qat`, else None.
+
+        Raises:
+            ModelError: the manifest names one and it is missing.
+        """
+        opt = self.manifest.get("optimize") or {}
+        if opt.get("method") != "qat" or not opt.get("saved_model"):
+            return None
+        p = self.path / opt["saved_model"]
+        if not (p / "saved_model.pb").is_file():
+            raise ModelError(f"QAT run '{self.path}' lacks its {opt['saved_model']}/ SavedModel. The run is damaged; "
+                             "run edgetl optimize again.")
+        return p
+
 
 def load_run(path: str | Path, *, require_complete: bool = True) -> Run:
     """Open a run directory and check it is one.
@@ -138,3 +156,61 @@ def load_run(path: str | Path, *, require_complete: bool = True) -> Run:
     if require_complete and not run.model_path.is_file():
         raise ModelError(f"run '{p}' has no {run.model_path.name}. The run is damaged; train it again.")
     return run
+
+
+def run_header() -> dict[str, Any]:
+    """The manifest keys every new run starts with (status running until `finish_run`)."""
+    return {"edgetl_run": SCHEMA_VERSION, "status": "running", "created": now(), "versions": versions(),
+            "files": dict(FILES)}
+
+
+def start_run(path: Path, manifest: dict[str, Any], class_names: list[str]) -> None:
+    """Write a new run's manifest (status running) and labels.txt: from here on it reads as an unfinished run."""
+    from edgetl.core.fileio import write_json, write_text
+
+    write_json(path / MANIFEST, manifest)
+    write_text(path / LABELS_FILE, "\n".join(class_names) + "\n")
+
+
+def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
+    """history.csv written whole (atomically), one row per epoch."""
+    import csv
+
+    from edgetl.core.fileio import atomic_path
+
+    with atomic_path(path, suffix=".csv") as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, HISTORY_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def finish_run(path: Path, manifest: dict[str, Any], *, model: Any, metrics: dict[str, Any],
+               history_rows: list[dict[str, Any]], title: str, updates: dict[str, Any]) -> dict[str, Any]:
+    """Write what completes a run, then mark it complete: the one way train and optimize end a run.
+
+    model.keras, metrics.json and the plots are written first; the manifest last, with status
+    "complete", so an interrupted run never reads as a finished one.
+
+    Args:
+        model: the Keras classifier to save (float32, preprocessing inside).
+        metrics: per split name, classification_metrics(...) or None.
+        history_rows: the rows of history.csv (for the plots).
+        title: the plots' title.
+        updates: manifest keys this kind of run adds (training, optimize, ...).
+
+    Returns:
+        The manifest as written.
+    """
+    from edgetl.core.fileio import atomic_path, write_json
+    from edgetl.core.plots import plot_run
+
+    with atomic_path(path / MODEL_FILE, suffix=".keras") as tmp:
+        model.save(tmp)
+    class_names = list(manifest["class_names"])
+    write_json(path / METRICS_FILE, {"class_names": class_names, **metrics})
+    plots = plot_run(path, history_rows, metrics, class_names, title)
+    manifest.update({"status": "complete", "finished": now(), **updates,
+                     "metrics": {name: (m["accuracy"] if m else None) for name, m in metrics.items()}})
+    manifest["files"]["plots"] = plots
+    write_json(path / MANIFEST, manifest)
+    return manifest

@@ -482,9 +482,7 @@ def _export_one(run: Any, fmt: str, mode: str, io: str | None, final: Path, save
 def _source(run: Any, fmt: str, mode: str, saved: Path, meta: dict[str, Any]) -> Path:
     """The SavedModel to convert: a QAT run's own for int8 TFLite (its learned ranges), else the run's."""
     if fmt == "tflite" and mode in ("int8", "int8-full"):
-        from edgetl.optimize import qat_saved_model
-
-        qat = qat_saved_model(run)
+        qat = run.qat_saved_model()
         if qat is not None:
             meta["qat"] = True
             meta["batch"] = None  # the QAT SavedModel keeps a free batch dimension

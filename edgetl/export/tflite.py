@@ -55,10 +55,11 @@ def convert_tflite(model_or_savedmodel: Any, mode: str = "none", *,
     except (UsageError, ExportError, KeyboardInterrupt):
         raise
     except Exception as exc:
-        raise _explain(exc, mode, allow_select_ops) from None
+        raise explain_error(exc, mode, allow_select_ops) from None
 
 
-def _explain(exc: Exception, mode: str, allow_select_ops: bool) -> ExportError:
+def explain_error(exc: Exception, mode: str, allow_select_ops: bool) -> ExportError:
+    """The one-line ExportError for a failed TFLite conversion: what failed and the option that avoids it."""
     text = str(exc)
     select = _SELECT_RE.search(text)
     if select and not allow_select_ops:

@@ -708,7 +708,7 @@ def qat_tflite(run_dir: Any, mode: str = "int8-full", *, io_type: str | None = "
     import tensorflow as tf
 
     from edgetl.core.native import quiet_native_stderr
-    from edgetl.export.tflite import _explain
+    from edgetl.export.tflite import explain_error
     from edgetl.rundir import Run, load_run
 
     run = run_dir if isinstance(run_dir, Run) else load_run(run_dir)
@@ -737,7 +737,7 @@ def qat_tflite(run_dir: Any, mode: str = "int8-full", *, io_type: str | None = "
         with quiet_native_stderr(), _quiet_warnings():
             data = bytes(converter.convert())
     except Exception as exc:
-        raise _explain(exc, mode, False) from None
+        raise explain_error(exc, mode, False) from None
     if meta is not None:
         from edgetl.export.metadata import write_tflite_metadata
 
