@@ -108,7 +108,7 @@ def test_few_images_per_class(tmp_path: Path) -> None:
 def test_stratified_split_properties(sizes: list[int], val: float, test: float, seed: int) -> None:
     names = [f"c{i}" for i in range(len(sizes))]
     per_class = [[f"{n}/{k}.png" for k in range(size)] for n, size in zip(names, sizes, strict=True)]
-    train, v, t = data.scan._stratified(per_class, val, test, seed, names)
+    train, v, t = data.splits.stratified_split(per_class, val, test, seed, names)
     everything = sorted(it.path for it in train + v + t)
     assert everything == sorted(p for ps in per_class for p in ps)
     for label, size in enumerate(sizes):
@@ -118,7 +118,7 @@ def test_stratified_split_properties(sizes: list[int], val: float, test: float, 
         assert abs(n_val - size * val) <= 1.5  # stratified: close to the asked fraction per class
     if val > 0 and any(s >= 2 for s in sizes):
         assert v  # a whole empty val split only when no class can spare an image
-    assert data.scan._stratified(per_class, val, test, seed, names) == (train, v, t)
+    assert data.splits.stratified_split(per_class, val, test, seed, names) == (train, v, t)
 
 
 def test_class_names_argument_fixes_order_and_set(tmp_path: Path) -> None:
@@ -306,7 +306,7 @@ def test_permission_denied_is_skipped(tmp_path: Path, monkeypatch: pytest.Monkey
                 raise PermissionError(13, "Permission denied", str(fp))
             return real_open(fp, *args, **kwargs)
 
-        monkeypatch.setattr(data.scan.Image, "open", fake_open)
+        monkeypatch.setattr(data.decode.Image, "open", fake_open)
     s = scan_folder(root, max_bad_fraction=0.5)
     assert dict(s.skipped) == {"a/locked.png": "permission denied"}
 

@@ -206,7 +206,7 @@ def test_scan_survives_symlink_loops_and_reports_unreadable_files(small_data: Pa
             raise PermissionError(errno.EACCES, "Permission denied", str(fp))
         return real_open(fp, *a, **k)
 
-    monkeypatch.setattr(data_mod.scan.Image, "open", guarded)
+    monkeypatch.setattr(data_mod.decode.Image, "open", guarded)
     splits = data_mod.scan_folder(str(d), val_split=0.2, test_split=0.1, seed=0, max_bad_fraction=0.5)
     reasons = dict(splits.skipped)
     assert any("symlink loop" in r for r in reasons.values()), reasons

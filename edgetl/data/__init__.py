@@ -1,15 +1,6 @@
 """Data: scan a folder of labelled images, split it, decode images, build tf.data pipelines."""
 
-from edgetl.data.scan import (  # noqa: F401
-    IMAGE_EXTENSIONS,
-    SPLITS,
-    DataSplits,
-    Item,
-    augmentation_layers,
-    load_image,
-    load_images,
-    make_dataset,
-    probe_image,
-    scan_eval_folder,
-    scan_folder,
-)
+from edgetl.data.decode import load_image, load_images, probe_image  # noqa: F401
+from edgetl.data.pipeline import augmentation_layers, make_dataset  # noqa: F401
+from edgetl.data.scan import IMAGE_EXTENSIONS, scan_eval_folder, scan_folder  # noqa: F401
+from edgetl.data.splits import SPLITS, DataSplits, Item  # noqa: F401

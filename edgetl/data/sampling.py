@@ -6,7 +6,7 @@ import random
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from edgetl.data.scan import Item
+    from edgetl.data.splits import Item
 
 
 def balanced_sample(items: list[Item], n: int, seed: int) -> list[Item]:

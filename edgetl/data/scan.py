@@ -1,4 +1,4 @@
-"""Image folder -> splits -> arrays or tf.data.
+"""Walking an image folder and splitting it: scan_folder (training) and scan_eval_folder (evaluation).
 
 Two folder layouts are understood:
 
@@ -9,36 +9,19 @@ Two folder layouts are understood:
   Without ``val/``, ``val_split`` of each training class is carved out of ``train/``; without
   ``test/``, the test split is empty (it is never carved out of ``train/``).
 
-Files are decoded by content, never by extension, with Pillow: any mode (CMYK, 16-bit, grayscale,
-palette, alpha) becomes 8-bit RGB, transparency is composited on white, the EXIF orientation is
-applied, animated files give their first frame. Images are resized to exactly (height, width) with
-bilinear (antialiased) resampling: the aspect ratio is NOT preserved, images are stretched.
-
-TensorFlow is imported only inside the functions that build tf.data pipelines or Keras layers.
+Every candidate file is probed (edgetl.data.decode); unreadable ones are skipped and listed.
 """
 
 from __future__ import annotations
 
-import errno
-import hashlib
-import json
 import logging
 import math
 import os
-import random
-import stat
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from concurrent.futures import ThreadPoolExecutor
 
 from edgetl.core.errors import DataError, UsageError, did_you_mean
-
-if TYPE_CHECKING:  # only for annotations: importing edgetl.data must not import TensorFlow
-    import tensorflow as tf
+from edgetl.data.decode import default_workers, probe_image
+from edgetl.data.splits import SPLITS, DataSplits, Item, stratified_split
 
 log = logging.getLogger("edgetl")
 
@@ -47,333 +30,10 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
      ".pbm", ".pnm"}
 )
 
-SPLITS = ("train", "val", "test")
 _SPLIT_DIR_NAMES = {"train": ("train",), "val": ("val", "validation", "valid"), "test": ("test",)}
 # Folders that are never classes: zip archives made on macOS carry these.
 _IGNORED_DIRS = frozenset({"__MACOSX"})
 _MAX_WARNINGS = 20  # per scan: beyond this, unreadable files are summarised, not listed one by one
-_PROBE_SIZE = (32, 32)
-
-
-@dataclass(frozen=True)
-class Item:
-    """One image: its path relative to the data root (POSIX separators) and its class index."""
-
-    path: str
-    label: int
-
-
-@dataclass
-class DataSplits:
-    """The images of a data folder, split into train/val/test, with the class names."""
-
-    root: str
-    class_names: list[str]
-    train: list[Item] = field(default_factory=list)
-    val: list[Item] = field(default_factory=list)
-    test: list[Item] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    layout: str = "class-folders"
-
-    def split(self, name: str) -> list[Item]:
-        """Return the items of split `name` ('train', 'val' or 'test')."""
-        if name not in SPLITS:
-            raise UsageError(f"unknown split '{name}'. Allowed: {', '.join(SPLITS)}.")
-        return getattr(self, name)
-
-    def fingerprint(self) -> str:
-        """Return a sha256 hex digest over the class names and each (split, path, label, size, mtime_ns).
-
-        Any added, removed, moved, relabelled or rewritten image changes it, so a resumed run can tell
-        whether its data is still the data it started with. The root itself is left out: moving the
-        whole folder does not change the data.
-        """
-        h = hashlib.sha256()
-        h.update(json.dumps([self.layout, list(self.class_names)]).encode("utf-8"))
-        for split in SPLITS:
-            for item in self.split(split):
-                try:
-                    st = os.stat(os.path.join(self.root, item.path))
-                    size, mtime = st.st_size, st.st_mtime_ns
-                except OSError:
-                    size, mtime = -1, -1  # a missing file must change the digest, not crash
-                h.update(f"{split}\0{item.path}\0{item.label}\0{size}\0{mtime}\n".encode())
-        return h.hexdigest()
-
-    def to_manifest(self) -> dict[str, Any]:
-        """Return a JSON-ready dict that `from_manifest` turns back into equal DataSplits."""
-        out: dict[str, Any] = {"root": self.root, "layout": self.layout, "class_names": list(self.class_names)}
-        for split in SPLITS:
-            out[split] = [[it.path, it.label] for it in self.split(split)]
-        out["skipped"] = [[p, r] for p, r in self.skipped]
-        out["fingerprint"] = self.fingerprint()
-        return out
-
-    @classmethod
-    def from_manifest(cls, d: dict[str, Any]) -> DataSplits:
-        """Rebuild DataSplits from `to_manifest` output.
-
-        Raises:
-            DataError: a key is missing or a value has the wrong shape.
-        """
-        try:
-            class_names = [str(c) for c in d["class_names"]]
-            splits = {}
-            for split in SPLITS:
-                items = [Item(str(p), int(lab)) for p, lab in d.get(split, [])]
-                bad = [it for it in items if not 0 <= it.label < len(class_names)]
-                if bad:
-                    raise ValueError(f"label {bad[0].label} of '{bad[0].path}' is outside 0..{len(class_names) - 1}")
-                splits[split] = items
-            skipped = [(str(p), str(r)) for p, r in d.get("skipped", [])]
-            return cls(root=str(d["root"]), class_names=class_names, skipped=skipped,
-                       layout=str(d.get("layout", "class-folders")), **splits)
-        except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as exc:
-            raise DataError(f"the data section of the manifest is invalid ({exc}). "
-                            "Re-run train to write a new run folder.") from None
-
-    def counts(self) -> dict[str, list[int]]:
-        """Return, per split, the number of images of each class (indexed like class_names)."""
-        out = {}
-        for split in SPLITS:
-            c = [0] * len(self.class_names)
-            for it in self.split(split):
-                c[it.label] += 1
-            out[split] = c
-        return out
-
-
-# ----------------------------------------------------------------------------------------------
-# Decoding
-
-
-class _Unreadable(Exception):
-    """A file that is not a usable image; the message is the reason, in a few words."""
-
-
-def _max_pixels() -> int | None:
-    # Follow Pillow's own limit so a user who raised Image.MAX_IMAGE_PIXELS gets the same here.
-    return Image.MAX_IMAGE_PIXELS
-
-
-def _stat_regular(path: str) -> os.stat_result:
-    """Stat `path`, translating link and permission problems into reasons."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise _Unreadable("broken symlink" if os.path.islink(path) else "file not found") from None
-    except PermissionError:
-        raise _Unreadable("permission denied") from None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise _Unreadable("symlink loop") from None
-        raise _Unreadable(f"cannot stat ({exc.strerror or exc})") from None
-    if not stat.S_ISREG(st.st_mode):
-        # Opening a FIFO or a device would block or read forever.
-        raise _Unreadable("not a regular file")
-    if st.st_size == 0:
-        raise _Unreadable("empty file (0 bytes)")
-    return st
-
-
-def _describe(exc: BaseException) -> str:
-    """Turn a Pillow/OS exception raised while decoding into a short reason."""
-    if isinstance(exc, _Unreadable):
-        return str(exc)
-    # The warning arrives as an exception when warnings are turned into errors (python -W error).
-    if isinstance(exc, Image.DecompressionBombError | Image.DecompressionBombWarning | MemoryError):
-        return f"too large ({exc})" if str(exc) else "too large"
-    if isinstance(exc, UnidentifiedImageError):
-        return "not an image (format not recognised)"
-    if isinstance(exc, PermissionError):
-        return "permission denied"
-    if isinstance(exc, OSError) and exc.errno == errno.ELOOP:
-        return "symlink loop"
-    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if "truncated" in msg.lower() or isinstance(exc, EOFError):
-        return f"truncated or corrupt ({msg})"
-    return f"corrupt image ({type(exc).__name__}: {msg})"
-
-
-def _check_size(im: Image.Image) -> None:
-    limit = _max_pixels()
-    w, h = im.size
-    if w <= 0 or h <= 0:
-        raise _Unreadable(f"invalid size {w}x{h}")
-    if limit is not None and w * h > limit:
-        # Pillow only warns between MAX_IMAGE_PIXELS and twice that; decoding it could exhaust memory.
-        raise _Unreadable(f"too large ({w}x{h} = {w * h} pixels, the limit is {limit})")
-
-
-def _scale16(arr: np.ndarray) -> np.ndarray:
-    """Map 16-bit values 0..65535 onto 0..255, rounding (v * 255 / 65535 == v / 257)."""
-    a = np.clip(arr.astype(np.int64), 0, 65535)
-    return ((a + 128) // 257).astype(np.uint8)
-
-
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """Convert any Pillow mode to 8-bit RGB; transparent pixels become white."""
-    mode = im.mode
-    if mode == "RGB" and "transparency" not in im.info:
-        return im
-    if mode.startswith("I;16") or mode == "I":
-        # convert("L") would clip 16-bit values at 255 instead of scaling them.
-        return Image.fromarray(_scale16(np.asarray(im)), "L").convert("RGB")
-    if mode == "F":
-        a = np.asarray(im, dtype=np.float32)
-        a = np.nan_to_num(a)
-        if a.size and float(a.max()) <= 1.0:
-            a = a * 255.0  # float images are usually 0..1
-        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
-    if has_alpha:
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    try:
-        return im.convert("RGB")
-    except ValueError as exc:
-        raise _Unreadable(f"unsupported colour mode {mode} ({exc})") from None
-
-
-def _decode(path: str, image_size: tuple[int, int] | None, *, probe: bool = False) -> np.ndarray | None:
-    """Decode `path` to an RGB uint8 array of `image_size` (height, width), or just check it (probe).
-
-    Raises _Unreadable with the reason when the file cannot be used.
-    """
-    _stat_regular(path)
-    try:
-        with Image.open(path) as im:
-            _check_size(im)
-            if probe and im.format == "PNG":
-                # verify() walks every chunk and checks its CRC: catches truncation without inflating pixels.
-                im.verify()
-                return None
-            if im.format == "JPEG" and image_size is not None:
-                # Let libjpeg decode at 1/2..1/8 scale; both sides stay >= the target whatever the EXIF rotation.
-                side = max(image_size)
-                im.draft(None, (side, side))
-            try:
-                out = ImageOps.exif_transpose(im)
-            except Exception as exc:  # noqa: BLE001 - a broken EXIF block must not cost the image
-                log.debug("ignoring unreadable EXIF orientation of '%s': %s", path, exc)
-                im.load()
-                out = im
-            out = _to_rgb(out)
-            if image_size is not None:
-                h, w = image_size
-                if out.size != (w, h):
-                    out = out.resize((w, h), Image.Resampling.BILINEAR)
-            if probe:
-                return None
-            arr = np.array(out, dtype=np.uint8)
-    except _Unreadable:
-        raise
-    except Exception as exc:  # noqa: BLE001 - Pillow raises many types on corrupt data; all mean "unreadable"
-        raise _Unreadable(_describe(exc)) from None
-    if arr.ndim != 3 or arr.shape[2] != 3:
-        raise _Unreadable(f"decoded to unexpected shape {arr.shape}")
-    return arr
-
-
-def _check_image_size(image_size: Sequence[int]) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in image_size)
-    except (TypeError, ValueError):
-        raise UsageError(f"image size must be (height, width), got {image_size!r}.") from None
-    if h <= 0 or w <= 0:
-        raise UsageError(f"image size must be positive, got {h}x{w}. Use for example --image-size 224.")
-    return h, w
-
-
-def load_image(path: str | os.PathLike[str], image_size: tuple[int, int]) -> np.ndarray:
-    """Decode one image file to RGB and resize it.
-
-    Args:
-        path: the image file; its format is read from its content, not its extension.
-        image_size: (height, width) of the result. The image is stretched to it (no aspect
-            preservation, no cropping), bilinear with antialiasing.
-
-    Returns:
-        A (height, width, 3) uint8 RGB array.
-
-    Raises:
-        DataError: the file is not a readable image (the message names it and says why).
-    """
-    size = _check_image_size(image_size)
-    path = os.fspath(path)
-    try:
-        arr = _decode(path, size)
-    except _Unreadable as exc:
-        raise DataError(f"cannot read image '{path}': {exc}. Remove or replace the file.") from None
-    if arr is None:  # only a probe returns None; keeps the type checker and the contract honest
-        raise RuntimeError("internal error: image decoder returned nothing")
-    return arr
-
-
-def probe_image(path: str | os.PathLike[str]) -> str | None:
-    """Check cheaply that `path` is a decodable image; return None if it is, else the reason."""
-    try:
-        _decode(os.fspath(path), _PROBE_SIZE, probe=True)
-    except _Unreadable as exc:
-        return str(exc)
-    return None
-
-
-def _default_workers() -> int:
-    return max(1, min(16, (os.cpu_count() or 1)))
-
-
-def load_images(
-    root: str | os.PathLike[str],
-    items: Sequence[Item],
-    image_size: tuple[int, int],
-    *,
-    workers: int | None = None,
-    on_progress: Callable[[int, int], None] | None = None,
-) -> np.ndarray:
-    """Decode many images in threads (Pillow releases the GIL while decoding).
-
-    Args:
-        root: the data folder the item paths are relative to.
-        items: the images to load, in the order of the result.
-        image_size: (height, width) of each image.
-        workers: threads to use; default: the number of CPUs (at most 16).
-        on_progress: called as on_progress(done, total) from the calling thread after each image.
-
-    Returns:
-        An (N, height, width, 3) uint8 array.
-
-    Raises:
-        DataError: an image cannot be read (named in the message).
-    """
-    h, w = _check_image_size(image_size)
-    root = os.fspath(root)
-    n = len(items)
-    out = np.empty((n, h, w, 3), dtype=np.uint8)
-    if n == 0:
-        return out
-    nthreads = workers if workers is not None else _default_workers()
-    if nthreads < 1:
-        raise UsageError(f"workers must be at least 1, got {workers}.")
-    done = 0
-    with ThreadPoolExecutor(max_workers=min(nthreads, n)) as pool:
-        futures = {pool.submit(load_image, os.path.join(root, it.path), (h, w)): i for i, it in enumerate(items)}
-        try:
-            for fut in as_completed(futures):
-                out[futures[fut]] = fut.result()
-                done += 1
-                if on_progress is not None:
-                    on_progress(done, n)
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
-# Scanning
 
 
 def _is_hidden(name: str) -> bool:
@@ -463,7 +123,7 @@ def _probe_all(root: str, paths: list[str]) -> dict[str, str]:
     bad: dict[str, str] = {}
     if not paths:
         return bad
-    with ThreadPoolExecutor(max_workers=min(_default_workers() * 2, len(paths))) as pool:
+    with ThreadPoolExecutor(max_workers=min(default_workers() * 2, len(paths))) as pool:
         # I/O waits and Pillow decoding both release the GIL, so more threads than cores help here.
         reasons = pool.map(lambda p: probe_image(os.path.join(root, *p.split("/"))), paths)
         for p, reason in zip(paths, reasons, strict=True):
@@ -500,52 +160,6 @@ def _no_images_error(root: str, class_dir: str, others: list[str]) -> DataError:
             "or remove the folder."
         )
     return DataError(f"class folder '{where}' has no readable images. Add images to it or remove the folder.")
-
-
-def _round_half_up(x: float) -> int:
-    return math.floor(x + 0.5)  # round() rounds halves to even: 2.5 -> 2 would surprise
-
-
-def _split_class(paths: list[str], val_split: float, test_split: float, seed: int, key: str
-                 ) -> tuple[list[str], list[str], list[str]]:
-    """Shuffle one class's paths (seeded by seed and class) and cut val, test and train from it.
-
-    Each class keeps at least one training image; val and test get round(n * fraction) images,
-    reduced (the larger one first) when that would leave no training image.
-    """
-    n = len(paths)
-    n_val = _round_half_up(n * val_split)
-    n_test = _round_half_up(n * test_split)
-    while n_val + n_test > n - 1 and n_val + n_test > 0:
-        if n_test > n_val:
-            n_test -= 1
-        else:
-            n_val -= 1
-    # A generator per class: adding a class does not reshuffle the others. str seeds are stable across runs.
-    shuffled = sorted(paths)
-    random.Random(f"{seed}/{key}").shuffle(shuffled)
-    return shuffled[n_val + n_test:], shuffled[:n_val], shuffled[n_val:n_val + n_test]
-
-
-def _stratified(per_class: list[list[str]], val_split: float, test_split: float, seed: int,
-                class_names: list[str]) -> tuple[list[Item], list[Item], list[Item]]:
-    parts = [list(_split_class(p, val_split, test_split, seed, name)) for p, name in zip(per_class, class_names,
-                                                                                           strict=True)]
-    # Rounding per class can leave a whole split empty on small data (2 classes x 2 images at val 0.2).
-    # When the fraction asks for images and some class can spare a second training image, move one.
-    for which, frac in ((1, val_split), (2, test_split)):
-        if frac > 0 and not any(p[which] for p in parts):
-            donors = [i for i, p in enumerate(parts) if len(p[0]) >= 2]
-            if donors:
-                i = max(donors, key=lambda j: (len(parts[j][0]), -j))
-                parts[i][which].append(parts[i][0].pop())
-    out: tuple[list[Item], list[Item], list[Item]] = ([], [], [])
-    for label, p in enumerate(parts):
-        for k in range(3):
-            out[k].extend(Item(path, label) for path in p[k])
-    for lst in out:
-        lst.sort(key=lambda it: it.path)
-    return out
 
 
 def _find_split_dirs(root: str) -> dict[str, str] | None:
@@ -668,7 +282,7 @@ def scan_folder(
             if not good:
                 raise _no_images_error(shown, name, listing[name][1])
             per_class.append(good)
-        train, val, test = _stratified(per_class, val_split, test_split, seed, names)
+        train, val, test = stratified_split(per_class, val_split, test_split, seed, names)
         return DataSplits(root=path, class_names=names, train=train, val=val, test=test, skipped=skipped,
                           layout=layout)
 
@@ -712,7 +326,7 @@ def scan_folder(
     if "val" in split_dirs:
         out["train"] = sorted((Item(p, i) for i, ps in enumerate(per_class_train) for p in ps), key=lambda it: it.path)
     else:
-        out["train"], carved, _ = _stratified(per_class_train, val_split, 0.0, seed, names)
+        out["train"], carved, _ = stratified_split(per_class_train, val_split, 0.0, seed, names)
         out["val"] = carved
     for s in SPLITS:
         out[s].sort(key=lambda it: it.path)
@@ -773,81 +387,3 @@ def scan_eval_folder(
     if not items:
         raise DataError(f"data folder '{shown}' has no readable images in its class folders. Add images.")
     return items, classes
-
-
-# ----------------------------------------------------------------------------------------------
-# TensorFlow
-
-
-def augmentation_layers(seed: int) -> list:
-    """Return fresh Keras 3 augmentation layers: horizontal flip, rotation, zoom and contrast (10%).
-
-    They expect float images in 0..255 and are active only when called with training=True.
-    """
-    import keras
-
-    return [
-        keras.layers.RandomFlip("horizontal", seed=seed),
-        keras.layers.RandomRotation(0.1, seed=seed + 1),
-        keras.layers.RandomZoom(0.1, seed=seed + 2),
-        keras.layers.RandomContrast(0.1, seed=seed + 3),
-    ]
-
-
-def make_dataset(
-    root: str | os.PathLike[str],
-    items: Sequence[Item],
-    image_size: tuple[int, int],
-    batch_size: int,
-    *,
-    shuffle: bool = False,
-    seed: int = 42,
-    augment: bool = False,
-    cache: bool = False,
-) -> tf.data.Dataset:
-    """Build a tf.data pipeline of (float32 images 0..255 (b, H, W, 3), int32 labels (b,)).
-
-    Images are decoded by load_image (Pillow, in parallel threads), so they equal load_image's
-    output exactly. The order is the items' order unless shuffle (reshuffled each epoch, seeded).
-    cache keeps decoded images in memory after the first epoch (augmentation still varies).
-    An unreadable file stops iteration with an error naming it: scan the folder first.
-    """
-    import tensorflow as tf
-
-    h, w = _check_image_size(image_size)
-    if int(batch_size) < 1:
-        raise UsageError(f"batch size must be at least 1, got {batch_size}. Use for example --batch-size 32.")
-    root = os.fspath(root)
-    n = len(items)
-    # Bytes, not str: file names that are not valid UTF-8 survive the round trip through TensorFlow.
-    paths = tf.constant([os.fsencode(os.path.join(root, it.path)) for it in items], dtype=tf.string)
-    labels = tf.constant([it.label for it in items], dtype=tf.int32)
-    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
-
-    def _load(path: bytes) -> np.ndarray:
-        return load_image(os.fsdecode(path), (h, w))
-
-    def _decode_fn(path, label):
-        img = tf.numpy_function(_load, [path], tf.uint8, stateful=False)
-        img.set_shape((h, w, 3))
-        return img, label
-
-    if shuffle and not cache:
-        ds = ds.shuffle(max(n, 1), seed=seed, reshuffle_each_iteration=True)  # shuffling paths is cheap
-    ds = ds.map(_decode_fn, num_parallel_calls=tf.data.AUTOTUNE)
-    if cache:
-        ds = ds.cache()
-        if shuffle:
-            ds = ds.shuffle(max(n, 1), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(int(batch_size))
-    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
-    if augment:
-        layers = augmentation_layers(seed)
-
-        def _augment(x, y):
-            for layer in layers:
-                x = layer(x, training=True)
-            return x, y
-
-        ds = ds.map(_augment, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)

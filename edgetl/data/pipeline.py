@@ -1,0 +1,95 @@
+"""The tf.data pipeline of a split: decoded images and labels in batches, optionally augmented.
+
+TensorFlow and Keras are imported inside the functions: importing edgetl.data must not import them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from edgetl.core.errors import UsageError
+from edgetl.data.decode import load_image, parse_image_size
+
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
+
+    from edgetl.data.splits import Item
+
+
+def augmentation_layers(seed: int) -> list[keras.layers.Layer]:
+    """Return fresh Keras 3 augmentation layers: horizontal flip, rotation, zoom and contrast (10%).
+
+    They expect float images in 0..255 and are active only when called with training=True.
+    """
+    import keras
+
+    return [
+        keras.layers.RandomFlip("horizontal", seed=seed),
+        keras.layers.RandomRotation(0.1, seed=seed + 1),
+        keras.layers.RandomZoom(0.1, seed=seed + 2),
+        keras.layers.RandomContrast(0.1, seed=seed + 3),
+    ]
+
+
+def make_dataset(
+    root: str | os.PathLike[str],
+    items: Sequence[Item],
+    image_size: tuple[int, int],
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    seed: int = 42,
+    augment: bool = False,
+    cache: bool = False,
+) -> tf.data.Dataset:
+    """Build a tf.data pipeline of (float32 images 0..255 (b, H, W, 3), int32 labels (b,)).
+
+    Images are decoded by load_image (Pillow, in parallel threads), so they equal load_image's
+    output exactly. The order is the items' order unless shuffle (reshuffled each epoch, seeded).
+    cache keeps decoded images in memory after the first epoch (augmentation still varies).
+    An unreadable file stops iteration with an error naming it: scan the folder first.
+    """
+    import tensorflow as tf
+
+    h, w = parse_image_size(image_size)
+    if int(batch_size) < 1:
+        raise UsageError(f"batch size must be at least 1, got {batch_size}. Use for example --batch-size 32.")
+    root = os.fspath(root)
+    n = len(items)
+    # Bytes, not str: file names that are not valid UTF-8 survive the round trip through TensorFlow.
+    paths = tf.constant([os.fsencode(os.path.join(root, it.path)) for it in items], dtype=tf.string)
+    labels = tf.constant([it.label for it in items], dtype=tf.int32)
+    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+
+    def _load(path: bytes) -> np.ndarray:
+        return load_image(os.fsdecode(path), (h, w))
+
+    def _decode_fn(path, label):
+        img = tf.numpy_function(_load, [path], tf.uint8, stateful=False)
+        img.set_shape((h, w, 3))
+        return img, label
+
+    if shuffle and not cache:
+        ds = ds.shuffle(max(n, 1), seed=seed, reshuffle_each_iteration=True)  # shuffling paths is cheap
+    ds = ds.map(_decode_fn, num_parallel_calls=tf.data.AUTOTUNE)
+    if cache:
+        ds = ds.cache()
+        if shuffle:
+            ds = ds.shuffle(max(n, 1), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(int(batch_size))
+    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
+    if augment:
+        layers = augmentation_layers(seed)
+
+        def _augment(x, y):
+            for layer in layers:
+                x = layer(x, training=True)
+            return x, y
+
+        ds = ds.map(_augment, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
