@@ -11,10 +11,12 @@ class EdgetlError(Exception):
 
     exit_code = 2
 
-    def __init__(self, message: object = "", *args: object) -> None:
+    def __init__(self, message: object = "", *args: object, report: object | None = None) -> None:
         # Messages quote what the user gave (keys, paths, values), which may hold line breaks: shown
         # escaped, the message stays one line whatever it quotes.
         super().__init__(str(message).replace("\r", "\\r").replace("\n", "\\n"), *args)
+        # What was done before the failure (an export's or a gate's report): the CLI still shows it.
+        self.report = report
 
 
 class UsageError(EdgetlError):

@@ -14,15 +14,20 @@ from __future__ import annotations
 import io
 import logging
 import math
+import os
 import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from edgetl.core.errors import UsageError
+from edgetl.core.errors import UsageError, first_line
 from edgetl.core.progress import Reporter
+from edgetl.core.records import Record
+
+if TYPE_CHECKING:
+    from edgetl.rundir import Run
 
 log = logging.getLogger("edgetl")
 
@@ -30,24 +35,40 @@ DENYLIST_STEPS = (1, 3, 8)  # how many of the worst tensors to keep in float, in
 
 
 @dataclass
+class Candidate(Record):
+    """One file the search measured: how it was made, how it measured, whether it meets the budget."""
+
+    name: str
+    mode: str
+    float_layers: list[str]
+    accuracy: float | None
+    drop: float | None
+    agreement: float | None
+    size_mb: float
+    latency_ms: float | None
+    meets: bool
+    data: bytes = field(default=b"", repr=False, metadata={"hidden": True})  # the flatbuffer, not in reports
+
+
+@dataclass
 class BudgetResult:
-    """Candidates measured (name, mode, float_layers, accuracy, drop, size_mb, latency_ms, meets) and the choice."""
+    """Candidates measured, in the order tried, and the choice (None when none met the budget)."""
 
     max_drop: float
     reference: dict[str, Any]
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[Candidate] = field(default_factory=list)
     chosen: dict[str, Any] | None = None
     worst_layers: list[dict[str, Any]] = field(default_factory=list)
     path: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"max_drop": self.max_drop, "reference": self.reference, "rows": self.rows, "chosen": self.chosen,
-                "worst_layers": self.worst_layers, "path": str(self.path) if self.path else None}
+        return {"max_drop": self.max_drop, "reference": self.reference, "rows": [r.to_dict() for r in self.rows],
+                "chosen": self.chosen, "worst_layers": self.worst_layers, "path": str(self.path) if self.path else None}
 
 
-def search_int8(run_dir: Any, *, max_drop: float, calibration_samples: int = 200, io_type: str = "uint8",
-                output: Any = None, threads: int | None = None, try_int16x8: bool = True,
-                reporter: Reporter | None = None) -> BudgetResult:
+def search_int8(run_dir: str | os.PathLike[str], *, max_drop: float, calibration_samples: int = 200,
+                io_type: str = "uint8", output: str | os.PathLike[str] | None = None, threads: int | None = None,
+                try_int16x8: bool = True, reporter: Reporter | None = None) -> BudgetResult:
     """Find the most integer TFLite file of a run that loses at most `max_drop` accuracy.
 
     Args:
@@ -67,79 +88,62 @@ def search_int8(run_dir: Any, *, max_drop: float, calibration_samples: int = 200
     Raises:
         UsageError: max_drop out of range; DataError: the run's images are gone.
     """
-    import numpy as np
-
-    from edgetl.data.sampling import balanced_sample
+    from edgetl.core.tf import load_tensorflow
+    from edgetl.export.images import ExportImages, representative
+    from edgetl.export.modes import IO_TYPES
+    from edgetl.export.saved_model import save_serving
+    from edgetl.export.verify import keras_reference
     from edgetl.rundir import load_run
-    from edgetl.runtime.timing import median_ms
+    from edgetl.runtime import open_model
+    from edgetl.runtime.measure import measure
 
     if not 0 <= float(max_drop) <= 1:
         raise UsageError(f"--max-drop {max_drop} is out of range. Use an accuracy fraction 0..1 (0.01 = 1 point).")
-    if io_type not in ("uint8", "int8"):
-        raise UsageError(f"unknown --io-type '{io_type}'. Allowed: uint8, int8.")
+    if io_type not in IO_TYPES:
+        raise UsageError(f"unknown --io-type '{io_type}'. Allowed: {', '.join(IO_TYPES)}.")
     reporter = reporter or Reporter()
     run = load_run(run_dir)
     splits = run.splits()
-    from edgetl.data import load_images
-
-    size = (run.image_size, run.image_size)
-    held_items = splits.test or splits.val
-    if not held_items:
+    if not (splits.test or splits.val):
         raise UsageError(f"run '{run.path}' has no test or val images; the budget needs held-out accuracy. "
                          "Train with --test-split or --val-split.")
-    x = load_images(splits.root, held_items, size)
-    y = np.array([i.label for i in held_items])
-    calib = load_images(splits.root, balanced_sample(splits.train, calibration_samples, seed=0), size)
-    calib = calib.astype(np.float32)
-    calib[0, 0, 0, :] = 0.0  # the input range calibrates to exactly 0..255 (see edgetl.export)
-    calib[0, 0, 1, :] = 255.0
-
-    def rep() -> Any:
-        for i in range(len(calib)):
-            yield [calib[i:i + 1]]
-
-    from edgetl.export.saved_model import save_serving
-    from edgetl.runtime import open_model
+    images = ExportImages(run, calibration_samples, verify=True)
+    images.check()
+    load_tensorflow()
+    x, y, split = images.held_out(reporter)
+    calib = images.calibration(reporter)
+    rep = representative(calib)
 
     work = Path(tempfile.mkdtemp(prefix="edgetl-budget-"))
     try:
         reporter.start("loading the model", None)
         model = run.load_model()
         saved = save_serving(model, work / "saved_model")
-        ref_probs = np.asarray(model.predict(x.astype(np.float32), verbose=0))
         reporter.finish()
-        ref_acc = float((ref_probs.argmax(1) == y).mean())
+        ref = keras_reference(model, images, reporter).reference
         result = BudgetResult(max_drop=float(max_drop),
-                              reference={"accuracy": ref_acc, "samples": int(len(y)),
-                                         "split": "test" if splits.test else "val"})
+                              reference={"accuracy": ref.accuracy, "samples": int(len(x)), "split": split})
 
-        def measure(name: str, mode: str, data: bytes, float_layers: list[str]) -> dict[str, Any]:
+        def try_candidate(name: str, mode: str, data: bytes, float_layers: list[str]) -> Candidate:
             path = work / f"{len(result.rows)}.tflite"
             path.write_bytes(data)
-            runner = open_model(path, threads=threads, class_names=run.class_names)
-            try:
-                probs = runner.predict(x)
-                lat = median_ms(lambda: runner.predict(x[:1]))
-            finally:
-                runner.close()
-            acc = float((probs.argmax(1) == y).mean())
-            row = {"name": name, "mode": mode, "float_layers": float_layers, "accuracy": round(acc, 4),
-                   "drop": round(ref_acc - acc, 4), "size_mb": round(len(data) / 1e6, 3), "latency_ms": lat,
-                   "agreement": round(float((probs.argmax(1) == ref_probs.argmax(1)).mean()), 4)}
-            row["meets"] = row["drop"] <= float(max_drop) + 1e-9
-            row["_data"] = data
+            with open_model(path, threads=threads, class_names=run.class_names) as runner:
+                m = measure(runner, x, y, ref)
+            row = Candidate(name=name, mode=mode, float_layers=float_layers, accuracy=m.accuracy, drop=m.drop,
+                            agreement=m.agreement, size_mb=round(len(data) / 1e6, 3), latency_ms=m.latency_ms,
+                            meets=m.drop is not None and m.drop <= float(max_drop) + 1e-9, data=data)
             result.rows.append(row)
-            reporter.info(f"{name}: accuracy {acc:.4f}, drop {row['drop']:+.4f}, {row['size_mb']:.3f} MB"
-                          f"{' (meets the budget)' if row['meets'] else ''}")
+            reporter.info(f"{name}: accuracy {m.accuracy:.4f}, drop {m.drop:+.4f}, {row.size_mb:.3f} MB"
+                          f"{' (meets the budget)' if row.meets else ''}")
             return row
 
         from edgetl.export.tflite import convert_tflite
 
         reporter.start("post-training int8-full", None)
-        first = measure(f"PTQ int8-full ({io_type} I/O)", "int8-full",
+        first = try_candidate(f"PTQ int8-full ({io_type} I/O)", "int8-full",
                         convert_tflite(saved, "int8-full", representative=rep, io_type=io_type), [])
         reporter.finish()
-        if not first["meets"]:
+        if not first.meets:
             reporter.start("finding the layers int8 hurts most", None)
             result.worst_layers = _worst_tensors(saved, rep, calib)
             reporter.finish()
@@ -150,19 +154,19 @@ def search_int8(run_dir: Any, *, max_drop: float, calibration_samples: int = 200
                 reporter.start(f"int8 with {k} layer(s) in float", None)
                 data = _selective(saved, rep, calib, nodes)
                 reporter.finish()
-                if data is not None and measure(f"int8, {k} worst layer(s) float", "int8", data, nodes)["meets"]:
+                if data is not None and try_candidate(f"int8, {k} worst layer(s) float", "int8", data, nodes).meets:
                     break
-            if try_int16x8 and not any(r["meets"] for r in result.rows):
+            if try_int16x8 and not any(r.meets for r in result.rows):
                 reporter.start("int16x8", None)
-                measure("int16x8", "int16x8", convert_tflite(saved, "int16x8", representative=rep), [])
+                try_candidate("int16x8", "int16x8", convert_tflite(saved, "int16x8", representative=rep), [])
                 reporter.finish()
-        chosen = next((r for r in result.rows if r["meets"]), None)
+        chosen = next((r for r in result.rows if r.meets), None)
         if chosen is not None:
-            result.chosen = {k: v for k, v in chosen.items() if k != "_data"}
+            result.chosen = chosen.to_dict()
             if output is not None:
                 result.path = _write_chosen(run, chosen, Path(output), io_type)
         for r in result.rows:
-            r.pop("_data", None)
+            r.data = b""  # the candidates' flatbuffers are not kept
         return result
     finally:
         reporter.finish()
@@ -295,24 +299,23 @@ def _selective(saved: Path, rep: Any, calib: Any, denylist: list[str]) -> bytes 
         with quiet_native_stderr():
             return bytes(_debugger(saved, rep, calib, options).get_nondebug_quantized_model())
     except Exception as exc:  # the debugger refuses some graphs; the search goes on with int16x8
-        log.warning("selective quantization with %s in float failed: %s", denylist, str(exc).splitlines()[0][:200])
+        log.warning("selective quantization with %s in float failed: %s", denylist, first_line(exc, 200))
         return None
 
 
-def _write_chosen(run: Any, row: dict[str, Any], folder: Path, io_type: str) -> Path:
+def _write_chosen(run: Run, row: Candidate, folder: Path, io_type: str) -> Path:
     from edgetl.core.fileio import write_bytes
-    from edgetl.export.job import file_name
     from edgetl.export.metadata import build_metadata, write_tflite_metadata
+    from edgetl.export.plan import file_name
 
-    mode = row["mode"]
-    io = io_type if mode == "int8-full" else None
-    meta = build_metadata(run, fmt="tflite", quantization=mode, io_type=io)
-    meta["budget"] = {"float_layers": row["float_layers"], "drop": row["drop"]}
-    name = file_name(run, "tflite", mode, io)
-    if row["float_layers"]:
-        name = name.replace(".tflite", f"-{len(row['float_layers'])}float.tflite")
+    io = io_type if row.mode == "int8-full" else None
+    meta = build_metadata(run, fmt="tflite", quantization=row.mode, io_type=io)
+    meta["budget"] = {"float_layers": row.float_layers, "drop": row.drop}
+    name = file_name(run, "tflite", row.mode, io)
+    if row.float_layers:
+        name = name.replace(".tflite", f"-{len(row.float_layers)}float.tflite")
     path = folder / name
-    write_bytes(path, write_tflite_metadata(row["_data"], meta))
+    write_bytes(path, write_tflite_metadata(row.data, meta))
     return path
 
 
@@ -321,8 +324,6 @@ def table(result: BudgetResult) -> tuple[list[str], list[list[str]]]:
     cols = ["candidate", "accuracy", "drop", "MB", "ms", "budget"]
     rows = [["keras float (reference)", f"{result.reference['accuracy']:.4f}", "-", "-", "-", "-"]]
     for r in result.rows:
-        mark = "chosen" if result.chosen and r["name"] == result.chosen["name"] else ("meets" if r["meets"] else
-                                                                                       "over")
-        rows.append([r["name"], f"{r['accuracy']:.4f}", f"{r['drop']:+.4f}", f"{r['size_mb']:.3f}",
-                     f"{r['latency_ms']:.2f}", mark])
+        mark = "chosen" if result.chosen and r.name == result.chosen["name"] else ("meets" if r.meets else "over")
+        rows.append([r.name, f"{r.accuracy:.4f}", f"{r.drop:+.4f}", f"{r.size_mb:.3f}", f"{r.latency_ms:.2f}", mark])
     return cols, rows

@@ -1,0 +1,100 @@
+"""What an export reports: one typed row per file, the Keras reference, and export_report.json beside the files."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgetl.core.records import Record
+
+REPORT_FILE = "export_report.json"
+LABELS_FILE = "labels.txt"
+COLUMNS = ("format", "mode", "path", "size_mb", "accuracy", "drop", "agreement", "max_abs_diff", "latency_ms",
+           "status")
+FAILURE_KINDS = ("export", "verify", "float_parity", "max_drop", "app_runtime", "compatibility")
+
+
+@dataclass
+class ExportRow(Record):
+    """One exported file and how it measured. Reads like its JSON row too (row["status"], row.get("drop"))."""
+
+    format: str
+    mode: str
+    path: str
+    io_type: str | None = None
+    input_dtype: str = "float32"
+    size_mb: float | None = None
+    accuracy: float | None = None
+    drop: float | None = None
+    agreement: float | None = None
+    max_abs_diff: float | None = None
+    latency_ms: float | None = None
+    samples: int | None = None
+    export_seconds: float | None = None
+    status: str = ""  # "ok", "unverified[: why]" or "failed: why"
+    failure: str | None = None  # one of FAILURE_KINDS when failed
+    written: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)  # figures of other checks (app runtimes, compatibility)
+
+    @property
+    def failed(self) -> bool:
+        return self.status.startswith("failed")
+
+    def fail(self, reason: str, kind: str) -> None:
+        """Mark the row failed (`kind`: which check), keeping the first failure when several fire."""
+        if not self.failed:
+            self.status = f"failed: {reason}"
+            self.failure = kind
+
+    def line(self) -> str:
+        """One progress line: format, mode, status, size, path."""
+        size = f"{self.size_mb:.2f} MB" if self.size_mb is not None else "-"
+        return f"{self.format} {self.mode}: {self.status} ({size}) -> {self.path}"
+
+
+@dataclass
+class ExportReport:
+    """What an export produced: one row per file, the Keras reference, and where the JSON went."""
+
+    run_dir: Path
+    output: Path
+    rows: list[ExportRow] = field(default_factory=list)
+    reference: dict[str, Any] = field(default_factory=dict)
+    json_path: Path | None = None
+    verify: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[ExportRow]:
+        return [r for r in self.rows if r.failed]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"edgetl_export": 1, "run": str(self.run_dir), "output": str(self.output), "verify": self.verify,
+                "reference": self.reference, "rows": [r.to_dict() for r in self.rows], "warnings": self.warnings}
+
+
+def write_beside(class_names: list[str], folder: Path, report: ExportReport) -> None:
+    """labels.txt and export_report.json beside the files; the report keeps rows of files written before."""
+    from edgetl.core.fileio import write_json, write_text
+
+    write_text(folder / LABELS_FILE, "\n".join(class_names) + "\n")
+    path = folder / REPORT_FILE
+    old_rows: list[dict[str, Any]] = []
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+            new_paths = {r.path for r in report.rows}
+            if old.get("run") == str(report.run_dir):  # rows of another run's export are not ours to keep
+                old_rows = [r for r in old.get("rows", []) if isinstance(r, dict) and r.get("path") not in new_paths
+                            and Path(str(r.get("path"))).exists()
+                            and not str(r.get("status", "")).startswith("failed")]
+        except (OSError, ValueError, AttributeError):
+            old_rows = []
+    doc = report.to_dict()
+    doc["rows"] = old_rows + doc["rows"]
+    doc["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    write_json(path, doc)
+    report.json_path = path
