@@ -129,7 +129,7 @@ def test_data_splits_round_trip() -> None:
 
 
 def _read(reader: str, data: bytes, suffix: str) -> Any:
-    from edgetl.export import metadata as md
+    from edgetl.runtime import metadata as md
 
     with tempfile.TemporaryDirectory() as d:
         if reader == "read_saved_model_metadata":
@@ -186,14 +186,14 @@ def test_tflite_metadata_reader_on_truncated_and_corrupted_files(real_tflite: by
         if data:
             data[pos % len(data)] = val
     # Through the runtime, as every command reads it: a damaged metadata block is a warning, never a crash.
-    # (edgetl.export.metadata.read_tflite_metadata itself still lets struct.error/IndexError out on some
-    # truncated files: reported to the owner of edgetl/export/.)
-    from edgetl.runtime.runners import _read_metadata
+    # (edgetl.runtime.metadata.read_tflite_metadata itself still lets struct.error/IndexError out on some
+    # truncated files.)
+    from edgetl.runtime.metadata import load_embedded_metadata
 
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "model.tflite"
         p.write_bytes(bytes(data))
-        meta = _read_metadata("read_tflite_metadata", p)
+        meta = load_embedded_metadata(p, "tflite")
     assert meta is None or isinstance(meta, dict)
 
 

@@ -197,15 +197,15 @@ def test_keras_file_without_manifest(tmp_path: Path) -> None:
 
 
 def test_quantize_and_dequantize_use_scale_and_zero_point() -> None:
-    from edgetl.runtime.runners import _dequantize, _quantize
+    from edgetl.runtime.litert import dequantize, quantize
 
     detail = {"quantization_parameters": {"scales": np.array([2.0]), "zero_points": np.array([-128])}}
-    q = _quantize(np.array([0.0, 1.0, 3.0, 255.0, 1000.0]), "int8", detail)
+    q = quantize(np.array([0.0, 1.0, 3.0, 255.0, 1000.0]), "int8", detail)
     assert q.dtype == np.int8 and q.tolist() == [-128, -128, -126, 0, 127]  # 127.5 rounds to even 128; clipped
     out = {"quantization_parameters": {"scales": np.array([1 / 256]), "zero_points": np.array([-128])}}
-    np.testing.assert_allclose(_dequantize(np.array([[-128, 127]], np.int8), out), [[0.0, 255 / 256]])
-    assert _quantize(np.array([3.7]), "uint8", {"quantization_parameters": {"scales": [], "zero_points": []}}
-                     ).tolist() == [4]
+    np.testing.assert_allclose(dequantize(np.array([[-128, 127]], np.int8), out), [[0.0, 255 / 256]])
+    assert quantize(np.array([3.7]), "uint8", {"quantization_parameters": {"scales": [], "zero_points": []}}
+                    ).tolist() == [4]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from edgetl.core.errors import ModelError
 from edgetl.runtime.timing import median_ms
 
 if TYPE_CHECKING:
-    from edgetl.runtime.runners import Runner
+    from edgetl.runtime.runner import Runner
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,80 @@
+"""The ONNX Runtime runner: a .onnx file on the CPU execution provider, NHWC or NCHW input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgetl.core.errors import ModelError, first_line
+from edgetl.runtime.runner import Runner
+
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(int8)": "int8",
+              "tensor(float16)": "float16"}
+
+
+class OnnxRunner(Runner):
+    """A .onnx file in ONNX Runtime (CPU execution provider)."""
+
+    kind = "onnx"
+
+    def __init__(self, path: Path, threads: int | None) -> None:
+        super().__init__(path, threads)
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:  # pragma: no cover - a dependency of edgetl
+            raise ModelError(f"ONNX Runtime is not installed ({exc}). Install onnxruntime.") from None
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3  # warnings about unused initialisers are noise to users
+        if threads is not None:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ModelError(f"'{path}' is not a valid ONNX model: {first_line(exc)}. "
+                             "Pass a file written by 'edgetl export --format onnx'.") from None
+        ins = self.session.get_inputs()
+        outs = self.session.get_outputs()
+        if len(ins) != 1 or not outs:
+            raise ModelError(f"'{path}' has {len(ins)} inputs and {len(outs)} outputs; edgetl needs one image input "
+                             "and a class output.")
+        self.inp = ins[0]
+        self.out = outs[0]
+        self.shape = list(self.inp.shape)
+        if len(self.shape) != 4:
+            raise ModelError(f"'{path}' takes inputs of shape {self.shape}; edgetl needs images (N, H, W, 3).")
+        dtype = _ORT_TYPES.get(self.inp.type)
+        if dtype is None or dtype == "float16":
+            raise ModelError(f"'{path}' takes {self.inp.type} input; edgetl runs float32, uint8 or int8 models.")
+        self.input_dtype = dtype
+        self._np_dtype = np.dtype(dtype)
+        if self.shape[1] == 3 and self.shape[3] != 3:  # a channels-first export (e.g. from PyTorch)
+            self.layout = "NCHW"
+        last = self.out.shape[-1] if self.out.shape else None
+        self.num_outputs = int(last) if isinstance(last, int) else 0
+        if isinstance(self.shape[0], int) and self.shape[0] > 0:
+            self.batch_fixed = int(self.shape[0])
+
+    def spatial_size(self) -> int | None:
+        """Square input size from the graph's input shape, None when not fixed."""
+        h, w = (self.shape[2], self.shape[3]) if self.layout == "NCHW" else (self.shape[1], self.shape[2])
+        if isinstance(h, int) and isinstance(w, int) and h > 0:
+            if h != w:
+                raise ModelError(f"'{self.path}' takes {h}x{w} images; edgetl handles square inputs only.")
+            return int(h)
+        return None
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        x = np.asarray(batch)
+        if self.input_dtype == "float32":
+            x = x.astype(np.float32, copy=False)
+        else:
+            info = np.iinfo(self._np_dtype)
+            x = np.clip(np.rint(x), info.min, info.max).astype(self._np_dtype) if x.dtype != self._np_dtype else x
+        if self.layout == "NCHW":
+            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        return self.session.run([self.out.name], {self.inp.name: x})[0]
+
+    def close(self) -> None:
+        self.session = None  # type: ignore[assignment]
