@@ -1,4 +1,4 @@
-"""Backbone cards and frozen bases: Keras Applications, TF-Hub handles, a user's own model."""
+"""Backbone cards and frozen bases: Keras Applications, TF-Hub handles, KerasHub presets, a user's own model."""
 
 from __future__ import annotations
 
@@ -13,7 +13,15 @@ from edgetl.core.errors import ModelError, UsageError, did_you_mean, first_line
 
 log = logging.getLogger("edgetl")
 
-PREPROCESSING_MODES = ("tf", "torch", "caffe", "unit", "none")
+# "preset": a KerasHub preset's own image converter (its scale and offset), for presets matching no other mode.
+PREPROCESSING_MODES = ("tf", "torch", "caffe", "unit", "none", "preset")
+KERASHUB_PREFIX = "kerashub:"
+# How --backbone kerashub:PRESET is spelled; shown by 'edgetl backbones' and in errors.
+PRESET_FORMS = (
+    "kerashub:NAME (a built-in KerasHub image preset, e.g. kerashub:resnet_18_imagenet), "
+    "kerashub:kaggle://OWNER/MODEL/keras/VARIANT[/VERSION], kerashub:hf://ORG/MODEL, "
+    "or kerashub:/path/to/preset (a folder written by save_to_preset)"
+)
 # ImageNet statistics used by Keras' "torch" and "caffe" preprocessing modes (RGB order).
 IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
 IMAGENET_STD_RGB = (58.395, 57.12, 57.375)
@@ -74,31 +82,68 @@ def get_card(name: str) -> Card:
 
 
 @dataclass(frozen=True)
+class Preset:
+    """What a KerasHub preset says about its input, read from its image converter (if it has one)."""
+
+    handle: str  # as given after kerashub: (a local folder resolved to an absolute path)
+    image_size: int | None  # the converter's size, or the backbone's fixed input size
+    fixed_size: bool  # the backbone's config fixes its input size
+    mean: list[float] | None  # per channel, in 0..255 units: x_model = (x - mean) / std
+    std: list[float] | None
+
+    def normalization(self) -> dict[str, list[float]] | None:
+        return {"mean": list(self.mean), "std": list(self.std)} if self.mean is not None and self.std else None
+
+
+@dataclass(frozen=True)
 class BackboneSpec:
     """A resolved --backbone value."""
 
-    kind: str  # "keras" (a card), "hub" (TF-Hub handle), "file" (.keras file or SavedModel folder)
-    name: str  # card name, hub handle, or path
+    # "keras" (a card), "hub" (TF-Hub handle), "kerashub" (a KerasHub preset), "file" (.keras or SavedModel)
+    kind: str
+    name: str  # card name, hub handle, preset handle, or path
     card: Card | None = None
+    preset: Preset | None = None
 
     @property
     def default_size(self) -> int:
-        return self.card.default_size if self.card else 224
+        if self.card:
+            return self.card.default_size
+        return self.preset.image_size if self.preset and self.preset.image_size else 224
 
     @property
     def min_size(self) -> int:
-        return self.card.min_size if self.card else 1
+        if self.card:
+            return self.card.min_size
+        return self.preset.image_size if self.preset and self.preset.fixed_size and self.preset.image_size else 1
 
     @property
     def default_preprocessing(self) -> str:
         if self.card:
             return self.card.preprocessing
+        if self.preset:
+            return preset_mode(self.preset)
         # TF-Hub image modules take floats in [0, 1] by convention; a user's own model is taken as is.
         return "unit" if self.kind == "hub" else "none"
 
+    @property
+    def normalization(self) -> dict[str, list[float]] | None:
+        """Per-channel mean and std (0..255 units) of the "preset" preprocessing mode, when the preset has them."""
+        return self.preset.normalization() if self.preset else None
+
 
 def resolve_backbone(value: str) -> BackboneSpec:
-    """Turn a --backbone value into a spec: a card name, hub:HANDLE, or a path."""
+    """Turn a --backbone value into a spec: a card name, hub:HANDLE, kerashub:PRESET, or a path.
+
+    A kerashub: preset in a local folder is read without TensorFlow; a built-in name or a kaggle:// or
+    hf:// handle imports keras_hub and fetches the preset's image converter (cached by KerasHub).
+    """
+    if value.startswith(KERASHUB_PREFIX):
+        handle = value[len(KERASHUB_PREFIX):]
+        if not handle:
+            raise UsageError(f"--backbone kerashub: needs a preset. Allowed: {PRESET_FORMS}.")
+        preset = read_preset(handle)
+        return BackboneSpec("kerashub", preset.handle, preset=preset)
     if value.startswith("hub:"):
         handle = value[4:]
         if not handle:
@@ -179,6 +224,8 @@ def build_base(spec: BackboneSpec, *, weights: str, alpha: float | None, image_s
         base = _build_application(spec, weights=weights, alpha=alpha, image_size=image_size)
     elif spec.kind == "hub":
         base = _build_hub(spec.name)
+    elif spec.kind == "kerashub":
+        base = _build_preset(spec.name, weights=weights, image_size=image_size)
     else:
         base = _build_from_file(Path(spec.name), image_size)
     base.trainable = False
@@ -276,3 +323,159 @@ def _build_from_file(path: Path, image_size: int) -> Any:
             f"Pass --image-size {shape[0]}."
         )
     return model
+
+
+# --- KerasHub presets ---------------------------------------------------------------------------------------
+
+_REMOTE_SCHEMES = ("kaggle://", "hf://")
+_PRESET_CONFIG = "config.json"  # the backbone's class and config, in every preset folder
+_PRESET_CONVERTER = "image_converter.json"  # written with an image task (ImageClassifier.save_to_preset)
+
+
+def _offline_hint(handle: str) -> str:
+    return (f"Offline, save the preset on a machine with network (keras_hub.models.ImageClassifier.from_preset("
+            f"'{handle}').save_to_preset('DIR')), copy DIR here and pass --backbone kerashub:DIR.")
+
+
+def read_preset(handle: str) -> Preset:
+    """What a KerasHub preset says about its input: image size and its converter's normalisation.
+
+    A local folder is read as JSON (no TensorFlow); other handles import keras_hub and fetch the converter.
+
+    Raises:
+        ModelError: the folder is not a preset, the name is unknown, or the preset cannot be fetched.
+    """
+    import json
+
+    local = Path(handle).expanduser()
+    if local.is_dir():
+        if not (local / _PRESET_CONFIG).is_file():
+            raise ModelError(f"'{handle}' is not a KerasHub preset folder (no {_PRESET_CONFIG}). Pass a folder "
+                             f"written by save_to_preset, or one of: {PRESET_FORMS}.")
+        try:
+            config = json.loads((local / _PRESET_CONFIG).read_text()).get("config") or {}
+            conv_file = local / _PRESET_CONVERTER
+            converter = json.loads(conv_file.read_text()).get("config") if conv_file.is_file() else None
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"cannot read KerasHub preset '{handle}': {first_line(exc)}") from None
+        return _preset_from(str(local.resolve()), config, converter)
+    if "/" in handle and not handle.startswith(_REMOTE_SCHEMES):
+        raise ModelError(f"KerasHub preset folder '{handle}' does not exist. Allowed: {PRESET_FORMS}.")
+    keras_hub = _import_keras_hub()
+    if "://" not in handle:
+        names = keras_hub.models.Backbone.presets
+        if handle not in names:
+            images = list(keras_hub.models.ImageClassifier.presets)
+            raise ModelError(f"unknown KerasHub preset '{handle}'.{did_you_mean(handle, images)} Image presets "
+                             f"include {', '.join(images[:4])}... (keras_hub.models.ImageClassifier.presets); "
+                             f"allowed: {PRESET_FORMS}.")
+    try:
+        conv = keras_hub.layers.ImageConverter.from_preset(handle)
+        converter = {"scale": conv.scale, "offset": conv.offset, "image_size": conv.image_size}
+    except FileNotFoundError:  # a backbone-only preset: no converter to read
+        converter = None
+    except Exception as exc:  # kagglehub and huggingface_hub raise their own kinds
+        raise ModelError(f"cannot fetch KerasHub preset '{handle}' ({first_line(exc)}). {_offline_hint(handle)}") \
+            from None
+    return _preset_from(handle, {}, converter)
+
+
+def _preset_from(handle: str, config: dict[str, Any], converter: dict[str, Any] | None) -> Preset:
+    shape = config.get("image_shape") or [None, None, 3]
+    fixed = shape[0] if shape and shape[0] is not None and shape[0] == shape[1] else None
+    size = fixed
+    mean = std = None
+    if converter is not None:
+        conv_size = converter.get("image_size")
+        if size is None and conv_size and conv_size[0] and conv_size[0] == conv_size[1]:
+            size = int(conv_size[0])
+        mean, std = _converter_normalization(handle, converter)
+    return Preset(handle=handle, image_size=size, fixed_size=fixed is not None, mean=mean, std=std)
+
+
+def _converter_normalization(handle: str, converter: dict[str, Any]) -> tuple[list[float], list[float]]:
+    """The converter's x * scale + offset as (x - mean) / std per channel, in 0..255 units."""
+    scale, offset = converter.get("scale"), converter.get("offset")
+    if "mean" in converter and "variance" in converter:  # KerasHub's older converter arguments
+        std0 = [v ** 0.5 for v in converter["variance"]]
+        base = 1.0 if scale is None else scale
+        scale = [base / s for s in std0]
+        offset = [-m / s for m, s in zip(converter["mean"], std0, strict=True)]
+
+    def per_channel(v: Any, default: float) -> list[float]:
+        if v is None:
+            return [default] * 3
+        vals = [float(x) for x in (v if isinstance(v, (list, tuple)) else [v])]
+        if len(vals) == 1:
+            return vals * 3
+        if len(vals) != 3:
+            raise ModelError(f"KerasHub preset '{handle}' has a converter with {len(vals)} channels; edgetl takes "
+                             "RGB images (3 channels).")
+        return vals
+
+    s, o = per_channel(scale, 1.0), per_channel(offset, 0.0)
+    if any(x == 0 for x in s):
+        raise ModelError(f"KerasHub preset '{handle}' has an image converter with a zero scale; it is not usable.")
+    return [-oc / sc for sc, oc in zip(s, o, strict=True)], [1.0 / sc for sc in s]
+
+
+def preset_mode(preset: Preset) -> str:
+    """The preprocessing mode equal to the preset's converter ("preset" when no named mode is)."""
+    if preset.mean is None or preset.std is None:
+        log.warning("KerasHub preset '%s' has no image converter (a backbone saved alone): its input is taken as "
+                    "pixels 0..255 as they are. Pass --preprocessing if it expects otherwise.", preset.handle)
+        return "none"
+    named = {
+        "none": ([0.0] * 3, [1.0] * 3),
+        "unit": ([0.0] * 3, [255.0] * 3),
+        "tf": ([127.5] * 3, [127.5] * 3),
+        "torch": (list(IMAGENET_MEAN_RGB), list(IMAGENET_STD_RGB)),
+    }
+    for mode, (mean, std) in named.items():
+        if all(abs(a - b) <= 1e-3 * max(1.0, abs(b)) for a, b in zip(preset.mean + preset.std, mean + std,
+                                                                     strict=True)):
+            return mode
+    return "preset"
+
+
+def _import_keras_hub() -> Any:
+    try:
+        import keras_hub
+    except ImportError as exc:
+        raise ModelError(f"--backbone kerashub: needs the keras-hub package ({first_line(exc)}). "
+                         "Install it: pip install 'keras-hub>=0.32,<0.33'.") from None
+    return keras_hub
+
+
+def _build_preset(handle: str, *, weights: str, image_size: int) -> Any:
+    """The image backbone of a KerasHub preset (its own weights unless weights is "none" or a file)."""
+    import keras
+
+    keras_hub = _import_keras_hub()
+    if weights == "bundled":
+        raise UsageError("--weights bundled has no KerasHub preset; use --weights imagenet (the preset's own), none "
+                         "or a weights file.")
+    try:
+        backbone = keras_hub.models.Backbone.from_preset(handle, load_weights=weights == "imagenet")
+    except Exception as exc:
+        remote = not Path(handle).is_dir()
+        raise ModelError(f"cannot load KerasHub preset '{handle}' ({first_line(exc)})."
+                         f"{' ' + _offline_hint(handle) if remote else ''}") from None
+    inputs = backbone.inputs
+    shape = tuple(inputs[0].shape) if len(inputs) == 1 else ()
+    if len(shape) != 4 or shape[-1] != 3:
+        raise ModelError(f"KerasHub preset '{handle}' is a {type(backbone).__name__}, not an image backbone (it takes "
+                         f"{', '.join(str(tuple(i.shape)) for i in inputs)}). Pass an image preset, e.g. one of "
+                         "keras_hub.models.ImageClassifier.presets.")
+    if None not in shape[1:3] and shape[1:3] != (image_size, image_size):
+        raise UsageError(f"KerasHub preset '{handle}' takes {shape[1]}x{shape[2]} images, not {image_size}. "
+                         f"Pass --image-size {shape[1]}.")
+    if weights not in ("imagenet", "none"):
+        try:
+            backbone.load_weights(weights)
+        except Exception as exc:
+            raise ModelError(f"cannot load weights '{weights}' into KerasHub preset '{handle}': {first_line(exc)}. "
+                             "The file must hold weights of this backbone (backbone.save_weights).") from None
+    if not isinstance(backbone, keras.Model):
+        raise ModelError(f"KerasHub preset '{handle}' did not give a Keras model.")
+    return backbone

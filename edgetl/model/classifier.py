@@ -12,11 +12,15 @@ INPUT_NAME = "image"
 OUTPUT_LAYER = "predictions"
 
 
-def preprocessing_layers(mode: str) -> list[Any]:
+def preprocessing_layers(mode: str, normalization: dict[str, list[float]] | None = None) -> list[Any]:
     """Keras layers that turn RGB 0..255 into what a backbone expects.
 
     They are plain built-in layers (no Lambda), so the model loads in safe mode and converts to
     TFLite and ONNX without custom code, and deployers never reimplement mean and std.
+
+    Args:
+        mode: one of PREPROCESSING_MODES.
+        normalization: {"mean": [...], "std": [...]} per channel in 0..255 units; needed by "preset" only.
     """
     import keras
     import numpy as np
@@ -30,6 +34,12 @@ def preprocessing_layers(mode: str) -> list[Any]:
     if mode == "torch":
         var = [s * s for s in IMAGENET_STD_RGB]
         return [keras.layers.Normalization(mean=list(IMAGENET_MEAN_RGB), variance=var, name="preprocess_torch")]
+    if mode == "preset":
+        if not normalization:
+            raise UsageError("--preprocessing preset takes a KerasHub preset's image converter, and this backbone has "
+                             "none. Use one of tf, torch, caffe, unit, none.")
+        var = [s * s for s in normalization["std"]]
+        return [keras.layers.Normalization(mean=list(normalization["mean"]), variance=var, name="preprocess_preset")]
     if mode == "caffe":
         # RGB -> BGR and minus the BGR mean, as one fixed 1x1 convolution: a standard op every runtime has.
         kernel = np.zeros((1, 1, 3, 3), dtype="float32")
@@ -55,7 +65,7 @@ class Classifier:
 
 
 def build_classifier(base: Any, *, image_size: int, num_classes: int, preprocessing: str, dropout: float,
-                     seed: int = 42) -> Classifier:
+                     seed: int = 42, normalization: dict[str, list[float]] | None = None) -> Classifier:
     """Assemble preprocessing, the frozen base (inference mode) and a new head.
 
     Args:
@@ -65,6 +75,7 @@ def build_classifier(base: Any, *, image_size: int, num_classes: int, preprocess
         preprocessing: one of PREPROCESSING_MODES.
         dropout: dropout rate before the dense layer.
         seed: seed of the dropout layer.
+        normalization: mean and std of the "preset" mode (BackboneSpec.normalization).
 
     Returns:
         The Classifier.
@@ -73,16 +84,18 @@ def build_classifier(base: Any, *, image_size: int, num_classes: int, preprocess
 
     inputs = keras.Input((image_size, image_size, 3), dtype="float32", name=INPUT_NAME)
     x = inputs
-    for layer in preprocessing_layers(preprocessing):
+    for layer in preprocessing_layers(preprocessing, normalization):
         x = layer(x)
     # training=False keeps BatchNorm statistics fixed even when top layers are unfrozen later.
     x = base(x, training=False)
     x = _single_tensor(x)
     if len(x.shape) == 4:
         x = keras.layers.GlobalAveragePooling2D(name="global_pool")(x)
+    elif len(x.shape) == 3:  # a vision transformer's tokens (KerasHub ViT, DeiT, DINOv2): their mean
+        x = keras.layers.GlobalAveragePooling1D(name="token_pool")(x)
     elif len(x.shape) != 2:
-        raise ModelError(f"the backbone returns a tensor of shape {tuple(x.shape)}; edgetl needs (batch, features) "
-                         "or (batch, height, width, channels).")
+        raise ModelError(f"the backbone returns a tensor of shape {tuple(x.shape)}; edgetl needs (batch, features), "
+                         "(batch, tokens, features) or (batch, height, width, channels).")
     feature_dim = int(x.shape[-1])
     drop = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")
     dense = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name=OUTPUT_LAYER)
@@ -133,6 +146,8 @@ def load_model(path: str, *, safe_mode: bool = True) -> Any:
     """Load a .keras classifier saved by edgetl, in Keras' safe mode by default."""
     import keras
 
+    if _uses_keras_hub(path):
+        import keras_hub  # noqa: F401  (registers KerasHub's backbone classes, which the file names)
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=safe_mode)
     except Exception as exc:
@@ -146,3 +161,14 @@ def load_model(path: str, *, safe_mode: bool = True) -> Any:
                              "only if you trust the file.") from None
         raise ModelError(f"cannot load Keras model '{path}': {reason.rstrip('.')}. Pass a .keras file saved by "
                          "Keras 3 (model.save('model.keras')) or a run directory.") from None
+
+
+def _uses_keras_hub(path: str) -> bool:
+    """Whether a .keras file holds a KerasHub backbone (its config names keras_hub classes)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return b"keras_hub" in zf.read("config.json")
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return False
