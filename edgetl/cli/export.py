@@ -6,12 +6,18 @@ No TensorFlow at import: the options are checked first, then export_run loads it
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
-from edgetl.cli.kit import RichReporter, fmt, handle_errors, out_console, print_table
+from edgetl.cli.kit import RichReporter, fmt, handle_errors, out_console, print_table, signed
+from edgetl.cli.options import force_option, json_option, threads_option
+from edgetl.export import DEFAULT_CALIBRATION_SAMPLES
 from edgetl.export.modes import FORMATS, IO_TYPES, MODES, TARGETS
+from edgetl.export.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+
+if TYPE_CHECKING:
+    from edgetl.export import ExportReport
 
 _MODE_HELP = "; ".join(f"{m.name}: {m.help} [{'/'.join(m.formats)}]" for m in MODES.values())
 _TARGET_HELP = "; ".join(f"{name}: {t['help']}" for name, t in TARGETS.items())
@@ -28,13 +34,13 @@ _TARGET_HELP = "; ".join(f"{name}: {t['help']}" for name, t in TARGETS.items())
               help=f"Pick format, mode and io type for a device instead of --format/--quantize. {_TARGET_HELP}.")
 @click.option("--output", "-o", type=click.Path(file_okay=False),
               help="Folder for the files (default: RUN_DIR/export).")
-@click.option("--calibration-samples", type=int, default=300, show_default=True,
+@click.option("--calibration-samples", type=int, default=DEFAULT_CALIBRATION_SAMPLES, show_default=True,
               help="Training images used to calibrate int8, int8-full and int16x8 (fewer: a warning, and all are "
                    "used).")
 @click.option("--io-type", type=click.Choice(IO_TYPES),
               help="Input/output type of TFLite int8-full: uint8 (default; camera pixels go in unchanged) or int8 "
                    "(TensorFlow Lite Micro).")
-@click.option("--opset", type=int, help="ONNX opset, 13..18 (default: 17).")
+@click.option("--opset", type=int, help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default: {DEFAULT_OPSET}).")
 @click.option("--allow-select-ops", is_flag=True,
               help="Let TensorFlow (Flex) ops into TFLite files when an op has no builtin kernel (the app then "
                    "needs the Flex delegate).")
@@ -44,9 +50,9 @@ _TARGET_HELP = "; ".join(f"{name}: {t['help']}" for name, t in TARGETS.items())
               "the layers that lose most in float, then try int16x8; write the first file that meets the budget.")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Open each file in its runtime and compare it with the Keras model on the held-out images.")
-@click.option("--threads", type=int, help="CPU threads for verification and latency (default: up to 4).")
-@click.option("--force", is_flag=True, help="Replace export files that already exist.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
+@threads_option("CPU threads for verification and latency (default: up to 4).")
+@force_option("Replace export files that already exist.")
+@json_option("Print the report as JSON instead of a table.")
 @handle_errors
 def export(run_dir: str, formats: tuple[str, ...], quantize: tuple[str, ...], target: str | None,
            output: str | None, calibration_samples: int, io_type: str | None, opset: int | None,
@@ -79,7 +85,7 @@ def export(run_dir: str, formats: tuple[str, ...], quantize: tuple[str, ...], ta
     reporter = RichReporter()
     try:
         report = export_run(run_dir, formats=formats or None, quantize=quantize or None, output=output,
-                            calibration_samples=calibration_samples, io_type=io_type, opset=opset or 17,
+                            calibration_samples=calibration_samples, io_type=io_type, opset=opset or DEFAULT_OPSET,
                             allow_select_ops=allow_select_ops, max_drop=max_drop, verify=verify, threads=threads,
                             target=target, force=force, reporter=reporter)
     except Exception as exc:
@@ -130,7 +136,7 @@ def _auto(run_dir: str, formats: tuple[str, ...], quantize: tuple[str, ...], tar
         out_console().print(f"chosen: {result.chosen['name']} -> {result.path}", soft_wrap=True)
 
 
-def _show(report: Any, as_json: bool) -> None:
+def _show(report: ExportReport, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, default=str))
         return
@@ -141,7 +147,7 @@ def _show(report: Any, as_json: bool) -> None:
                      fmt(ref.get("latency_ms"), 2), "reference"])
     for r in report.rows:
         mode = r["mode"] + (f"/{r['io_type']}" if r.get("io_type") else "")
-        rows.append([r["format"], mode, fmt(r.get("size_mb"), 2), fmt(r.get("accuracy")), _signed(r.get("drop")),
+        rows.append([r["format"], mode, fmt(r.get("size_mb"), 2), fmt(r.get("accuracy")), signed(r.get("drop")),
                      fmt(r.get("agreement")), _small(r.get("max_abs_diff")), fmt(r.get("latency_ms"), 2),
                      _short(str(r.get("status")))])
     v = report.verify or {}
@@ -157,11 +163,7 @@ def _show(report: Any, as_json: bool) -> None:
         out_console().print(f"Next: edgetl evaluate {written[-1]} --data HOLDOUT_DIR", soft_wrap=True)
 
 
-def _signed(x: Any) -> str:
-    return "-" if x is None else f"{x:+.3f}"
-
-
-def _small(x: Any) -> str:
+def _small(x: float | None) -> str:
     return "-" if x is None else f"{x:.2g}"
 
 

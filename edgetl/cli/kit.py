@@ -1,42 +1,40 @@
-"""What every CLI command shares: error translation, progress display, tables. No TensorFlow here."""
+"""What every CLI command shares: error translation, consoles, tables, JSON output, opening models.
+
+No TensorFlow here, and nothing heavier than click at import: rich and the runtimes load when used.
+"""
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from edgetl.core.errors import EdgetlError
+from edgetl.core.errors import EdgetlError, first_line
 from edgetl.core.progress import Reporter
-from edgetl.core.tf import load_tensorflow, quiet_tensorflow  # noqa: F401  (the commands call them)
+from edgetl.core.tf import load_tensorflow, quiet_tensorflow
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from edgetl.runtime import Runner
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130
+# Artifacts whose runner needs TensorFlow; .tflite and .onnx files never import it.
+TF_KINDS = ("run", "keras", "saved_model")
 
 
-def err_console() -> Any:
-    from rich.console import Console
-
-    return Console(stderr=True, highlight=False, width=_width(2))
-
-
-def out_console() -> Any:
-    from rich.console import Console
-
-    return Console(highlight=False, width=_width(1))
-
-
-def _width(fd: int) -> int | None:
-    # In CI logs and pipes rich would squeeze tables to 80 columns and cut paths.
-    return None if os.isatty(fd) else 160
+# ----------------------------------------------------------------------------------------------
+# Errors and logging
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -67,8 +65,7 @@ def handle_errors(fn: F) -> F:
         except Exception as exc:  # a bug of ours: still one line, the details on request
             if os.environ.get("EDGETL_DEBUG"):
                 traceback.print_exc()
-            text = str(exc).strip().splitlines()
-            first = text[0][:300] if text else ""
+            first = first_line(exc) if str(exc).strip() else ""
             fail(f"internal error ({type(exc).__name__}: {first}). Re-run with EDGETL_DEBUG=1 for the traceback "
                  "and report it.", EXIT_INTERNAL)
 
@@ -89,6 +86,32 @@ def _setup_logging() -> None:
         logger.propagate = False
 
 
+# ----------------------------------------------------------------------------------------------
+# Consoles and progress
+
+
+def err_console() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, width=_width(2))
+
+
+def out_console() -> Console:
+    from rich.console import Console
+
+    return Console(highlight=False, width=_width(1))
+
+
+def _width(fd: int) -> int | None:
+    # In CI logs and pipes rich would squeeze tables to 80 columns and cut paths.
+    return None if os.isatty(fd) else 160
+
+
+def warn(message: str) -> None:
+    """One 'warning: ...' line on stderr (the message is data: never read as rich markup)."""
+    err_console().print(esc(f"warning: {message}"), soft_wrap=True)
+
+
 class RichReporter(Reporter):
     """Progress bars and epoch lines on stderr, so stdout stays clean for --json."""
 
@@ -98,7 +121,7 @@ class RichReporter(Reporter):
         self.console = err_console()
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), console=self.console, transient=True)
-        self.task: Any = None
+        self.task: Any = None  # rich's TaskID, or None between tasks
         # Bars only on a terminal: in CI logs they would print a line per refresh.
         self.bars = self.console.is_terminal
 
@@ -132,18 +155,38 @@ class RichReporter(Reporter):
         self.finish()
 
 
-def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], stderr: bool = False) -> None:
-    """A table for people (rich); scripts should use --json."""
+# ----------------------------------------------------------------------------------------------
+# Tables, figures and JSON
+
+
+def esc(text: object) -> str:
+    """Text as rich shows it literally: class names and paths may hold [brackets] rich reads as markup."""
     from rich.markup import escape
+
+    return escape(str(text))
+
+
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], stderr: bool = False,
+                wide: bool = False) -> None:
+    """A table for people (rich); scripts should use --json.
+
+    wide: cells fold instead of being cut, and off a terminal the table may take 200 columns (model
+    names and paths in CI logs stay whole).
+    """
     from rich.table import Table
 
-    # Class names and paths are data: '[cat]' must print as is, not as rich markup.
-    table = Table(title=escape(title), title_justify="left")
+    con = err_console() if stderr else out_console()
+    if wide and not con.is_terminal:
+        con.width = max(con.width, 200)
+    table = Table(title=esc(title), title_justify="left")
     for c in columns:
-        table.add_column(escape(c))
+        if wide:
+            table.add_column(esc(c), overflow="fold")
+        else:
+            table.add_column(esc(c))
     for r in rows:
-        table.add_row(*["" if v is None else escape(str(v)) for v in r])
-    (err_console() if stderr else out_console()).print(table)
+        table.add_row(*["" if v is None else esc(v) for v in r])
+    con.print(table)
 
 
 def fmt(x: Any, digits: int = 3) -> str:
@@ -153,3 +196,65 @@ def fmt(x: Any, digits: int = 3) -> str:
     if isinstance(x, float):
         return f"{x:.{digits}f}"
     return str(x)
+
+
+def mb(n: int | None) -> str:
+    """Bytes as megabytes for tables."""
+    return "-" if n is None else f"{n / 1e6:.2f} MB"
+
+
+def pct(x: float | None) -> str:
+    """A fraction as a percentage for tables."""
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def signed(x: float | None) -> str:
+    """A difference with its sign, for drop columns."""
+    return "-" if x is None else f"{x:+.3f}"
+
+
+def print_json(obj: Any) -> None:
+    """One JSON object on one line of stdout (numpy values and paths converted)."""
+    click.echo(json.dumps(obj, default=_jsonable))
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):  # numpy scalars and arrays
+        return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Opening models
+
+
+def needs_tensorflow(paths: Sequence[str]) -> None:
+    """Load TensorFlow (quietly) only when a Keras or SavedModel model is among `paths`."""
+    from edgetl.runtime import detect_kind
+
+    if any(detect_kind(p) in TF_KINDS for p in paths):
+        load_tensorflow()
+
+
+def read_labels_option(labels: str | None) -> list[str] | None:
+    """The class names of a --labels file, or None when not given."""
+    if labels is None:
+        return None
+    from edgetl.runtime import read_labels
+
+    return read_labels(labels)
+
+
+def open_runner(path: str, threads: int | None, unsafe: bool, labels: str | None, image_size: int | None) -> Runner:
+    """Open MODEL as the runtime options (--threads, --unsafe, --labels, --image-size) ask."""
+    from edgetl.runtime import open_model
+
+    return open_model(path, threads=threads, safe_mode=not unsafe, class_names=read_labels_option(labels),
+                      image_size=image_size)
+
+
+__all__ = ["EXIT_INTERNAL", "EXIT_INTERRUPTED", "RichReporter", "err_console", "esc", "fail", "fmt",
+           "handle_errors", "load_tensorflow", "mb", "needs_tensorflow", "open_runner", "out_console", "pct",
+           "print_json", "print_table", "quiet_tensorflow", "read_labels_option", "signed", "warn"]

@@ -1,25 +1,15 @@
-"""The `edgetl` command line. Each command: options -> config -> one library call -> output.
+"""The `edgetl` command group and its console entry point. Each command lives in its own module.
 
-Nothing here imports TensorFlow at start-up: `edgetl --help` stays fast.
+Each command: options -> config -> one library call -> output. Nothing here imports TensorFlow at
+start-up: `edgetl --help` stays fast.
 """
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import fields
-from typing import Any
-
 import click
 
 from edgetl import __version__
-from edgetl.cli.kit import RichReporter, fmt, handle_errors, load_tensorflow, out_console, print_table
-from edgetl.train.config import TrainConfig
-
-_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
-
-
-def _d(name: str) -> str:
-    return f"(default: {_DEFAULTS[name]})"
+from edgetl.cli import benchmark, evaluate, export, inspect, optimize, predict, train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -32,171 +22,10 @@ def main() -> None:
     """
 
 
-@main.command()
-@click.argument("data", type=click.Path(file_okay=False), required=False)
-@click.option("--backbone", help=f"Backbone name (see 'edgetl backbones'), hub:HANDLE, or a .keras/SavedModel path "
-              f"{_d('backbone')}.")
-@click.option("--weights", help="imagenet (downloads once), none (random), bundled (shipped with edgetl, offline) or "
-              f"a local weights file {_d('weights')}.")
-@click.option("--alpha", type=float, help="Width multiplier of the MobileNet family (e.g. 0.35, 1.0).")
-@click.option("--image-size", type=int, help="Square input size in pixels (default: the backbone's).")
-@click.option("--preprocessing", type=click.Choice(["tf", "torch", "caffe", "unit", "none"]),
-              help="Override the backbone's preprocessing (default: from its card; hub: unit).")
-@click.option("--epochs", type=int, help=f"Epochs of the first stage (head only) {_d('epochs')}.")
-@click.option("--batch-size", type=int, help=f"Batch size {_d('batch_size')}.")
-@click.option("--lr", type=float, help=f"Learning rate of the first stage {_d('lr')}.")
-@click.option("--dropout", type=float, help=f"Dropout before the classifier layer {_d('dropout')}.")
-@click.option("--val-split", type=float, help=f"Fraction held out for validation {_d('val_split')}.")
-@click.option("--test-split", type=float, help=f"Fraction held out for testing {_d('test_split')}.")
-@click.option("--augment/--no-augment", default=None, help="Random flip, rotation, zoom, contrast while training "
-              "(turns the feature cache off) (default: off).")
-@click.option("--fine-tune-layers", help="Second stage: unfreeze the top N layers of the base, or 'all' "
-              "(BatchNorm stays frozen) (default: no second stage).")
-@click.option("--fine-tune-lr", type=float, help=f"Learning rate of the second stage {_d('fine_tune_lr')}.")
-@click.option("--fine-tune-epochs", type=int, help=f"Epochs of the second stage {_d('fine_tune_epochs')}.")
-@click.option("--patience", type=int, help=f"Early stopping patience in epochs on val loss {_d('patience')}.")
-@click.option("--feature-cache", type=click.Choice(["auto", "off"]), help="auto: run the frozen base once and train "
-              "the head on cached features when that is exact (no augmentation) (default: auto).")
-@click.option("--max-bad-fraction", type=float, help="Fail when more than this fraction of image files are "
-              f"unreadable {_d('max_bad_fraction')}.")
-@click.option("--seed", type=int, help=f"Random seed for splits, initialisation and shuffling {_d('seed')}.")
-@click.option("--strategy", type=click.Choice(["auto", "default", "mirrored", "multiworker"]),
-              help="tf.distribute strategy: auto = mirrored over several GPUs, else default; multiworker reads "
-              "TF_CONFIG (default: auto).")
-@click.option("--mixed-precision", type=click.Choice(["auto", "on", "off"]),
-              help="mixed_float16 training; auto = on for GPUs of compute capability 7.0+; saved models stay "
-              "float32 (default: auto).")
-@click.option("--xla/--no-xla", default=None, help="Jit-compile training steps with XLA (default: off).")
-@click.option("--output", "-o", type=click.Path(), help="Run directory to write (default: runs/BACKBONE-TIME).")
-@click.option("--force", is_flag=True, default=None, help="Replace an existing run directory.")
-@click.option("--config", "config_path", type=click.Path(), help="YAML recipe with any of these options "
-              "(keys as option names); flags win.")
-@click.option("--resume", "resume_dir", type=click.Path(), help="Continue an interrupted run from its last completed "
-              "epoch, with its own options and data.")
-@handle_errors
-def train(config_path: str | None, resume_dir: str | None, **flags: Any) -> None:
-    """Train a classifier on DATA: one subfolder per class, or train/ val/ test/ subfolders.
-
-    The backbone is frozen; its preprocessing goes inside the model, which takes RGB pixels 0..255.
-    """
-    from edgetl.core.errors import UsageError
-    from edgetl.train.config import load_recipe, merge
-
-    if resume_dir is not None:
-        given = [k for k, v in flags.items() if v is not None] + (["--config"] if config_path else [])
-        if given:
-            names = ", ".join("DATA" if k == "data" else k if k.startswith("--") else "--" + k.replace("_", "-")
-                              for k in given)
-            raise UsageError(f"--resume continues a run with its own options and data; drop {names}.")
-        _resume(resume_dir)
-        return
-    recipe = load_recipe(config_path) if config_path else {}
-    cfg = merge(TrainConfig, recipe, flags, source=f"recipe '{config_path}'" if config_path else "recipe")
-    if not cfg.data:
-        raise UsageError("no data folder given. Pass DATA (a folder with one subfolder per class) or 'data:' in "
-                         "the recipe.")
-    from edgetl.train import plan
-
-    plan(cfg)  # every option checked before TensorFlow is loaded
-    load_tensorflow()
-    from edgetl.train import train as run_train
-
-    reporter = RichReporter()
-    try:
-        result = run_train(cfg, reporter)
-    finally:
-        reporter.close()
-    _summary(result)
-
-
-def _resume(run_dir: str) -> None:
-    load_tensorflow()
-    from edgetl.train import AlreadyComplete, resume
-
-    reporter = RichReporter()
-    try:
-        result = resume(run_dir, reporter)
-    except AlreadyComplete:
-        click.echo(f"run '{run_dir}' is already complete; nothing to resume.")
-        return
-    finally:
-        reporter.close()
-    _summary(result)
-
-
-def _summary(result: Any) -> None:
-    if not result.chief:
-        click.echo("worker finished; the chief wrote the run directory.")
-        return
-    rows = []
-    for split in ("val", "test"):
-        m = result.metrics.get(split)
-        if m:
-            rows.append([split, m["samples"], fmt(m["accuracy"]), fmt(m["top_k"]) + f" (k={m['k']})"])
-    print_table(f"Trained {len(result.class_names)} classes into {result.run_dir}", ["split", "images", "accuracy",
-                "top-k"], rows)
-    secs = result.seconds
-    out_console().print(
-        f"feature cache: {'on' if result.feature_cache else 'off'}; epochs: "
-        + ", ".join(f"{k} {v}" for k, v in result.epochs_run.items())
-        + f"; time: {secs.get('total', 0):.1f} s. Next: edgetl export {result.run_dir}",
-        soft_wrap=True,
-    )
-
-
-@main.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the cards as JSON.")
-@handle_errors
-def backbones(as_json: bool) -> None:
-    """List the backbones edgetl can build, with sizes, preprocessing and int8 notes."""
-    from edgetl.model.backbones import cards
-
-    all_cards = cards()
-    if as_json:
-        import json
-
-        click.echo(json.dumps({n: c.to_dict() for n, c in all_cards.items()}, indent=2))
-        return
-    rows = [[c.name, c.default_size, c.min_size, f"{c.params / 1e6:.1f}M", c.features, c.preprocessing,
-             ",".join(str(a) for a in c.alpha) if c.alpha else "-", c.int8.split(";")[0]] for c in all_cards.values()]
-    print_table("Backbones (also: hub:HANDLE, or a .keras / SavedModel path)",
-                ["name", "size", "min", "params", "features", "preprocess", "alpha", "int8"], rows)
-
-
-@main.command("demo-data")
-@click.argument("dest", type=click.Path())
-@click.option("--per-class", type=int, default=40, show_default=True, help="Images per class.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generator.")
-@click.option("--force", is_flag=True, help="Replace an existing folder written by demo-data.")
-@handle_errors
-def demo_data(dest: str, per_class: int, seed: int, force: bool) -> None:
-    """Write a small generated image data set to DEST (offline demo and tests)."""
-    from edgetl.core.errors import UsageError
-    from edgetl.data.demo import write_demo_data
-
-    if per_class < 3 or per_class > 10000:
-        raise UsageError(f"--per-class {per_class} is out of range. Use 3..10000.")
-    summary = write_demo_data(dest, per_class=per_class, seed=seed, force=force)
-    click.echo(f"wrote {sum(summary['counts'].values())} images of {len(summary['classes'])} classes to {dest}")
-
-
-# Commands that live in their own modules (export, evaluate, ...); each defines `command`.
-_COMMAND_MODULES = ("edgetl.cli.export", "edgetl.cli.evaluate", "edgetl.cli.optimize")
-
-
-def _register() -> None:
-    for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        for cmd in getattr(module, "COMMANDS", ()):
-            main.add_command(cmd)
-
-
-_register()
+# Each command module lists its commands in COMMANDS.
+for _module in (train, export, optimize, evaluate, benchmark, inspect, predict):
+    for _cmd in _module.COMMANDS:
+        main.add_command(_cmd)
 
 
 def run() -> None:

@@ -1,14 +1,15 @@
-"""Classification metrics from labels and probabilities (numpy only)."""
+"""Classification metrics from labels and probabilities (numpy only), and how messages write them."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 
 def classification_metrics(
-    y_true: np.ndarray, probs: np.ndarray, class_names: list[str], top_k: int = 5
+    y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str], top_k: int = 5
 ) -> dict[str, Any]:
     """Accuracy, top-k, per-class precision/recall/F1 and the confusion matrix.
 
@@ -49,3 +50,20 @@ def classification_metrics(
         "per_class": per_class,
         "confusion_matrix": cm.tolist(),
     }
+
+
+def macro_averages(per_class: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    """Unweighted means of precision, recall and F1 over the classes present in the data."""
+    present = [v for v in per_class.values() if v.get("support")]
+    if not present:
+        return {"precision": None, "recall": None, "f1": None}
+    return {k: float(np.mean([v[k] for v in present])) for k in ("precision", "recall", "f1")}
+
+
+def format_figure(x: object) -> str:
+    """A figure as gate messages, JUnit files and plot titles write it: 4 decimals, None as n/a."""
+    if x is None:
+        return "n/a"
+    if isinstance(x, float):
+        return f"{x:.4f}"
+    return str(x)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from edgetl.core.fileio import atomic_path
@@ -73,6 +74,44 @@ def plot_confusion(matrix: Sequence[Sequence[int]], class_names: Sequence[str], 
             for j in range(n):
                 ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=8,
                         color="white" if cm[i, j] > high else "black")
+    _save(fig, path)
+
+
+@dataclass
+class BarPanel:
+    """One horizontal bar chart of a figure per model; marks (e.g. p90) drawn as ticks over the bars."""
+
+    title: str
+    values: Sequence[float]
+    marks: Sequence[float] | None = None
+    marks_label: str = ""
+    xlim: tuple[float, float] | None = None
+
+
+def plot_bar_panels(names: Sequence[str], panels: Sequence[BarPanel], path: str | os.PathLike[str],
+                    title: str = "") -> None:
+    """Side-by-side bar charts sharing one list of names (top to bottom), written as a PNG."""
+    import numpy as np
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.45 * len(names) + 2.2), squeeze=False)
+    y = np.arange(len(names))
+    for ax, panel in zip(axes[0], panels, strict=True):
+        ax.barh(y, panel.values, color="#4C72B0")
+        if panel.marks is not None:
+            ax.plot(panel.marks, y, "k|", markersize=12, label=panel.marks_label)
+            ax.legend(loc="lower right", fontsize=8)
+        ax.set_yticks(y, list(names) if ax is axes[0][0] else [""] * len(names))
+        ax.invert_yaxis()
+        ax.set_title(panel.title, fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+        if panel.xlim is not None:
+            ax.set_xlim(*panel.xlim)
+        for yi, v in zip(y, panel.values, strict=True):
+            ax.text(v, yi, f" {v:,.0f}" if v >= 1000 else f" {v:.3g}", va="center", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
     _save(fig, path)
 
 

@@ -1,23 +1,18 @@
-"""Evaluate: accuracy of any artifact on a folder, the CI gate, benchmark and inspection."""
+"""Evaluate: accuracy of any artifact on a folder, baselines, the CI gate and JUnit, benchmark and inspection."""
 
-from edgetl.evaluate.gate import (  # noqa: F401
-    BASELINE_SCHEMA,
-    Check,
-    baseline_warnings,
-    check_fraction,
+from edgetl.core.metrics import macro_averages  # noqa: F401
+from edgetl.evaluate.accuracy import (  # noqa: F401
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_BAD_FRACTION,
+    DEFAULT_TOP_K,
     data_fingerprint,
     evaluate,
-    gate,
-    gate_summary,
-    junit_xml,
     list_errors,
-    load_baseline,
-    macro_averages,
-    make_baseline,
     model_summary,
     predict_items,
     resolve_data,
-    save_baseline,
-    write_junit,
     write_plots,
 )
+from edgetl.evaluate.baseline import BASELINE_SCHEMA, baseline_warnings, load_baseline, make_baseline, save_baseline  # noqa: F401
+from edgetl.evaluate.gate import Check, check_fraction, gate, gate_summary  # noqa: F401
+from edgetl.evaluate.junit import junit_error_xml, junit_xml, write_junit, write_junit_error  # noqa: F401

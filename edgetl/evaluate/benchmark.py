@@ -25,13 +25,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgetl.core.errors import EdgetlError, UsageError
 from edgetl.core.progress import Reporter
 from edgetl.runtime.timing import latency_stats, time_calls
+
+if TYPE_CHECKING:
+    from edgetl.runtime import Runner
 
 log = logging.getLogger("edgetl")
 
@@ -221,7 +224,7 @@ def benchmark_one(path: str | os.PathLike[str], opts: BenchOptions, *, data: str
                            "input_dtype": None, "accuracy": None, "images": None, "load_ms": None,
                            "latency": None, "throughput": None, "peak_memory_bytes": None}
     mem = PeakMemory()
-    runner = None
+    runner: Runner | None = None
     try:
         if detect_kind(path) in ("run", "keras", "saved_model"):
             import tensorflow  # noqa: F401 - imported before the memory probe: the library is not the model
@@ -263,7 +266,7 @@ def benchmark_one(path: str | os.PathLike[str], opts: BenchOptions, *, data: str
     return row
 
 
-def _accuracy(runner: Any, data: str | os.PathLike[str], opts: BenchOptions, cache: dict[Any, Any],
+def _accuracy(runner: Runner, data: str | os.PathLike[str], opts: BenchOptions, cache: dict[Any, Any],
               reporter: Reporter) -> tuple[float | None, int]:
     from edgetl.data import load_images, scan_eval_folder
 
@@ -298,41 +301,17 @@ def display_name(path: str | os.PathLike[str]) -> str:
 
 def plot_benchmark(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """A PNG with one bar chart per figure (latency p50 with p90 marks, throughput, size, accuracy)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from edgetl.core.fileio import atomic_path
+    from edgetl.core.plots import BarPanel, plot_bar_panels
 
     rows = [r for r in report["results"] if r["status"] == "ok"]
     if not rows:
         raise UsageError("no model was benchmarked successfully: nothing to plot.")
-    names = [r["name"] for r in rows]
-    panels = [("latency p50, batch 1 (ms)", [r["latency"]["p50_ms"] for r in rows],
-               [r["latency"]["p90_ms"] for r in rows]),
-              (f"throughput, batch {rows[0]['throughput']['batch']} (img/s)",
-               [r["throughput"]["images_per_s"] or 0 for r in rows], None),
-              ("size (MB)", [r["size_bytes"] / 1e6 for r in rows], None)]
+    panels = [BarPanel("latency p50, batch 1 (ms)", [r["latency"]["p50_ms"] for r in rows],
+                       marks=[r["latency"]["p90_ms"] for r in rows], marks_label="p90"),
+              BarPanel(f"throughput, batch {rows[0]['throughput']['batch']} (img/s)",
+                       [r["throughput"]["images_per_s"] or 0 for r in rows]),
+              BarPanel("size (MB)", [r["size_bytes"] / 1e6 for r in rows])]
     if any(r["accuracy"] is not None for r in rows):
-        panels.append(("accuracy", [r["accuracy"] or 0 for r in rows], None))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.45 * len(rows) + 2.2), squeeze=False)
-    y = np.arange(len(rows))
-    for ax, (title, vals, p90) in zip(axes[0], panels, strict=True):
-        ax.barh(y, vals, color="#4C72B0")
-        if p90 is not None:
-            ax.plot(p90, y, "k|", markersize=12, label="p90")
-            ax.legend(loc="lower right", fontsize=8)
-        ax.set_yticks(y, names if ax is axes[0][0] else [""] * len(rows))
-        ax.invert_yaxis()
-        ax.set_title(title, fontsize=10)
-        ax.grid(axis="x", alpha=0.3)
-        if title == "accuracy":
-            ax.set_xlim(0, 1.08)
-        for yi, v in zip(y, vals, strict=True):
-            ax.text(v, yi, f" {v:,.0f}" if v >= 1000 else f" {v:.3g}", va="center", fontsize=8)
-    fig.suptitle(f"edgetl benchmark: {machine_line(report['machine'])}", fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+        panels.append(BarPanel("accuracy", [r["accuracy"] or 0 for r in rows], xlim=(0, 1.08)))
+    plot_bar_panels([r["name"] for r in rows], panels, path,
+                    title=f"edgetl benchmark: {machine_line(report['machine'])}")

@@ -8,12 +8,19 @@ rewrites the graph). ONNX files through the onnx graph; Keras and SavedModel thr
 from __future__ import annotations
 
 import collections
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgetl.core.errors import ModelError
+
+if TYPE_CHECKING:
+    import keras
+    import onnx
+
+    from edgetl.runtime import KerasRunner, LiteRTRunner, OnnxRunner, SavedModelRunner
 
 
 def inspect_model(path: str | Path, *, safe_mode: bool = True, class_names: list[str] | None = None,
@@ -55,8 +62,8 @@ def inspect_model(path: str | Path, *, safe_mode: bool = True, class_names: list
         runner.close()
 
 
-def _tensor(name: str, shape: Any, dtype: str, scale: float | None = None, zero_point: int | None = None,
-            **extra: Any) -> dict[str, Any]:
+def _tensor(name: str, shape: Sequence[int | str | None], dtype: str, scale: float | None = None,
+            zero_point: int | None = None, **extra: Any) -> dict[str, Any]:
     return {"name": name, "shape": shape, "dtype": dtype, "scale": scale, "zero_point": zero_point, **extra}
 
 
@@ -64,7 +71,7 @@ def _tensor(name: str, shape: Any, dtype: str, scale: float | None = None, zero_
 # TFLite
 
 
-def _tflite(runner: Any) -> dict[str, Any]:
+def _tflite(runner: LiteRTRunner) -> dict[str, Any]:
     it = runner.interpreter
 
     def describe(d: dict[str, Any]) -> dict[str, Any]:
@@ -131,7 +138,7 @@ def _tflite_flatbuffer(path: Path) -> dict[str, Any]:
 _ONNX_ELEM = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 10: "float16", 11: "float64", 16: "bfloat16"}
 
 
-def _onnx(runner: Any) -> dict[str, Any]:
+def _onnx(runner: OnnxRunner) -> dict[str, Any]:
     import onnx
 
     try:
@@ -141,11 +148,11 @@ def _onnx(runner: Any) -> dict[str, Any]:
     g = model.graph
     inits = {i.name for i in g.initializer}
 
-    def shape_of(vi: Any) -> list[Any]:
+    def shape_of(vi: onnx.ValueInfoProto) -> list[int | str | None]:
         dims = vi.type.tensor_type.shape.dim
         return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims]
 
-    def describe(vi: Any) -> dict[str, Any]:
+    def describe(vi: onnx.ValueInfoProto) -> dict[str, Any]:
         return _tensor(vi.name, shape_of(vi), _ONNX_ELEM.get(vi.type.tensor_type.elem_type, "other"))
 
     ops: collections.Counter[str] = collections.Counter(n.op_type for n in g.node)
@@ -169,11 +176,11 @@ def _onnx(runner: Any) -> dict[str, Any]:
 # TensorFlow
 
 
-def _keras(runner: Any) -> dict[str, Any]:
+def _keras(runner: KerasRunner) -> dict[str, Any]:
     model = runner.model
     ops: collections.Counter[str] = collections.Counter()
 
-    def walk(layer: Any) -> None:
+    def walk(layer: keras.layers.Layer) -> None:
         inner = getattr(layer, "layers", None)
         if inner:
             for sub in inner:
@@ -191,7 +198,7 @@ def _keras(runner: Any) -> dict[str, Any]:
     }
 
 
-def _saved_model(runner: Any) -> dict[str, Any]:
+def _saved_model(runner: SavedModelRunner) -> dict[str, Any]:
     fn = runner.fn
     _, kwargs = fn.structured_input_signature
     outs = fn.structured_outputs

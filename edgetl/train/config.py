@@ -11,6 +11,8 @@ from typing import Any
 
 from edgetl.core.errors import UsageError, did_you_mean
 
+FEATURE_CACHE_MODES = ("auto", "off")  # auto: run the frozen base once when that is exact; off: never
+
 
 @dataclass(frozen=True)
 class TrainConfig:

@@ -1,0 +1,73 @@
+"""`edgetl inspect`: a model's tensors, ops, parameters, metadata and size.
+
+Module level: click, the kit and the shared options only (no TensorFlow; none at all for .tflite/.onnx).
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from edgetl.cli.kit import (
+    esc,
+    fmt,
+    handle_errors,
+    mb,
+    needs_tensorflow,
+    out_console,
+    print_json,
+    print_table,
+    read_labels_option,
+)
+from edgetl.cli.options import json_option, model_argument, model_options
+
+
+@click.command("inspect")
+@model_argument()
+@json_option("Print everything as one JSON object.")
+@model_options
+@handle_errors
+def inspect_cmd(model: str, as_json: bool, labels: str | None, image_size: int | None, unsafe: bool) -> None:
+    """Show MODEL's inputs and outputs (shapes, dtypes, quantization), op counts, parameters, metadata and size.
+
+    MODEL is a run directory, a .keras file, a SavedModel folder, a .tflite or a .onnx file.
+    """
+    from edgetl.evaluate.inspect import inspect_model
+
+    needs_tensorflow([model])
+    info = inspect_model(model, safe_mode=not unsafe, class_names=read_labels_option(labels), image_size=image_size)
+    if as_json:
+        print_json(info)
+        return
+    con = out_console()
+    params = f"{info['parameters']:,} parameters" if info["parameters"] is not None else "parameters unknown"
+    con.print(f"[bold]{esc(info['path'])}[/bold]: {info['kind']}, {mb(info['size_bytes'])}, {params}, "
+              f"{info['image_size']} px, {info['classes']} classes, quantization {info['quantization']}"
+              + ("" if info["embedded_metadata"] else " (no edgetl metadata: read from shapes/labels.txt)"),
+              soft_wrap=True)
+    rows = []
+    for role in ("inputs", "outputs"):
+        for t in info[role]:
+            rows.append([role[:-1], t["name"], str(t["shape"]), t["dtype"], fmt(t.get("scale"), 6),
+                         fmt(t.get("zero_point"))])
+    print_table("Tensors", ["", "name", "shape", "dtype", "scale", "zero point"], rows, wide=True)
+    ops = list(info["ops"].items())
+    shown = ops[:25]
+    rest = sum(c for _, c in ops[25:])
+    print_table(f"Ops ({info['op_total']} in all, {len(ops)} kinds)", ["op", "count"],
+                [[k, v] for k, v in shown] + ([["(others)", rest]] if rest else []), wide=True)
+    if info.get("weight_dtypes"):
+        con.print("weights by dtype: " + ", ".join(f"{k} {v:,}" for k, v in info["weight_dtypes"].items()),
+                  soft_wrap=True)
+    meta = info["metadata"]
+    mrows = [[k, _short(v)] for k, v in meta.items()]
+    print_table("Metadata", ["key", "value"], mrows, wide=True)
+
+
+def _short(v: object, limit: int = 100) -> str:
+    text = v if isinstance(v, str) else json.dumps(v, default=str)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+COMMANDS = [inspect_cmd]
