@@ -201,11 +201,11 @@ def test_feature_pass_batch_follows_the_device() -> None:
     # Large batches are slower per image on a CPU (BENCHMARKS.md) and faster on a GPU.
     from types import SimpleNamespace
 
-    from edgetl.train.job import _extract_batch
+    from edgetl.train.features import extract_batch_size
 
     cpu = SimpleNamespace(devices=["CPU"])
     gpus = SimpleNamespace(devices=["/job:localhost/replica:0/task:0/device:GPU:0", "/device:GPU:1"])
-    assert _extract_batch(128, cpu) == 32
-    assert _extract_batch(8, cpu) == 8
-    assert _extract_batch(32, gpus) == 64
-    assert _extract_batch(256, gpus) == 256
+    assert extract_batch_size(128, cpu) == 32
+    assert extract_batch_size(8, cpu) == 8
+    assert extract_batch_size(32, gpus) == 64
+    assert extract_batch_size(256, gpus) == 256

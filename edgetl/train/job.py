@@ -1,23 +1,25 @@
-"""Two-stage transfer learning with a frozen base, and the cached-features fast path."""
+"""The training job: plan, train and resume a two-stage transfer-learning run (frozen base, then fine-tuning).
+
+Stage one trains the head, on cached features (edgetl.train.features) unless images are augmented;
+stage two (optional) unfreezes the top of the base. The run directory is written through
+edgetl.rundir: started with its manifest and labels, finished with model, metrics and plots.
+"""
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import logging
 import os
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgetl import rundir
-from edgetl.core.fileio import write_json, write_text
-from edgetl.core.progress import Reporter, keras_callback
+from edgetl.core.progress import Reporter
 from edgetl.model.backbones import (
     BackboneSpec,
     build_base,
@@ -27,10 +29,16 @@ from edgetl.model.backbones import (
     resolve_backbone,
 )
 from edgetl.train.config import TrainConfig, as_dict
+from edgetl.train.features import Features, extract_features, split_dataset
+from edgetl.train.fit import fit_stage
+from edgetl.train.history import History
 
-log = logging.getLogger("edgetl")
+if TYPE_CHECKING:
+    import keras
 
-HISTORY_COLUMNS = ["stage", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
+    from edgetl.data.splits import DataSplits
+    from edgetl.model.classifier import Classifier
+    from edgetl.train.distribute import Placement
 
 
 @dataclass
@@ -39,7 +47,7 @@ class TrainResult:
 
     run_dir: Path
     class_names: list[str]
-    metrics: dict[str, Any]
+    metrics: dict[str, dict[str, Any] | None]  # per split: classification_metrics(...), None when empty
     feature_cache: bool
     epochs_run: dict[str, int]
     seconds: dict[str, float] = field(default_factory=dict)
@@ -117,7 +125,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
 
 
 def _place_and_build(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, n_classes: int,
-                     reporter: Reporter) -> tuple[Any, Any]:
+                     reporter: Reporter) -> tuple[Placement, Classifier]:
     """Choose the strategy and precision, then build the classifier in the strategy's scope."""
     import keras
 
@@ -135,15 +143,16 @@ def _place_and_build(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str,
     return placement, clf
 
 
-def _restore_policy(placement: Any) -> None:
+def _restore_policy(placement: Placement) -> None:
     if placement.mixed_precision:
         from edgetl.train.distribute import restore_float32_policy
 
         restore_float32_policy()
 
 
-def _train(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: Any, clf: Any, placement: Any,
-           run_path: Path, reporter: Reporter, t0: float, manifest: dict[str, Any] | None = None) -> TrainResult:
+def _train(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: DataSplits, clf: Classifier,
+           placement: Placement, run_path: Path, reporter: Reporter, t0: float,
+           manifest: dict[str, Any] | None = None) -> TrainResult:
     """The training proper, inside a prepared run directory (a resumed one when `manifest` is given)."""
     from edgetl.train.checkpoint import Checkpoints, State
 
@@ -152,10 +161,9 @@ def _train(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: A
     state = ckpt.load() if resuming else None
     if manifest is None:
         manifest = _manifest(cfg, spec, size, mode, splits, clf)
-        write_json(run_path / rundir.MANIFEST, manifest)
-        write_text(run_path / rundir.LABELS_FILE, "\n".join(splits.class_names) + "\n")
+        rundir.start_run(run_path, manifest, splits.class_names)
     cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size * placement.replicas)  # the global batch
-    history = _History(run_path / rundir.HISTORY_FILE, keep_rows=state.history_rows if state else None)
+    history = History(run_path / rundir.HISTORY_FILE, keep_rows=state.history_rows if state else None)
     seconds = {"build": time.perf_counter() - t0}
     if state is None:
         state = State()
@@ -165,12 +173,12 @@ def _train(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: A
     use_cache = cfg.feature_cache == "auto" and not cfg.augment
     epochs_run = {}
     t1 = time.perf_counter()
-    feats: dict[str, Any] = {}
+    feats: dict[str, Features | None] = {}
     # Features are needed unless a resumed run is already past the head stage of a fine-tuning run.
     if use_cache and (not state.head_done or cfg.fine_tune_layers is None):
         feats = {name: ckpt.load_features(name) if resuming else None for name in ("train", "val", "test")}
-        todo = [name for name, f in feats.items() if f is None and getattr(splits, name)]
-        for name, xy in _features(clf, splits, todo, size, cfg.batch_size, reporter, placement).items():
+        todo = [name for name, f in feats.items() if f is None and splits.split(name)]
+        for name, xy in extract_features(clf, splits, todo, size, cfg.batch_size, reporter, placement).items():
             feats[name] = xy
             if placement.chief:
                 ckpt.save_features(name, *xy)
@@ -180,13 +188,13 @@ def _train(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: A
         ckpt.restore(clf.model, state)  # the whole classifier as the head stage left it
         epochs_run["head"] = history.count("head")
     elif use_cache:
-        epochs_run["head"] = _fit(clf.head, feats["train"], feats["val"], cfg, cfg.lr, cfg.epochs, "head",
-                                  history, reporter, placement, ckpt, state)
+        epochs_run["head"] = fit_stage(clf.head, feats["train"], feats["val"], cfg, cfg.lr, cfg.epochs, "head",
+                                       history, reporter, placement, ckpt, state)
     else:
-        data = {name: _dataset(splits, name, size, cfg, augment=(name == "train" and cfg.augment))
+        data = {name: split_dataset(splits, name, size, cfg, augment=(name == "train" and cfg.augment))
                 for name in ("train", "val")}
-        epochs_run["head"] = _fit(clf.model, data["train"], data["val"], cfg, cfg.lr, cfg.epochs, "head",
-                                  history, reporter, placement, ckpt, state)
+        epochs_run["head"] = fit_stage(clf.model, data["train"], data["val"], cfg, cfg.lr, cfg.epochs, "head",
+                                       history, reporter, placement, ckpt, state)
     seconds["head"] = time.perf_counter() - t1
 
     if cfg.fine_tune_layers is not None and cfg.fine_tune_epochs > 0:
@@ -199,11 +207,11 @@ def _train(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: A
         t1 = time.perf_counter()
         n = unfreeze_top(clf.base, str(cfg.fine_tune_layers))
         reporter.info(f"fine-tuning the top {n} layers of the base at lr {cfg.fine_tune_lr}")
-        data = {name: _dataset(splits, name, size, cfg, augment=(name == "train" and cfg.augment))
+        data = {name: split_dataset(splits, name, size, cfg, augment=(name == "train" and cfg.augment))
                 for name in ("train", "val")}
-        epochs_run["fine_tune"] = _fit(clf.model, data["train"], data["val"], cfg, cfg.fine_tune_lr,
-                                       cfg.fine_tune_epochs, "fine_tune", history, reporter, placement, ckpt,
-                                       state if state.stage == "fine_tune" and state.epochs_done else None)
+        epochs_run["fine_tune"] = fit_stage(clf.model, data["train"], data["val"], cfg, cfg.fine_tune_lr,
+                                            cfg.fine_tune_epochs, "fine_tune", history, reporter, placement, ckpt,
+                                            state if state.stage == "fine_tune" and state.epochs_done else None)
         seconds["fine_tune"] = time.perf_counter() - t1
         clf.base.trainable = False
         use_features_for_eval = False
@@ -211,16 +219,16 @@ def _train(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: A
         use_features_for_eval = use_cache
 
     t1 = time.perf_counter()
-    metrics = {}
+    metrics: dict[str, dict[str, Any] | None] = {}
     for name in ("val", "test"):
-        items = getattr(splits, name)
+        items = splits.split(name)
         if not items:
             metrics[name] = None
             continue
         if use_features_for_eval:
             probs = clf.head.predict(feats[name][0], batch_size=256, verbose=0)
         else:
-            probs = clf.model.predict(_dataset(splits, name, size, cfg, augment=False), verbose=0)
+            probs = clf.model.predict(split_dataset(splits, name, size, cfg, augment=False), verbose=0)
         from edgetl.core.metrics import classification_metrics
 
         metrics[name] = classification_metrics(np.array([i.label for i in items]), probs, splits.class_names)
@@ -228,23 +236,13 @@ def _train(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: A
 
     model = _float32_model(clf, spec, cfg, size, mode, len(splits.class_names)) if placement.mixed_precision \
         else clf.model
-    _save_model(model, run_path / rundir.MODEL_FILE)
-    write_json(run_path / rundir.METRICS_FILE, {"class_names": splits.class_names, **metrics})
-    from edgetl.core.plots import plot_run
-
-    plots = plot_run(run_path, history.rows, metrics, splits.class_names, spec.name)
     seconds["total"] = time.perf_counter() - t0
-    manifest.update({
-        "status": "complete",
-        "finished": rundir.now(),
-        "training": {"feature_cache": use_cache, "epochs_run": epochs_run, "strategy": placement.name,
-                     "replicas": placement.replicas, "global_batch_size": cfg.batch_size,
-                     "mixed_precision": placement.mixed_precision, "xla": cfg.xla,
-                     "seconds": {k: round(v, 2) for k, v in seconds.items()}},
-        "metrics": {name: (m["accuracy"] if m else None) for name, m in metrics.items()},
-    })
-    manifest["files"]["plots"] = plots
-    write_json(run_path / rundir.MANIFEST, manifest)
+    training = {"feature_cache": use_cache, "epochs_run": epochs_run, "strategy": placement.name,
+                "replicas": placement.replicas, "global_batch_size": cfg.batch_size,
+                "mixed_precision": placement.mixed_precision, "xla": cfg.xla,
+                "seconds": {k: round(v, 2) for k, v in seconds.items()}}
+    rundir.finish_run(run_path, manifest, model=model, metrics=metrics, history_rows=history.rows, title=spec.name,
+                      updates={"training": training})
     ckpt.remove()
     return TrainResult(run_path, splits.class_names, metrics, use_cache, epochs_run, seconds, placement.chief)
 
@@ -285,10 +283,10 @@ def resume(run_dir: str | os.PathLike[str], reporter: Reporter | None = None) ->
         _restore_policy(placement)
 
 
-def _file_stats(splits: Any) -> dict[str, list[int]]:
+def _file_stats(splits: DataSplits) -> dict[str, list[int]]:
     out = {}
     for split in ("train", "val", "test"):
-        for item in getattr(splits, split):
+        for item in splits.split(split):
             try:
                 st = os.stat(os.path.join(splits.root, item.path))
                 out[item.path] = [st.st_size, st.st_mtime_ns]
@@ -297,7 +295,7 @@ def _file_stats(splits: Any) -> dict[str, list[int]]:
     return out
 
 
-def _check_same_data(splits: Any, manifest: dict[str, Any]) -> None:
+def _check_same_data(splits: DataSplits, manifest: dict[str, Any]) -> None:
     """Refuse to resume on changed data, saying what changed."""
     from edgetl.core.errors import DataError
     from edgetl.data import scan_folder
@@ -306,7 +304,7 @@ def _check_same_data(splits: Any, manifest: dict[str, Any]) -> None:
     now = _file_stats(splits)
     try:
         fresh = scan_folder(splits.root, val_split=0.0, test_split=0.0, max_bad_fraction=1.0)
-        present = {i.path for s in ("train", "val", "test") for i in getattr(fresh, s)}
+        present = {i.path for s in ("train", "val", "test") for i in fresh.split(s)}
         added = sorted(present - set(now) - {p for p, _ in splits.skipped})
     except Exception:  # the folder may be gone entirely; missing files say enough
         added = []
@@ -321,12 +319,10 @@ def _check_same_data(splits: Any, manifest: dict[str, Any]) -> None:
                     "data: restore it, or start a new run.")
 
 
-def _manifest(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: Any, clf: Any) -> dict[str, Any]:
+def _manifest(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: DataSplits,
+              clf: Classifier) -> dict[str, Any]:
     return {
-        "edgetl_run": rundir.SCHEMA_VERSION,
-        "status": "running",
-        "created": rundir.now(),
-        "versions": rundir.versions(),
+        **rundir.run_header(),  # edgetl_run, status running, created, versions, files
         "config": as_dict(cfg),
         "backbone": {"kind": spec.kind, "name": spec.name, "weights": cfg.weights, "alpha": cfg.alpha,
                      "card": spec.card.to_dict() if spec.card else None, "feature_dim": clf.feature_dim},
@@ -338,36 +334,11 @@ def _manifest(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits
         "data": splits.to_manifest(),
         "data_files": _file_stats(splits),  # size and mtime of each image: resume says what changed
         "parent": None,
-        "files": {"model": rundir.MODEL_FILE, "labels": rundir.LABELS_FILE, "history": rundir.HISTORY_FILE,
-                  "metrics": rundir.METRICS_FILE},
     }
 
 
-def _labels(items: list[Any]) -> np.ndarray:
-    return np.array([i.label for i in items], dtype=np.int32)
-
-
-def _dataset(splits: Any, name: str, size: int, cfg: TrainConfig, augment: bool) -> Any:
-    from edgetl.data import make_dataset
-
-    items = getattr(splits, name)
-    if not items:
-        return None
-    ds = make_dataset(splits.root, items, (size, size), cfg.batch_size, shuffle=(name == "train"),
-                      seed=cfg.seed, augment=augment)
-    return _shard_by_data(ds)
-
-
-def _shard_by_data(ds: Any) -> Any:
-    # The pipeline starts from a list of paths, not files tf.data can shard: workers shard by element.
-    import tensorflow as tf
-
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return ds.with_options(options)
-
-
-def _float32_model(clf: Any, spec: BackboneSpec, cfg: TrainConfig, size: int, mode: str, n_classes: int) -> Any:
+def _float32_model(clf: Classifier, spec: BackboneSpec, cfg: TrainConfig, size: int, mode: str,
+                   n_classes: int) -> keras.Model:
     """The trained model rebuilt under the float32 policy: saved and exported files stay float32."""
     from edgetl.model.classifier import build_classifier
     from edgetl.train.distribute import restore_float32_policy
@@ -379,238 +350,3 @@ def _float32_model(clf: Any, spec: BackboneSpec, cfg: TrainConfig, size: int, mo
                             seed=cfg.seed)
     twin.model.set_weights(clf.model.get_weights())
     return twin.model
-
-
-def _features(clf: Any, splits: Any, names: list[str], size: int, batch_size: int, reporter: Reporter,
-              placement: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Run the frozen base once over the images of these splits: the fast path's whole cost.
-
-    One pass over all splits together: one traced predict function and full batches, instead of
-    a trace and a ragged last batch per split.
-    """
-    import keras
-
-    from edgetl.data import make_dataset
-
-    if not names:
-        return {}
-    items = [item for name in names for item in getattr(splits, name)]
-    extract_batch = _extract_batch(batch_size, placement)
-    ds = make_dataset(splits.root, items, (size, size), extract_batch, shuffle=False)
-    steps = -(-len(items) // extract_batch)
-    reporter.start(f"features of {len(items)} images", steps)
-
-    class _Tick(keras.callbacks.Callback):
-        def on_predict_batch_end(self, batch: int, logs: Any = None) -> None:
-            reporter.advance(1)
-
-    if placement.name == "mirrored":
-        feats = clf.extractor.predict(ds, verbose=0, callbacks=[_Tick()])  # split across the replicas
-    else:
-        # One compiled function over the batches: about twice the throughput of Keras' predict on a
-        # CPU (measured: MobileNetV2-224, 52 vs 28 img/s). Under multi-worker training every worker
-        # needs every feature, and this reads the mirrored weights locally.
-        import tensorflow as tf
-
-        @tf.function(input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32)])
-        def extract(images: Any) -> Any:
-            return clf.extractor(images, training=False)
-
-        parts = []
-        for images, _ in ds:
-            parts.append(np.asarray(extract(images), dtype=np.float32))
-            reporter.advance(1)
-        feats = np.concatenate(parts)
-    reporter.finish()
-    feats = np.asarray(feats, dtype=np.float32)
-    out, start = {}, 0
-    for name in names:
-        split_items = getattr(splits, name)
-        out[name] = feats[start:start + len(split_items)], _labels(split_items)
-        start += len(split_items)
-    return out
-
-
-def _extract_batch(batch_size: int, placement: Any) -> int:
-    """Batch size of the feature pass: large on accelerators, at most 32 on a CPU.
-
-    On a CPU larger batches are slower per image (MobileNetV2-224 on 2 cores: 300 images in 2.5 s
-    at batch 32 and 3.4-3.9 s at 64; BENCHMARKS.md, train), since activations stop fitting in cache
-    and the first batch, which includes the kernels' set-up, takes longer.
-    """
-    if any("GPU" in d.upper() or "TPU" in d.upper() for d in placement.devices):
-        return max(batch_size, 64)
-    return max(1, min(batch_size, 32))
-
-
-def _fit(model: Any, train: Any, val: Any, cfg: TrainConfig, lr: float, epochs: int, stage: str,
-         history: _History, reporter: Reporter, placement: Any, ckpt: Any, state: Any) -> int:
-    """Compile and fit with early stopping on val loss (train loss without a val split); best weights kept.
-
-    Each epoch ends with a checkpoint; `state` (from a checkpoint of this stage) resumes after its epoch.
-    """
-    import keras
-
-    if epochs == 0:
-        return 0
-    with placement.strategy.scope():
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss="sparse_categorical_crossentropy",
-                      metrics=["accuracy"], jit_compile=bool(cfg.xla))
-    resume = state if state is not None and state.stage == stage and state.epochs_done else None
-    if resume is not None:
-        ckpt.restore(model, resume)
-    if resume is not None and resume.epochs_done >= epochs or resume is not None and resume.early_stop.get("stopped"):
-        _restore_best(model, ckpt, resume)
-        return history.count(stage)
-    monitor = "val_loss" if val is not None else "loss"
-    stop = _resumable_stop(resume.early_stop if resume else None, ckpt.best_weights(resume) if resume else None,
-                          monitor=monitor, patience=max(cfg.patience, 1), restore_best_weights=True)
-    save = _checkpoint_callback(ckpt, stop, stage, history, placement.chief)
-    # Order matters: the history row and early stopping see the epoch before its checkpoint is written.
-    callbacks = [history.callback(stage, lr), stop, save,
-                 keras_callback(reporter, stage, epochs, _steps(train, cfg))]
-    if isinstance(train, tuple):  # cached features: as tf.data, which every strategy distributes
-        train = _feature_dataset(train, cfg.batch_size, shuffle=True, seed=cfg.seed)
-        val = _feature_dataset(val, cfg.batch_size, shuffle=False, seed=cfg.seed) if val is not None else None
-    if placement.name == "multiworker":
-        _local_symbolic_build(model, train)
-    model.fit(train, validation_data=val, epochs=epochs, callbacks=callbacks, verbose=0, shuffle=False,
-              initial_epoch=resume.epochs_done if resume else 0)
-    return history.count(stage)
-
-
-def _restore_best(model: Any, ckpt: Any, state: Any) -> None:
-    best = ckpt.best_weights(state)
-    if best is not None:
-        model.set_weights(best)
-
-
-def _resumable_stop_class() -> Any:
-    import keras
-
-    class ResumableStop(keras.callbacks.EarlyStopping):
-        """EarlyStopping whose counters and best weights survive a restart."""
-
-        def __init__(self, saved: dict[str, Any] | None, best: list[np.ndarray] | None, **kw: Any) -> None:
-            super().__init__(**kw)
-            self.saved, self.saved_best = saved, best
-
-        def on_train_begin(self, logs: Any = None) -> None:
-            super().on_train_begin(logs)
-            if self.saved and self.saved.get("best") is not None:
-                self.wait = int(self.saved["wait"])
-                self.best = float(self.saved["best"])
-                self.best_epoch = int(self.saved["best_epoch"])
-                self.best_weights = self.saved_best
-
-    return ResumableStop
-
-
-def _resumable_stop(saved: dict[str, Any] | None, best: list[np.ndarray] | None, **kw: Any) -> Any:
-    return _resumable_stop_class()(saved, best, **kw)
-
-
-def _checkpoint_callback(ckpt: Any, stop: Any, stage: str, history: _History, chief: bool) -> Any:
-    """A callback that checkpoints model, optimizer and early-stopping state after each epoch."""
-    import keras
-
-    from edgetl.train.checkpoint import State
-
-    class _Save(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-            if not chief:
-                return
-            improved = stop.best_epoch == epoch and stop.best_weights is not None
-            early = {"wait": stop.wait, "best": None if stop.best is None else float(stop.best),
-                     "best_epoch": stop.best_epoch, "stopped": bool(self.model.stop_training)}
-            prev = ckpt.load()
-            if not improved and prev.stage == stage:
-                early["best_file"] = prev.early_stop.get("best_file")
-            state = State(stage=stage, epochs_done=epoch + 1, head_done=stage != "head",
-                          history_rows=len(history.rows), early_stop=early)
-            ckpt.save(state, self.model, best=stop.best_weights if improved else None)
-
-    return _Save()
-
-
-def _local_symbolic_build(model: Any, train: Any) -> None:
-    """Work around Keras 3.15 under MultiWorkerMirroredStrategy.
-
-    Before fitting, Keras averages a *distributed* batch across replicas to build optimizer and metric
-    variables, and that reduce fails across workers ("Attempt to convert a value (PerReplica...)").
-    Building from one local batch creates the same variables without the cross-worker reduce.
-    """
-    sample = next(iter(train))
-    build = model._maybe_symbolic_build
-    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: build(data_batch=sample)
-
-
-def _feature_dataset(xy: tuple[np.ndarray, np.ndarray], batch_size: int, shuffle: bool, seed: int) -> Any:
-    import tensorflow as tf
-
-    ds = tf.data.Dataset.from_tensor_slices(xy)
-    if shuffle:
-        ds = ds.shuffle(len(xy[1]), seed=seed, reshuffle_each_iteration=True)
-    return _shard_by_data(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE))
-
-
-def _steps(train: Any, cfg: TrainConfig) -> int | None:
-    if isinstance(train, tuple):
-        return -(-len(train[1]) // cfg.batch_size)
-    n = train.cardinality().numpy() if hasattr(train, "cardinality") else -1
-    return int(n) if n >= 0 else None
-
-
-class _History:
-    """history.csv, one row per epoch, appended and flushed as training goes."""
-
-    def __init__(self, path: Path, keep_rows: int | None = None) -> None:
-        """Start a new history, or (resuming) keep the first `keep_rows` rows: the checkpointed epochs."""
-        self.path = path
-        self.rows: list[dict[str, Any]] = []
-        if keep_rows is not None and path.is_file():
-            with open(path, newline="") as f:
-                self.rows = list(csv.DictReader(f))[:keep_rows]
-        # Rewritten whole (atomically): rows of epochs after the last checkpoint are dropped, never duplicated.
-        from edgetl.core.fileio import atomic_path
-
-        with atomic_path(path, suffix=".csv") as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, HISTORY_COLUMNS)
-            writer.writeheader()
-            writer.writerows(self.rows)
-
-    def count(self, stage: str) -> int:
-        return sum(1 for r in self.rows if r["stage"] == stage)
-
-    def callback(self, stage: str, lr: float) -> Any:
-        import keras
-
-        outer = self
-
-        class _Row(keras.callbacks.Callback):
-            def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-                self.t = time.perf_counter()
-
-            def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-                logs = logs or {}
-                row = {"stage": stage, "epoch": len(outer.rows) + 1, "lr": lr,
-                       "seconds": round(time.perf_counter() - self.t, 3)}
-                for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
-                    row[key] = round(float(logs[key]), 6) if key in logs else ""
-                outer.append(row)
-
-        return _Row()
-
-    def append(self, row: dict[str, Any]) -> None:
-        self.rows.append(row)
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, HISTORY_COLUMNS).writerow(row)
-            f.flush()
-            os.fsync(f.fileno())
-
-
-def _save_model(model: Any, path: Path) -> None:
-    from edgetl.core.fileio import atomic_path
-
-    with atomic_path(path, suffix=".keras") as tmp:
-        model.save(tmp)
