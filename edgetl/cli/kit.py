@@ -22,6 +22,7 @@ from edgetl.core.tf import load_tensorflow, quiet_tensorflow
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.progress import TaskID
 
     from edgetl.runtime import Runner
 
@@ -121,7 +122,7 @@ class RichReporter(Reporter):
         self.console = err_console()
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), console=self.console, transient=True)
-        self.task: Any = None  # rich's TaskID, or None between tasks
+        self.task: TaskID | None = None
         # Bars only on a terminal: in CI logs they would print a line per refresh.
         self.bars = self.console.is_terminal
 
@@ -189,7 +190,7 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
     con.print(table)
 
 
-def fmt(x: Any, digits: int = 3) -> str:
+def fmt(x: object, digits: int = 3) -> str:
     """Numbers for tables: floats rounded, None as '-'."""
     if x is None:
         return "-"
@@ -213,12 +214,12 @@ def signed(x: float | None) -> str:
     return "-" if x is None else f"{x:+.3f}"
 
 
-def print_json(obj: Any) -> None:
+def print_json(obj: object) -> None:
     """One JSON object on one line of stdout (numpy values and paths converted)."""
     click.echo(json.dumps(obj, default=_jsonable))
 
 
-def _jsonable(obj: Any) -> Any:
+def _jsonable(obj: object) -> object:
     if hasattr(obj, "tolist"):  # numpy scalars and arrays
         return obj.tolist()
     if isinstance(obj, os.PathLike):

@@ -34,7 +34,11 @@ from edgetl.core.progress import Reporter
 from edgetl.runtime.timing import latency_stats, time_calls
 
 if TYPE_CHECKING:
+    from edgetl.data import Item
     from edgetl.runtime import Runner
+
+    # Scanned items and decoded images, shared by the models of one benchmark call.
+    ImageCache = dict[tuple[object, ...], list[Item] | np.ndarray]
 
 log = logging.getLogger("edgetl")
 
@@ -205,7 +209,7 @@ def benchmark(paths: Sequence[str | os.PathLike[str]], options: BenchOptions | N
     if not paths:
         raise UsageError("no models given. Pass one or more model paths (run dir, .keras, SavedModel, .tflite, .onnx).")
     reporter = reporter or Reporter()
-    cache: dict[Any, Any] = {}
+    cache: ImageCache = {}
     results = []
     for p in paths:
         results.append(benchmark_one(p, opts, data=data, reporter=reporter, _cache=cache))
@@ -213,7 +217,7 @@ def benchmark(paths: Sequence[str | os.PathLike[str]], options: BenchOptions | N
 
 
 def benchmark_one(path: str | os.PathLike[str], opts: BenchOptions, *, data: str | os.PathLike[str] | None = None,
-                  reporter: Reporter | None = None, _cache: dict[Any, Any] | None = None) -> dict[str, Any]:
+                  reporter: Reporter | None = None, _cache: ImageCache | None = None) -> dict[str, Any]:
     """Benchmark one model; errors become a result with status "error" (and are logged)."""
     from edgetl.runtime import detect_kind, open_model
 
@@ -266,7 +270,7 @@ def benchmark_one(path: str | os.PathLike[str], opts: BenchOptions, *, data: str
     return row
 
 
-def _accuracy(runner: Runner, data: str | os.PathLike[str], opts: BenchOptions, cache: dict[Any, Any],
+def _accuracy(runner: Runner, data: str | os.PathLike[str], opts: BenchOptions, cache: ImageCache,
               reporter: Reporter) -> tuple[float | None, int]:
     from edgetl.data import load_images, scan_eval_folder
 
