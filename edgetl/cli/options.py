@@ -14,7 +14,6 @@ import click
 F = TypeVar("F", bound=Callable[..., Any])
 Decorator = Callable[[F], F]
 
-MODEL_HELP = "MODEL is a run directory, a .keras file, a SavedModel folder, a .tflite or a .onnx file."
 RUNTIME_THREADS_HELP = "CPU threads for the runtime (default: the runtime's own choice)."
 
 
