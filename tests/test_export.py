@@ -425,6 +425,7 @@ def test_bad_inputs_one_line_nonzero_exit(tiny_run: Path, tmp_path: Path) -> Non
     assert "float16 does not exist for onnx" in _one_error_line(_cli(str(tiny_run), "-f", "onnx", "-q", "float16"))
     assert "--io-type" in _one_error_line(_cli(str(tiny_run), "-q", "int8", "--io-type", "int8"))
     assert "--opset" in _one_error_line(_cli(str(tiny_run), "-f", "onnx", "--opset", "9"))
+    assert "--opset 0 is out of range" in _one_error_line(_cli(str(tiny_run), "-f", "onnx", "--opset", "0"))
     assert "--opset" in _one_error_line(_cli(str(tiny_run), "--opset", "17"))
     assert "--no-verify" in _one_error_line(_cli(str(tiny_run), "-q", "int8", "--max-drop", "0.01", "--no-verify"))
     assert "--max-drop" in _one_error_line(_cli(str(tiny_run), "-q", "int8", "--max-drop", "5"))
