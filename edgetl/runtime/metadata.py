@@ -61,14 +61,16 @@ def build_metadata(run: Run, *, fmt: str, quantization: str = "none", io_type: s
         A JSON-ready dict. Keys: schema, edgetl_version (of the edgetl that wrote the file), format,
         quantization, class_names, image_size [h, w], color, layout, pixel_range, input_dtype,
         output_dtype, output, resize, backbone, preprocessing, preprocessing_in_model,
-        run {path, fingerprint, data_fingerprint}.
+        run {path, fingerprint (None for "keras"), data_fingerprint}.
     """
     manifest = run.manifest
     inp = manifest.get("input") or {}
     backbone = manifest.get("backbone") or {}
     dtype = io_type if io_type else "float32"
-    # An exported file is written now; a run's model.keras was written by the training that made the run.
-    version = (manifest.get("versions") or {}).get("edgetl") if fmt == "keras" else __version__
+    # fmt "keras" is the run's own model.keras opened in place: written by the training that made the run,
+    # and not hashed (that would read the whole model again on every open; exported files record the hash).
+    own = fmt == "keras"
+    version = (manifest.get("versions") or {}).get("edgetl") if own else __version__
     return {
         "schema": SCHEMA_VERSION,
         "edgetl_version": version,
@@ -86,7 +88,7 @@ def build_metadata(run: Run, *, fmt: str, quantization: str = "none", io_type: s
         "backbone": {k: backbone.get(k) for k in ("name", "kind", "alpha", "weights")},
         "preprocessing": inp.get("preprocessing"),
         "preprocessing_in_model": bool(inp.get("preprocessing_in_model", True)),
-        "run": {"path": str(Path(run.path).resolve()), "fingerprint": run_fingerprint(run),
+        "run": {"path": str(Path(run.path).resolve()), "fingerprint": None if own else run_fingerprint(run),
                 "data_fingerprint": (manifest.get("data") or {}).get("fingerprint")},
     }
 
