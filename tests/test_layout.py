@@ -19,13 +19,14 @@ PACKAGE = ROOT / "edgetl"
 LAYERS = {
     "edgetl": 0, "core": 0,
     "data": 1, "model": 1,
-    "rundir": 2,
-    "train": 3, "runtime": 3,
-    "export": 4,
-    "optimize": 5,
-    "evaluate": 6,
-    "cli": 7,
-    "__main__": 8,
+    "card": 2,  # the model card: rendered from a manifest, written by rundir and export
+    "rundir": 3,
+    "train": 4, "runtime": 4,
+    "export": 5,
+    "optimize": 6,
+    "evaluate": 7,
+    "cli": 8,
+    "__main__": 9,
 }
 MAX_LINES = 520  # "about 500": a module longer than this does more than one job
 
