@@ -48,14 +48,14 @@ def test_not_a_run_exit_2(tmp_path: Path) -> None:
 
 
 def test_weight_copy_twin_matches(trained_run: Path) -> None:
-    from edgetl.optimize.job import _probe_images, _tfmot, build_twin, max_output_diff
+    from edgetl.optimize import build_twin, load_tfmot, max_output_diff, probe_images
     from edgetl.rundir import load_run
 
     run = load_run(trained_run)
     model3 = run.load_model()
-    tfk, _ = _tfmot()
+    tfk, _ = load_tfmot()
     twin = build_twin(run, model3, tfk)
-    assert max_output_diff(model3, twin, _probe_images(run.splits(), run.image_size)) < 1e-5
+    assert max_output_diff(model3, twin, probe_images(run.splits(), run.image_size)) < 1e-5
     # tfmot's import must not leave Keras 2 switched on for the rest of the process.
     assert os.environ.get("TF_USE_LEGACY_KERAS") is None
 
@@ -171,9 +171,9 @@ def _is_constant(it: object, d: dict) -> bool:
 
 def test_prune_block_stand_ins_are_the_same_function() -> None:
     """Block pruning trains 1x1 convolutions as Dense layers: same outputs, and copied back as Conv2D."""
-    from edgetl.optimize.job import _tfmot, copy_weights, kernel_sparsity, mixed_block_runs, prune_for_training
+    from edgetl.optimize import copy_weights, kernel_sparsity, load_tfmot, mixed_block_runs, prune_for_training
 
-    tfk, tfmot = _tfmot()
+    tfk, tfmot = load_tfmot()
     L = tfk.layers
     inputs = tfk.Input((8, 8, 3))
     x = L.Conv2D(16, 3, padding="same", activation="relu")(inputs)
@@ -217,9 +217,9 @@ def test_prune_block_stand_ins_are_the_same_function() -> None:
     ("MobileNetV3Small", {"alpha": 0.75}),  # hard-swish as TFOpLambda add/multiply
 ])
 def test_qat_and_prune_other_families(ctor: str, kwargs: dict) -> None:
-    from edgetl.optimize.job import _tfmot, copy_weights, prune_for_training, quantize_for_training
+    from edgetl.optimize import copy_weights, load_tfmot, prune_for_training, quantize_for_training
 
-    tfk, tfmot = _tfmot()
+    tfk, tfmot = load_tfmot()
     inputs = tfk.Input((32, 32, 3), name="image")
     base = getattr(tfk.applications, ctor)(include_top=False, weights=None, input_tensor=inputs, pooling="avg",
                                             **kwargs)
@@ -251,9 +251,9 @@ def test_edgetl_export_uses_the_qat_ranges(qat_run: Path, tmp_path: Path) -> Non
 
 def test_qat_separable_conv_and_standalone_batchnorm() -> None:
     """Xception's SeparableConv2D (tfmot splits it) and pre-activation BN (ResNet50V2, DenseNet), in miniature."""
-    from edgetl.optimize.job import _tfmot, init_ranges, qat_weights_to_twin, quantize_for_training
+    from edgetl.optimize import init_ranges, load_tfmot, qat_weights_to_twin, quantize_for_training
 
-    tfk, tfmot = _tfmot()
+    tfk, tfmot = load_tfmot()
     L = tfk.layers
     inputs = tfk.Input((16, 16, 3), name="image")
     x = L.Conv2D(8, 3, padding="same", name="stem")(inputs)
@@ -278,3 +278,20 @@ def test_qat_separable_conv_and_standalone_batchnorm() -> None:
     assert [w.shape for w in after] == [w.shape for w in before]
     assert not np.allclose(after[0], before[0]) and not np.allclose(after[1], before[1])
     assert os.environ.get("TF_USE_LEGACY_KERAS") is None
+
+
+def test_compare_measures_every_file_against_the_float_one(qat_run: Path, trained_run: Path) -> None:
+    """optimize --compare's table: each TFLite file measured on the same held-out images, drop from float."""
+    from edgetl.optimize import compare_runs
+
+    rows = compare_runs(trained_run, qat_run, threads=1)
+    assert [r["name"] for r in rows] == ["float", "PTQ int8", "QAT int8"]
+    flt = rows[0]
+    assert flt["drop"] == 0.0 and flt["agreement"] == 1.0 and flt["gzip_ratio"] == 1.0
+    assert len({r["samples"] for r in rows}) == 1 and flt["samples"] > 0
+    for r in rows:
+        assert Path(r["path"]).is_file() and r["latency_ms"] > 0, r
+        assert r["drop"] == round(flt["accuracy"] - r["accuracy"], 4), r
+        assert 0.0 <= r["agreement"] <= 1.0
+    # int8 files are about a quarter of the float one.
+    assert all(r["size_mb"] < 0.5 * flt["size_mb"] for r in rows[1:])

@@ -25,6 +25,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+from edgetl.optimize import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_BLOCK,
+    DEFAULT_EPOCHS,
+    DEFAULT_LR,
+    DEFAULT_SPARSITY,
+    OptimizeResult,
+    optimize_run,
+)
+
 RECIPE = {"per_class": 500, "seed": 11, "image_size": 96, "alpha": 0.35, "head_epochs": 40,
           "fine_tune_lr": 5e-4, "fine_tune_epochs": 10, "test_split": 0.5, "val_split": 0.15}
 
@@ -49,13 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir", nargs="?", help="a trained run (omit with --prepare)")
     ap.add_argument("--prepare", metavar="FOLDER", help="generate data and train the benchmark's run in FOLDER")
-    ap.add_argument("--qat-epochs", type=int, default=None, help="default: edgetl's (3)")
-    ap.add_argument("--qat-lr", type=float, default=None, help="default: edgetl's (1e-4)")
-    ap.add_argument("--prune-epochs", type=int, default=None, help="default: edgetl's (10)")
-    ap.add_argument("--prune-lr", type=float, default=None, help="default: edgetl's (1e-4)")
-    ap.add_argument("--sparsity", type=float, default=0.5)
-    ap.add_argument("--block", type=int, default=None, help="pruning block (default: edgetl's)")
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--qat-epochs", type=int, default=None, help=f"default: edgetl's ({DEFAULT_EPOCHS['qat']})")
+    ap.add_argument("--qat-lr", type=float, default=None, help=f"default: edgetl's ({DEFAULT_LR['qat']:g})")
+    ap.add_argument("--prune-epochs", type=int, default=None, help=f"default: edgetl's ({DEFAULT_EPOCHS['prune']})")
+    ap.add_argument("--prune-lr", type=float, default=None, help=f"default: edgetl's ({DEFAULT_LR['prune']:g})")
+    ap.add_argument("--sparsity", type=float, default=DEFAULT_SPARSITY)
+    ap.add_argument("--block", type=int, default=DEFAULT_BLOCK, help=f"pruning block (default: {DEFAULT_BLOCK})")
+    ap.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     ap.add_argument("--control", action="store_true",
                     help="also fine-tune the float model as long as pruning does (pruned to 0.1%%: dense in "
                          "effect), to tell what pruning costs from what the extra training gains")
@@ -67,9 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = prepare(Path(args.prepare)) if args.prepare else Path(args.run_dir)
     out = Path(args.out or args.prepare or "bench-opt")
 
-    from edgetl.optimize import DEFAULT_BLOCK, DEFAULT_LR, OptimizeResult, optimize_run
-
-    block = DEFAULT_BLOCK if args.block is None else args.block
+    block = args.block
     qat = optimize_run(run_dir, method="qat", epochs=args.qat_epochs, lr=args.qat_lr, output=out / "qat",
                        force=True, batch_size=args.batch_size, compare=True, threads=args.threads)
     pruned = optimize_run(run_dir, method="prune", epochs=args.prune_epochs, lr=args.prune_lr,

@@ -6,34 +6,59 @@ No TensorFlow at import: options are checked first, then edgetl.optimize loads i
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
 from edgetl.cli.kit import RichReporter, fmt, handle_errors, out_console, print_table
+from edgetl.optimize.options import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_BLOCK,
+    DEFAULT_EPOCHS,
+    DEFAULT_LR,
+    DEFAULT_SCHEDULE,
+    DEFAULT_SPARSITY,
+    MAX_BLOCK,
+    METHODS,
+    SCHEDULES,
+    OptimizeOptions,
+)
+from edgetl.optimize.prune import POLYNOMIAL_SHARE
+
+if TYPE_CHECKING:
+    from edgetl.optimize import OptimizeResult
+
+
+def _per_method(defaults: dict[str, float]) -> str:
+    """'3 for qat, 10 for prune': a per-method default for --help."""
+    if len(set(defaults.values())) == 1:
+        return f"{next(iter(defaults.values())):g}"
+    return ", ".join(f"{v:g} for {k}" for k, v in defaults.items())
+
 
 
 @click.command("optimize")
 @click.argument("run_dir", type=click.Path(file_okay=True, dir_okay=True))
-@click.option("--method", "-m", type=click.Choice(["qat", "prune"]), required=True,
+@click.option("--method", "-m", type=click.Choice(METHODS), required=True,
               help="qat: quantization-aware training (int8 exports use the ranges learned in training); "
                    "prune: magnitude pruning to --sparsity (smaller compressed files).")
-@click.option("--epochs", type=int, help="Fine-tuning epochs on the run's training images (default: 3 for qat, 10 "
-              "for prune, which must relearn around the removed weights).")
+@click.option("--epochs", type=int, help="Fine-tuning epochs on the run's training images (default: "
+              f"{_per_method(DEFAULT_EPOCHS)}; pruning must relearn around the removed weights).")
 @click.option("--output", "-o", type=click.Path(file_okay=False), required=True,
               help="The new run directory (a run like any other: export, evaluate and predict take it).")
-@click.option("--lr", type=float, help="Adam learning rate (default: 1e-4, small: the model is already trained).")
-@click.option("--sparsity", type=float, default=0.5, show_default=True,
+@click.option("--lr", type=float, help=f"Adam learning rate (default: {_per_method(DEFAULT_LR)}; small: the model "
+              "is already trained).")
+@click.option("--sparsity", type=float, default=DEFAULT_SPARSITY, show_default=True,
               help="prune: target fraction of zero weights in Conv2D, Dense and SeparableConv2D pointwise kernels "
                    "(depthwise kernels stay dense).")
-@click.option("--schedule", type=click.Choice(["polynomial", "constant"]), default="polynomial", show_default=True,
-              help="prune: polynomial raises sparsity from 0 to --sparsity over the first 70% of steps; constant "
-                   "prunes to --sparsity from the start.")
-@click.option("--block", type=int, default=None,
+@click.option("--schedule", type=click.Choice(SCHEDULES), default=DEFAULT_SCHEDULE, show_default=True,
+              help="prune: polynomial raises sparsity from 0 to --sparsity over the first "
+                   f"{POLYNOMIAL_SHARE:.0%} of steps; constant prunes to --sparsity from the start.")
+@click.option("--block", type=int, default=DEFAULT_BLOCK, show_default=True,
               help="prune: remove weights of 1x1 convolutions and Dense layers in runs of this many consecutive "
-                   "input channels: gzip compresses the file better at the same sparsity, for some accuracy "
-                   "(train longer). Default 1: element-wise.")
-@click.option("--batch-size", type=int, default=32, show_default=True, help="Training batch size.")
+                   f"input channels (1..{MAX_BLOCK}): gzip compresses the file better at the same sparsity, for "
+                   "some accuracy (train longer). 1: element-wise.")
+@click.option("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, show_default=True, help="Training batch size.")
 @click.option("--compare/--no-compare", default=True, show_default=True,
               help="Export float, post-training int8 and the optimized model to TFLite and print one table of "
                    "accuracy, size, gzip size and latency (slower).")
@@ -42,7 +67,7 @@ from edgetl.cli.kit import RichReporter, fmt, handle_errors, out_console, print_
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of a table.")
 @handle_errors
 def optimize(run_dir: str, method: str, epochs: int | None, output: str, lr: float | None, sparsity: float,
-             schedule: str, block: int | None, batch_size: int, compare: bool, threads: int | None, force: bool,
+             schedule: str, block: int, batch_size: int, compare: bool, threads: int | None, force: bool,
              as_json: bool) -> None:
     """Fine-tune the model of RUN_DIR with quantization-aware training or pruning into a new run.
 
@@ -57,10 +82,8 @@ def optimize(run_dir: str, method: str, epochs: int | None, output: str, lr: flo
       edgetl optimize runs/cats --method prune --block 4 --epochs 20 --output runs/cats-pruned-blocks
       edgetl export runs/cats-qat --quantize int8-full
     """
-    from edgetl.optimize import DEFAULT_BLOCK, check_options
-
-    block = DEFAULT_BLOCK if block is None else block
-    check_options(method, epochs, lr, sparsity, schedule, batch_size, block)
+    OptimizeOptions(method=method, epochs=epochs, lr=lr, sparsity=sparsity, schedule=schedule, block=block,
+                    batch_size=batch_size).check()
     from edgetl.core.tf import load_tensorflow
 
     load_tensorflow()
@@ -76,7 +99,7 @@ def optimize(run_dir: str, method: str, epochs: int | None, output: str, lr: flo
     _show(result, as_json)
 
 
-def _show(result: Any, as_json: bool) -> None:
+def _show(result: OptimizeResult, as_json: bool) -> None:
     test = result.metrics.get("test") or result.metrics.get("val") or {}
     summary = {"run": str(result.run_dir), "parent": str(result.parent), "method": result.method,
                "accuracy": test.get("accuracy"), "qat_accuracy": (result.qat_metrics or {}).get("accuracy"),
@@ -101,7 +124,7 @@ def _show(result: Any, as_json: bool) -> None:
         con.print(f"report: {result.report_path}", soft_wrap=True)
 
 
-def _signed(x: Any) -> str:
+def _signed(x: float | None) -> str:
     return "-" if x is None else f"{x:+.3f}"
 
 
