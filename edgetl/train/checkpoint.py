@@ -16,11 +16,14 @@ import json
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgetl.core.fileio import atomic_path, write_json
+
+if TYPE_CHECKING:
+    import keras
 
 CHECKPOINTS = "checkpoints"
 CACHE = "cache"
@@ -55,7 +58,7 @@ class Checkpoints:
         except (ValueError, TypeError):
             return State()
 
-    def save(self, state: State, model: Any | None = None, best: list[np.ndarray] | None = None) -> State:
+    def save(self, state: State, model: keras.Model | None = None, best: list[np.ndarray] | None = None) -> State:
         """Write the model's weights (with optimizer state) and best weights, then point state.json at them."""
         self.dir.mkdir(parents=True, exist_ok=True)
         if model is not None and state.epochs_done == 0:
@@ -84,7 +87,7 @@ class Checkpoints:
                 with contextlib.suppress(OSError):
                     p.unlink()
 
-    def restore(self, model: Any, state: State) -> None:
+    def restore(self, model: keras.Model, state: State) -> None:
         """Load the state's weights into a compiled model (optimizer variables built first)."""
         if not state.weights:
             return

@@ -10,9 +10,12 @@ import signal
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgetl.core.errors import EdgetlError, UsageError
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 log = logging.getLogger("edgetl")
 
@@ -28,7 +31,7 @@ class DistributeError(EdgetlError):
 class Placement:
     """The chosen strategy and what it means for this process."""
 
-    strategy: Any
+    strategy: tf.distribute.Strategy
     name: str  # default | mirrored | multiworker
     replicas: int
     chief: bool  # only the chief writes the run directory
@@ -196,7 +199,7 @@ def _watchdog(timeout: float, what: str) -> Iterator[None]:
         guard.wait()
 
 
-def _wait_for_workers(strategy: Any, timeout: float) -> None:
+def _wait_for_workers(strategy: tf.distribute.Strategy, timeout: float) -> None:
     """One small all-reduce, so that an unreachable worker fails here, clearly, not mid-training."""
     import tensorflow as tf
 
