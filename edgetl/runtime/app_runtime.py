@@ -207,6 +207,41 @@ def read_standard_labels(path: str | os.PathLike[str]) -> list[str] | None:
     return labels or None
 
 
+def read_standard_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """What edgetl's readers take from a foreign .tflite's standard metadata, None when it has none.
+
+    Returns:
+        {"class_names": [...] or None, "normalization": {"mean": [...], "std": [...]} or None, "name": str or
+         None, "source": "standard"}. The normalization needs mediapipe to be read; without it, it is None
+        and a warning says so (the input is then fed as 0..255 pixels, edgetl's own contract).
+
+    Raises:
+        ModelError: the file cannot be read, or its standard metadata is damaged.
+    """
+    p = Path(path)
+    if not _has_standard_metadata(_read(p)):
+        return None
+    labels = read_standard_labels(p)
+    norm = None
+    name = None
+    try:
+        meta = standard_metadata_json(p)
+    except UsageError:
+        log.warning("'%s' has standard TFLite metadata but mediapipe is not installed to read its input "
+                    "normalization; feeding 0..255 pixels. Install it with: %s", p, INSTALL_HINT)
+        meta = None
+    if meta:
+        name = meta.get("name")
+        for sg in meta.get("subgraph_metadata") or []:
+            for t in (sg.get("input_tensor_metadata") or [])[:1]:
+                for unit in t.get("process_units") or []:
+                    if unit.get("options_type") == "NormalizationOptions":
+                        opts = unit.get("options") or {}
+                        norm = {"mean": [float(v) for v in opts.get("mean") or [0.0]],
+                                "std": [float(v) for v in opts.get("std") or [1.0]]}
+    return {"class_names": labels, "normalization": norm, "name": name, "source": "standard"}
+
+
 def _label_file_name(meta: dict[str, Any]) -> str | None:
     for sg in meta.get("subgraph_metadata") or []:
         for t in sg.get("output_tensor_metadata") or []:
