@@ -415,7 +415,7 @@ def test_existing_run_directory_is_not_overwritten(trained_run: Path, demo_dir: 
 def test_atomic_path_turns_os_errors_into_one_line_and_leaves_nothing(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch,
                                                                      code: int, where: str) -> None:
-    from edgetl import fileio
+    from edgetl.core import fileio
     from edgetl.core.errors import EdgetlError
 
     target = tmp_path / "out.json"
@@ -435,7 +435,7 @@ def test_atomic_path_turns_os_errors_into_one_line_and_leaves_nothing(tmp_path: 
 
 
 def test_atomic_path_on_a_read_only_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from edgetl import fileio
+    from edgetl.core import fileio
     from edgetl.core.errors import EdgetlError
 
     monkeypatch.setattr(fileio.tempfile, "mkstemp", _raiser(errno.EROFS))
@@ -463,7 +463,7 @@ def _raiser(code: int) -> Any:
 @pytest.mark.parametrize("output", ["--junit", "--save-baseline", "--plots"])
 def test_evaluate_outputs_on_a_full_disk(trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                          output: str) -> None:
-    from edgetl import fileio
+    from edgetl.core import fileio
 
     out_dir = tmp_path / "out"
     out_dir.mkdir()
