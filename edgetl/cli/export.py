@@ -85,7 +85,8 @@ def export(run_dir: str, formats: tuple[str, ...], quantize: tuple[str, ...], ta
     reporter = RichReporter()
     try:
         report = export_run(run_dir, formats=formats or None, quantize=quantize or None, output=output,
-                            calibration_samples=calibration_samples, io_type=io_type, opset=DEFAULT_OPSET if opset is None else opset,
+                            calibration_samples=calibration_samples, io_type=io_type,
+                            opset=DEFAULT_OPSET if opset is None else opset,
                             allow_select_ops=allow_select_ops, max_drop=max_drop, verify=verify, threads=threads,
                             target=target, force=force, reporter=reporter)
     except Exception as exc:
