@@ -495,7 +495,7 @@ def test_interrupted_export_leaves_no_file(tiny_run: Path, tmp_path: Path, monke
     def boom(data: bytes, meta: dict[str, Any]) -> bytes:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(tfl, "write_tflite_metadata", boom)
+    monkeypatch.setattr(tfl, "embed_tflite_metadata", boom)
     out = tmp_path / "interrupted"
     with pytest.raises(KeyboardInterrupt):
         export_run(tiny_run, output=out, verify=False)

@@ -305,8 +305,9 @@ def _selective(saved: Path, rep: Any, calib: Any, denylist: list[str]) -> bytes 
 
 def _write_chosen(run: Run, row: Candidate, folder: Path, io_type: str) -> Path:
     from edgetl.core.fileio import write_bytes
-    from edgetl.export.metadata import build_metadata, write_tflite_metadata
+    from edgetl.export.metadata import build_metadata
     from edgetl.export.plan import file_name
+    from edgetl.export.standard_metadata import embed_tflite_metadata
 
     io = io_type if row.mode == "int8-full" else None
     meta = build_metadata(run, fmt="tflite", quantization=row.mode, io_type=io)
@@ -315,7 +316,7 @@ def _write_chosen(run: Run, row: Candidate, folder: Path, io_type: str) -> Path:
     if row.float_layers:
         name = name.replace(".tflite", f"-{len(row.float_layers)}float.tflite")
     path = folder / name
-    write_bytes(path, write_tflite_metadata(row.data, meta))
+    write_bytes(path, embed_tflite_metadata(row.data, meta))
     return path
 
 

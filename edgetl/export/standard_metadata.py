@@ -12,10 +12,14 @@ flatbuffer, and rewriting the flatbuffer afterwards (edgetl's own metadata entry
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from typing import Any
 
-from edgetl.core.errors import ExportError, first_line
+from edgetl.core.errors import ExportError, UsageError, first_line
 from edgetl.runtime.app_runtime import MetadataTools, metadata_tools
+
+log = logging.getLogger("edgetl")
 
 # The pixel contract of every edgetl model: 0..255 in, preprocessing inside the model.
 NORM_MEAN = (0.0,)
@@ -70,3 +74,41 @@ def _set_version_and_author(tools: MetadataTools, model: bytes, original: bytes,
     populator.load_associated_file_buffers(files)
     populator.populate()
     return bytes(populator.get_model_buffer())
+
+
+def describe_for_apps(meta: dict[str, Any]) -> dict[str, str | None]:
+    """Name, description, version and author of the standard metadata, from edgetl's metadata document.
+
+    The run is named by its folder name and identified by its fingerprint: nothing of the machine
+    that exported it (paths, user names) goes in.
+    """
+    run = meta.get("run") or {}
+    backbone = meta.get("backbone") or {}
+    names = [str(c) for c in meta.get("class_names") or []]
+    size = "x".join(str(s) for s in meta.get("image_size") or [])
+    arch = str(backbone.get("name") or "image classifier")
+    if backbone.get("alpha") is not None:
+        arch += f" alpha {backbone['alpha']}"
+    shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+    description = (f"Image classifier ({arch}, {size} RGB input, pixels 0..255; quantization "
+                   f"{meta.get('quantization', 'none')}) trained with edgetl: {len(names)} classes: {shown}.")
+    fingerprint = run.get("fingerprint")
+    return {"name": str(run.get("name") or arch), "description": description,
+            "version": f"sha256:{fingerprint[:16]}" if fingerprint else None,
+            "author": f"edgetl {meta.get('edgetl_version')}" if meta.get("edgetl_version") else "edgetl"}
+
+
+def embed_tflite_metadata(tflite_bytes: bytes, meta: dict[str, Any]) -> bytes:
+    """edgetl's metadata entry, then the standard metadata from the same document (see write_standard_metadata).
+
+    Without mediapipe the file gets edgetl's entry only, and a warning says what app runtimes will miss.
+    """
+    from edgetl.export.metadata import write_tflite_metadata
+
+    data = write_tflite_metadata(tflite_bytes, meta)
+    try:
+        metadata_tools()
+    except UsageError as exc:
+        log.warning("no standard TFLite metadata written (%s): MediaPipe Tasks will not find the labels", exc)
+        return data
+    return write_standard_metadata(data, class_names=meta.get("class_names") or [], **describe_for_apps(meta))

@@ -1,7 +1,8 @@
 """TFLite (LiteRT) export: SavedModel or Keras model -> .tflite through TFLiteConverter.
 
 Builtin ops only unless the caller allows TensorFlow (Flex) ops; an op that needs Flex fails with
-the op names and the flag to pass. The edgetl metadata goes into the flatbuffer's metadata list.
+the op names and the flag to pass. The edgetl metadata goes into the flatbuffer's metadata list, and the
+standard TFLite metadata (labels, normalisation) after it, for MediaPipe Tasks and the TFLite Task Library.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 from edgetl.core.errors import ExportError, UsageError, first_line
 from edgetl.core.fileio import write_bytes
 from edgetl.core.native import quiet_native_stderr
-from edgetl.export.metadata import write_tflite_metadata
+from edgetl.export.standard_metadata import embed_tflite_metadata
 
 log = logging.getLogger("edgetl")
 
@@ -88,7 +89,8 @@ def export_tflite(model_or_savedmodel: Any, path: str | os.PathLike[str], mode: 
         model_or_savedmodel: SavedModel folder or Keras model.
         path: the .tflite file to write.
         mode: TFLite quantization mode.
-        meta: the edgetl metadata (edgetl.export.metadata.build_metadata); None writes none.
+        meta: the edgetl metadata (edgetl.export.metadata.build_metadata), written as edgetl's entry and as
+            the standard TFLite metadata app runtimes read; None writes neither.
         representative, io_type, allow_select_ops: see convert_tflite.
 
     Returns:
@@ -97,7 +99,7 @@ def export_tflite(model_or_savedmodel: Any, path: str | os.PathLike[str], mode: 
     data = convert_tflite(model_or_savedmodel, mode, representative=representative, io_type=io_type,
                           allow_select_ops=allow_select_ops)
     if meta is not None:
-        data = write_tflite_metadata(data, meta)
+        data = embed_tflite_metadata(data, meta)
     write_bytes(path, data)
     return Path(path)
 

@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 FLOAT_TOLERANCE = 1e-4
 # Metadata every file must read back as it was written.
 CHECKED_METADATA = ("class_names", "quantization", "format", "image_size")
+# MediaPipe Tasks' ImageClassifier (what apps run) must give LiteRT's top-1 on at least this share of the
+# held-out images, or the export fails: both run the same file, so anything less is a contract broken
+# between them (normalisation, labels, colour order), not rounding.
+APP_AGREEMENT = 0.99
 _KERAS_BATCH = 64
 
 
@@ -100,3 +104,41 @@ def verify_file(row: ExportRow, path: Path, meta: dict[str, Any], ref: KerasRefe
         row.fail(f"accuracy drop {row.drop:.4f} > --max-drop {float(max_drop):g}", "max_drop")
     else:
         row.status = "ok"
+    if row.format == "tflite" and m is not None and not row.failed:
+        verify_in_app_runtime(row, path, x, y, m.probs, list(meta.get("class_names") or []))
+
+
+def verify_in_app_runtime(row: ExportRow, path: Path, images: np.ndarray, labels: np.ndarray | None,
+                          litert_probs: np.ndarray, class_names: list[str]) -> None:
+    """Run a .tflite through MediaPipe Tasks' ImageClassifier: accuracy by label name, top-1 agreement with LiteRT.
+
+    Sets row.extra["mediapipe"]; fails the row (kind "app_runtime") when MediaPipe refuses the file or
+    agrees with LiteRT on less than APP_AGREEMENT of the images. An int8-input file is reported, not
+    failed: MediaPipe takes uint8 and float32 inputs only.
+    """
+    from edgetl.runtime import app_runtime
+
+    if not app_runtime.available():
+        row.extra["mediapipe"] = {"status": "skipped: mediapipe is not installed"}
+        return
+    if row.input_dtype == "int8":
+        row.extra["mediapipe"] = {"status": "n/a: MediaPipe takes uint8 or float32 input, not int8"}
+        return
+    try:
+        result = app_runtime.classify(path, images)
+    except EdgetlError as exc:
+        row.extra["mediapipe"] = {"status": f"failed: {exc}"}
+        row.fail(str(exc), "app_runtime")
+        return
+    litert = [class_names[i] if i < len(class_names) else "" for i in litert_probs.argmax(1)]
+    agreement = round(float(np.mean([a == b for a, b in zip(result.names, litert, strict=True)])), 4)
+    figures: dict[str, Any] = {"agreement": agreement, "samples": len(result.names),
+                               "empty_labels": sum(1 for n in result.names if not n)}
+    if labels is not None:
+        truth = [class_names[i] for i in labels]
+        figures["accuracy"] = round(float(np.mean([a == b for a, b in zip(result.names, truth, strict=True)])), 4)
+    figures["status"] = "ok" if agreement >= APP_AGREEMENT else "failed"
+    row.extra["mediapipe"] = figures
+    if agreement < APP_AGREEMENT:
+        row.fail(f"MediaPipe's ImageClassifier gives LiteRT's top-1 label on {agreement:.3f} of the images "
+                 f"(needs {APP_AGREEMENT})", "app_runtime")

@@ -140,6 +140,54 @@ def gpu_compatibility(path: str | os.PathLike[str]) -> dict[str, Any]:
     }
 
 
+def npu_compatibility(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Which ops of a .tflite an integer-only accelerator (NNAPI NPUs, vendor NPU delegates, Edge TPU) cannot take.
+
+    Those delegates run int8/uint8 ops; an op that reads or writes a float tensor, and any custom or Flex
+    op, stays on the CPU and splits the graph. Read from the flatbuffer (no TensorFlow).
+
+    Returns:
+        {"delegate": "npu", "compatible": bool, "unsupported_ops": sorted op names, "unsupported_nodes":
+         [{"subgraph", "index", "op", "reason"}...], "ops": {op: count}, "checked_with": ...}.
+
+    Raises:
+        ModelError: the file is not a TFLite model.
+    """
+    from edgetl.runtime.metadata import flatbuffer_text, tflite_model, tflite_schema
+
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"cannot read '{p}': {exc.strerror or exc}.") from None
+    root = tflite_model(data, str(p))
+    schema = tflite_schema()
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    floats = {schema.TensorType.FLOAT32, schema.TensorType.FLOAT16}
+    counts: dict[str, int] = {}
+    nodes: list[dict[str, Any]] = []
+    for g in range(root.SubgraphsLength()):
+        sg = root.Subgraphs(g)
+        for i in range(sg.OperatorsLength()):
+            op = sg.Operators(i)
+            code = root.OperatorCodes(op.OpcodeIndex())
+            builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+            name = names.get(builtin, str(builtin))
+            if name == "CUSTOM":
+                name = flatbuffer_text(code.CustomCode())
+            counts[name] = counts.get(name, 0) + 1
+            tensors = [op.Inputs(j) for j in range(op.InputsLength())]
+            tensors += [op.Outputs(j) for j in range(op.OutputsLength())]
+            if builtin == schema.BuiltinOperator.CUSTOM:
+                nodes.append({"subgraph": g, "index": i, "op": name, "reason": "custom op"})
+            elif any(t >= 0 and sg.Tensors(t).Type() in floats for t in tensors):
+                nodes.append({"subgraph": g, "index": i, "op": name, "reason": "float tensors (not integer)"})
+    unsupported = sorted({n["op"] for n in nodes})
+    return {"delegate": "npu", "compatible": not unsupported, "unsupported_ops": unsupported,
+            "unsupported_nodes": nodes, "ops": dict(sorted(counts.items())),
+            "checked_with": "the flatbuffer's tensor types (integer-only accelerators)"}
+
+
 # ----------------------------------------------------------------------------------------------
 # ONNX Runtime Mobile
 
@@ -201,14 +249,14 @@ def onnx_mobile_usability(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def compatibility(path: str | os.PathLike[str], kind: str) -> dict[str, Any]:
-    """The accelerator checks of one model file: {"gpu": ...} for "tflite", {"onnx_mobile": ...} for "onnx"/"ort".
+    """The accelerator checks of one model file: {"gpu", "npu"} for "tflite", {"onnx_mobile"} for "onnx"/"ort".
 
     An .ort file is checked through the .onnx beside it when there is one (the ORT format is not ONNX).
     Other kinds get {}.
     """
     p = Path(path)
     if kind == "tflite":
-        return {"gpu": gpu_compatibility(p)}
+        return {"gpu": gpu_compatibility(p), "npu": npu_compatibility(p)}
     if kind == "onnx":
         return {"onnx_mobile": onnx_mobile_usability(p)}
     if kind == "ort":

@@ -61,7 +61,10 @@ def build_metadata(run: Run, *, fmt: str, quantization: str = "none", io_type: s
         A JSON-ready dict. Keys: schema, edgetl_version (of the edgetl that wrote the file), format,
         quantization, class_names, image_size [h, w], color, layout, pixel_range, input_dtype,
         output_dtype, output, resize, backbone, preprocessing, preprocessing_in_model,
-        run {path, fingerprint (None for "keras"), data_fingerprint}.
+        run {name, fingerprint (None for "keras"), data_fingerprint} (and path for "keras" only).
+
+    An exported file carries nothing of the machine that exported it: the run is named by its folder
+    name and identified by its fingerprint, and a backbone or weights file by its file name.
     """
     manifest = run.manifest
     inp = manifest.get("input") or {}
@@ -85,12 +88,21 @@ def build_metadata(run: Run, *, fmt: str, quantization: str = "none", io_type: s
         "output_dtype": dtype,
         "output": "probabilities",
         "resize": inp.get("resize", "bilinear, aspect ratio not kept"),
-        "backbone": {k: backbone.get(k) for k in ("name", "kind", "alpha", "weights")},
+        "backbone": {k: backbone.get(k) if own else _file_name(backbone.get(k))
+                     for k in ("name", "kind", "alpha", "weights")},
         "preprocessing": inp.get("preprocessing"),
         "preprocessing_in_model": bool(inp.get("preprocessing_in_model", True)),
-        "run": {"path": str(Path(run.path).resolve()), "fingerprint": None if own else run_fingerprint(run),
-                "data_fingerprint": (manifest.get("data") or {}).get("fingerprint")},
+        "run": {"name": Path(run.path).resolve().name, "fingerprint": None if own else run_fingerprint(run),
+                "data_fingerprint": (manifest.get("data") or {}).get("fingerprint"),
+                **({"path": str(Path(run.path).resolve())} if own else {})},
     }
+
+
+def _file_name(value: Any) -> Any:
+    """A path's last part (a weights or backbone file named by path); any other value as it is."""
+    if isinstance(value, str) and ("/" in value or "\\" in value):
+        return value.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    return value
 
 
 def run_fingerprint(run: Run) -> str | None:
