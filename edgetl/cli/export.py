@@ -17,7 +17,7 @@ from edgetl.export.modes import FORMATS, IO_TYPES, MODES, TARGETS
 from edgetl.export.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
 if TYPE_CHECKING:
-    from edgetl.export import ExportReport
+    from edgetl.export import ExportReport, ExportRow
 
 _MODE_HELP = "; ".join(f"{m.name}: {m.help} [{'/'.join(m.formats)}]" for m in MODES.values())
 _TARGET_HELP = "; ".join(f"{name}: {t['help']}" for name, t in TARGETS.items())
@@ -144,24 +144,35 @@ def _show(report: ExportReport, as_json: bool) -> None:
     rows = []
     ref = report.reference
     if ref:
-        rows.append(["keras", "-", fmt(ref.get("size_mb"), 2), fmt(ref.get("accuracy")), "-", "-", "-",
+        rows.append(["keras", "-", fmt(ref.get("size_mb"), 2), fmt(ref.get("accuracy")), "-", "-", "-", "-",
                      fmt(ref.get("latency_ms"), 2), "reference"])
     for r in report.rows:
         mode = r["mode"] + (f"/{r['io_type']}" if r.get("io_type") else "")
         rows.append([r["format"], mode, fmt(r.get("size_mb"), 2), fmt(r.get("accuracy")), signed(r.get("drop")),
-                     fmt(r.get("agreement")), _small(r.get("max_abs_diff")), fmt(r.get("latency_ms"), 2),
+                     fmt(r.get("agreement")), _app(r), _small(r.get("max_abs_diff")), fmt(r.get("latency_ms"), 2),
                      _short(str(r.get("status")))])
     v = report.verify or {}
     title = f"Exported {len(report.rows)} file(s) to {report.output}"
     if v.get("enabled") and ref:
         title += (f" (verified on {ref.get('samples')} {ref.get('split')} images; latency: batch 1, "
                   f"{v.get('threads')} threads, median)")
-    print_table(title, ["format", "mode", "MB", "acc", "drop", "agree", "max diff", "ms", "status"], rows)
+    print_table(title, ["format", "mode", "MB", "acc", "drop", "agree", "app agree", "max diff", "ms", "status"], rows)
+    if any(r.get("mediapipe") for r in report.rows):
+        out_console().print("app agree: top-1 of MediaPipe Tasks' ImageClassifier (what Android, iOS and web apps "
+                            "run) against LiteRT's, on the same images", soft_wrap=True)
     if report.json_path:
         out_console().print(f"report: {report.json_path}", soft_wrap=True)
     written = [r["path"] for r in report.rows if r.get("written")]
     if written:
         out_console().print(f"Next: edgetl evaluate {written[-1]} --data HOLDOUT_DIR", soft_wrap=True)
+
+
+def _app(row: ExportRow) -> str:
+    """The MediaPipe column: its top-1 agreement with LiteRT, "n/a" where it does not apply, "-" when not run."""
+    app = row.get("mediapipe") or {}
+    if app.get("agreement") is not None:
+        return fmt(app["agreement"])
+    return "n/a" if str(app.get("status", "")).startswith("n/a") else "-"
 
 
 def _small(x: float | None) -> str:
