@@ -50,6 +50,17 @@ class LiteRTRunner(Runner):
         self._current_batch: int | None = None if self._hw_dynamic else shape[0]
         if not self._dynamic_batch:
             self.batch_fixed = shape[0]
+        self._norm: tuple[np.ndarray, np.ndarray] | None = None
+
+    def set_normalization(self, mean: list[float], std: list[float]) -> None:
+        """Feed (pixels - mean) / std to a float input, as a file's standard metadata asks (edgetl's: none needed)."""
+        m = np.asarray(mean, dtype=np.float32)
+        sd = np.asarray(std, dtype=np.float32)
+        if np.all(m == 0.0) and np.all(sd == 1.0):
+            return
+        if np.any(sd == 0.0):
+            raise ModelError(f"the input normalization of '{self.path}' has a zero std {list(std)}.")
+        self._norm = (m, sd)
 
     def input_shape_signature(self) -> list[int]:
         """The input shape as stored in the file (-1 for a free dimension)."""
@@ -72,6 +83,8 @@ class LiteRTRunner(Runner):
     def _run(self, batch: np.ndarray) -> np.ndarray:
         if self._dynamic_batch or self._hw_dynamic:
             self._ensure_batch(batch.shape[0])
+        if self._norm is not None:
+            batch = (np.asarray(batch, dtype=np.float32) - self._norm[0]) / self._norm[1]
         x = quantize(batch, self.input_dtype, self.inp)
         self.interpreter.set_tensor(self.inp["index"], x)
         self.interpreter.invoke()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -55,6 +56,13 @@ class OnnxRunner(Runner):
         self.num_outputs = int(last) if isinstance(last, int) else 0
         if isinstance(self.shape[0], int) and self.shape[0] > 0:
             self.batch_fixed = int(self.shape[0])
+
+    def session_metadata(self) -> dict[str, Any] | None:
+        """The edgetl metadata in the session's model properties: how an .ort file (onnx cannot load it) keeps it."""
+        from edgetl.runtime.metadata import ONNX_KEY, parse_json
+
+        props = self.session.get_modelmeta().custom_metadata_map
+        return parse_json(props[ONNX_KEY].encode("utf-8"), str(self.path)) if ONNX_KEY in props else None
 
     def spatial_size(self) -> int | None:
         """Square input size from the graph's input shape, None when not fixed."""

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from edgetl.core.errors import ModelError, UsageError
 from edgetl.rundir import MANIFEST as MANIFEST_FILE
@@ -22,7 +23,8 @@ from edgetl.runtime.tf_runners import SavedModelRunner, load_keras
 log = logging.getLogger("edgetl")
 
 KINDS = ("keras", "saved_model", "tflite", "onnx")
-_ALLOWED = ("a run directory, a .keras file, a SavedModel folder, a .tflite file or a .onnx file")
+_ALLOWED = ("a run directory, a .keras file, a SavedModel folder, a .tflite file, a .onnx file or a .ort file")
+ORT_IDENTIFIER = b"ORTM"  # the ORT format's flatbuffer file identifier
 
 
 def detect_kind(path: str | os.PathLike[str]) -> str:
@@ -52,6 +54,8 @@ def detect_kind(path: str | os.PathLike[str]) -> str:
         return "tflite"
     if suffix == ".onnx":
         return "onnx"
+    if suffix == ".ort" or head[4:8] == ORT_IDENTIFIER:
+        return "onnx"  # ONNX Runtime Mobile's format: ONNX Runtime opens it like an .onnx file
     if suffix in (".h5", ".hdf5"):
         raise ModelError(f"'{p}' is a legacy HDF5 Keras file; edgetl reads the .keras format. "
                          "Re-save it with model.save('model.keras').")
@@ -66,7 +70,8 @@ def open_model(path: str | os.PathLike[str], *, threads: int | None = None, safe
 
     Args:
         path: a run directory (its model.keras and manifest), a .keras file, a SavedModel folder, a
-            .tflite file or a .onnx file.
+            .tflite file (edgetl's metadata, or the standard TFLite metadata other tools write), a .onnx
+            file or a .ort file (ONNX Runtime Mobile's format).
         threads: CPU threads for the runtime (None: its default).
         safe_mode: load .keras files in Keras' safe mode (no arbitrary code); False only for trusted files.
         class_names: class names to use when the file carries none (overrides labels.txt and metadata).
@@ -98,9 +103,35 @@ def open_model(path: str | os.PathLike[str], *, threads: int | None = None, safe
     else:
         runner = OnnxRunner(p, threads)
         num_outputs = runner.num_outputs or None
-    meta = load_embedded_metadata(p, kind)
+    if kind == "onnx" and p.suffix.lower() != ".onnx":
+        meta = runner.session_metadata()  # type: ignore[attr-defined]
+    else:
+        meta = load_embedded_metadata(p, kind)
+    if kind == "tflite" and not (meta and meta.get("class_names")):
+        meta = _standard_metadata(runner, p, meta)  # type: ignore[arg-type]
     runner.finish_metadata(meta, runner.spatial_size(), num_outputs, class_names, image_size)
     return runner
+
+
+def _standard_metadata(runner: LiteRTRunner, p: Path, meta: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A .tflite without edgetl metadata: labels and input normalisation from its standard metadata, if any."""
+    from edgetl.runtime.app_runtime import read_standard_metadata
+
+    try:
+        std = read_standard_metadata(p)
+    except ModelError as exc:
+        log.warning("ignoring the standard TFLite metadata of '%s' (%s)", p, exc)
+        return meta
+    if not std:
+        return meta
+    norm = std.get("normalization")
+    if norm and runner.input_dtype == "float32":
+        runner.set_normalization(norm["mean"], norm["std"])
+    out = dict(meta or {})
+    if std.get("class_names"):
+        out["class_names"] = std["class_names"]
+    out["standard_metadata"] = {k: v for k, v in std.items() if k != "class_names"}
+    return out
 
 
 def _open_run(p: Path, threads: int | None, safe_mode: bool, class_names: list[str] | None) -> Runner:
