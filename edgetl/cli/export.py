@@ -26,7 +26,8 @@ _TARGET_HELP = "; ".join(f"{name}: {t['help']}" for name, t in TARGETS.items())
 @click.command("export")
 @click.argument("run_dir", type=click.Path(file_okay=True, dir_okay=True))
 @click.option("--format", "-f", "formats", multiple=True, type=click.Choice(FORMATS),
-              help="Format to write; repeat for several (default: tflite).")
+              help="Format to write; repeat for several (default: tflite). ort: ONNX Runtime Mobile's format, "
+                   "converted from the ONNX file by ONNX Runtime's own converter.")
 @click.option("--quantize", "-q", multiple=True, metavar="MODE",
               help=f"Quantization mode; repeat for several, each applies to the formats it exists for "
                    f"(default: none). {_MODE_HELP}.")
@@ -78,8 +79,8 @@ def export(run_dir: str, formats: tuple[str, ...], quantize: tuple[str, ...], ta
     if auto:
         _auto(run_dir, formats, quantize, target, output, calibration_samples, io_type, max_drop, threads, as_json)
         return
-    if opset is not None and "onnx" not in formats:
-        raise UsageError(f"--opset {opset} applies only to --format onnx. Add --format onnx or drop --opset.")
+    if opset is not None and "onnx" not in formats and "ort" not in formats:
+        raise UsageError(f"--opset {opset} applies only to --format onnx or ort. Add --format onnx or drop --opset.")
     from edgetl.export import export_run
 
     reporter = RichReporter()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgetl.core.errors import DataError, ExportError, GateFailure, ModelError, UsageError
+from edgetl.core.errors import DataError, EdgetlError, ExportError, GateFailure, ModelError, UsageError
 from edgetl.core.progress import Reporter
 from edgetl.export.images import ExportImages, representative
 from edgetl.export.modes import get_mode
@@ -107,6 +107,7 @@ def run_export(run: Run, opts: ExportOptions, reporter: Reporter | None = None) 
             report.rows.append(row)
             reporter.info(row.line())
         write_beside(run.class_names, plan.output, report)
+        _write_cards(run, plan.output, report)
     finally:
         reporter.finish()
         shutil.rmtree(work, ignore_errors=True)
@@ -148,6 +149,28 @@ def _prepare(job: _Job, work: Path, needs_calibration: bool, report: ExportRepor
     return saved, saved_b1
 
 
+def _write_cards(run: Run, folder: Path, report: ExportReport) -> None:
+    """The run's model card with the export table: beside the files, and as the run's own README.md."""
+    import json
+    import logging
+
+    from edgetl.card import write_card
+    from edgetl.rundir import METRICS_FILE
+
+    try:
+        rows = json.loads(report.json_path.read_text(encoding="utf-8"))["rows"] if report.json_path else []
+        metrics = json.loads((run.path / METRICS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, KeyError):
+        rows, metrics = [r.to_dict() for r in report.rows], None
+    rows = [r for r in rows if not str(r.get("status", "")).startswith("failed")]
+    write_card(folder, run.manifest, metrics, exports=rows, export_dir=str(folder))
+    if folder.resolve() != run.path.resolve():
+        try:
+            write_card(run.path, run.manifest, metrics, exports=rows, export_dir=str(folder))
+        except EdgetlError as exc:  # a read-only run folder keeps its card; the export's copy is complete
+            logging.getLogger("edgetl").warning("the run's README.md was not updated: %s", exc)
+
+
 def default_threads() -> int:
     """Threads for verification and latency when not given: the machine's cores, up to 4."""
     return max(1, min(4, os.cpu_count() or 1))
@@ -177,7 +200,7 @@ def _export_one(job: _Job, fmt: str, mode: str, saved: Path) -> ExportRow:
     row = ExportRow(format=fmt, mode=mode, io_type=io, path=str(final), input_dtype=io or "float32")
     meta = build_metadata(job.run, fmt=fmt, quantization=mode, io_type=io)
     meta["batch"] = 1 if (fmt == "tflite" and mode == "int8-full") else None  # None: any batch size
-    if fmt == "onnx":
+    if fmt in ("onnx", "ort"):
         meta["opset"] = job.opts.opset
     staging = staging_path(final)
     t0 = time.perf_counter()
@@ -234,6 +257,19 @@ def _write(job: _Job, fmt: str, mode: str, io: str | None, path: Path, saved: Pa
         export_onnx(saved, path, mode, meta=meta, opset=job.opts.opset,
                     calibration=job.calib if mode == "int8" else None,
                     float_model=job.float_onnx if mode != "none" else None)
+    elif fmt == "ort":
+        from edgetl.export.onnx import export_onnx
+        from edgetl.export.ort import export_ort
+
+        # The ORT file is converted from an ONNX file of the same mode, written beside the staging file.
+        onnx_path = path.with_name(path.name + ".onnx")
+        try:
+            export_onnx(saved, onnx_path, mode, meta=meta, opset=job.opts.opset,
+                        calibration=job.calib if mode == "int8" else None,
+                        float_model=job.float_onnx if mode != "none" else None)
+            export_ort(onnx_path, path)
+        finally:
+            onnx_path.unlink(missing_ok=True)
     else:
         from edgetl.export.saved_model import export_saved_model
 

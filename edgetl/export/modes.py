@@ -13,7 +13,7 @@ TFLite modes (TFLiteConverter, post-training):
                NPUs, DSPs, microcontrollers; calibrated; static shapes (batch 1), as those compilers need.
     int16x8    int16 activations, int8 weights; closer to float than int8; calibrated; slow
                reference kernels on most CPUs.
-ONNX modes (onnxruntime.quantization):
+ONNX modes (onnxruntime.quantization), also for "ort" (ONNX Runtime Mobile's format, converted from that ONNX file):
     none       float32.
     int8       static QDQ: int8 per-channel weights, uint8 activations (ONNX Runtime's fast U8S8
                kernels take every layer), calibrated on the same images as TFLite.
@@ -46,13 +46,14 @@ class Mode:
 
 
 MODES: dict[str, Mode] = {m.name: m for m in (
-    Mode("none", ("tflite", "onnx", "saved_model"), "float32, no quantization: the reference; fastest on x86 CPUs.",
+    Mode("none", ("tflite", "onnx", "ort", "saved_model"),
+         "float32, no quantization: the reference; fastest on x86 CPUs.",
          calibrated=False, float_model=True, file_tag="float32"),
     Mode("float16", ("tflite",), "float16 weights (half the size); GPU delegates compute in fp16, CPUs in fp32.",
          calibrated=False, float_model=False, file_tag="float16"),
-    Mode("dynamic", ("tflite", "onnx"), "8-bit weights, float activations (4x smaller, no calibration); "
+    Mode("dynamic", ("tflite", "onnx", "ort"), "8-bit weights, float activations (4x smaller, no calibration); "
          "often slower than float32 on x86.", calibrated=False, float_model=False, file_tag="dynamic"),
-    Mode("int8", ("tflite", "onnx"), "int8 weights and activations, float input/output (calibrated): a third of "
+    Mode("int8", ("tflite", "onnx", "ort"), "int8 weights and activations, float input/output (calibrated): a third of "
          "the size; float32 speed on x86 without VNNI, faster with int8 dot products (ARM, VNNI).",
          calibrated=True, float_model=False, file_tag="int8"),
     Mode("int8-full", ("tflite",), "everything integer, uint8/int8 input and output (--io-type; calibrated), "
@@ -62,7 +63,7 @@ MODES: dict[str, Mode] = {m.name: m for m in (
          "slow on most CPUs.", calibrated=True, float_model=False, file_tag="int16x8"),
 )}
 
-FORMATS = ("tflite", "onnx", "saved_model")
+FORMATS = ("tflite", "onnx", "ort", "saved_model")
 
 # --target: what each deployment target gets. Measured on x86 (BENCHMARKS.md, AVX2 without VNNI):
 # dynamic-range files are 2-3x slower than float32 in both runtimes, so no target picks them; int8
@@ -113,7 +114,7 @@ def plan_pairs(formats: Iterable[str], modes: Iterable[str]) -> list[tuple[str, 
     fmts = list(dict.fromkeys(formats))
     mds = list(dict.fromkeys(modes))
     if not fmts:
-        raise UsageError("no export format given. Use --format tflite, onnx or saved_model.")
+        raise UsageError("no export format given. Use --format tflite, onnx, ort or saved_model.")
     if not mds:
         raise UsageError("no quantization mode given. Use --quantize none (float32) or another mode.")
     for f in fmts:

@@ -19,14 +19,14 @@ if TYPE_CHECKING:
 EXPORT_DIR = "export"
 DEFAULT_CALIBRATION_SAMPLES = 300
 MAX_CALIBRATION_SAMPLES = 100_000
-_EXT = {"tflite": ".tflite", "onnx": ".onnx", "saved_model": ""}
+_EXT = {"tflite": ".tflite", "onnx": ".onnx", "ort": ".ort", "saved_model": ""}
 
 
 @dataclass(frozen=True)
 class ExportOptions:
     """What `edgetl export` was asked for; each field has one documented default."""
 
-    formats: tuple[str, ...] = ()  # tflite, onnx, saved_model (default: tflite, or --target's)
+    formats: tuple[str, ...] = ()  # tflite, onnx, ort, saved_model (default: tflite, or --target's)
     quantize: tuple[str, ...] = ()  # modes of edgetl.export.modes.MODES (default: none, or --target's)
     output: Path | None = None  # folder of the files (default: RUN_DIR/export)
     calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES  # training images calibrating int8/int16 modes
@@ -101,7 +101,7 @@ def make_plan(run: Run, opts: ExportOptions) -> Plan:
     formats, modes, io_type = resolve_request(opts.formats, opts.quantize, opts.target, opts.io_type)
     pairs = plan_pairs(formats, modes)
     io = check_io_type(io_type, modes, formats)
-    if "onnx" in formats:
+    if "onnx" in formats or "ort" in formats:
         check_opset(opts.opset)
     if opts.allow_select_ops and "tflite" not in formats:
         raise UsageError("--allow-select-ops applies only to --format tflite. Drop it.")
