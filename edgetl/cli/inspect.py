@@ -25,18 +25,22 @@ from edgetl.cli.options import json_option, model_argument, model_options
 
 @click.command("inspect")
 @model_argument()
-@json_option("Print everything as one JSON object.")
+@click.option("--compat", is_flag=True, help="Also check, offline, what phone accelerators take of the file: the GPU "
+              "delegate and integer-only NPUs for TFLite, NNAPI and CoreML partitions for ONNX (always in --json).")
+@json_option("Print everything as one JSON object (with a 'compatibility' object for .tflite, .onnx and .ort).")
 @model_options
 @handle_errors
-def inspect_cmd(model: str, as_json: bool, labels: str | None, image_size: int | None, unsafe: bool) -> None:
+def inspect_cmd(model: str, compat: bool, as_json: bool, labels: str | None, image_size: int | None,
+                unsafe: bool) -> None:
     """Show MODEL's inputs and outputs (shapes, dtypes, quantization), op counts, parameters, metadata and size.
 
-    MODEL is a run directory, a .keras file, a SavedModel folder, a .tflite or a .onnx file.
+    MODEL is a run directory, a .keras file, a SavedModel folder, a .tflite, .onnx or .ort file.
     """
     from edgetl.evaluate.inspect import inspect_model
 
     needs_tensorflow([model])
-    info = inspect_model(model, safe_mode=not unsafe, class_names=read_labels_option(labels), image_size=image_size)
+    info = inspect_model(model, safe_mode=not unsafe, class_names=read_labels_option(labels), image_size=image_size,
+                         compat=compat or as_json)
     if as_json:
         print_json(info)
         return
@@ -63,6 +67,37 @@ def inspect_cmd(model: str, as_json: bool, labels: str | None, image_size: int |
     meta = info["metadata"]
     mrows = [[k, _short(v)] for k, v in meta.items()]
     print_table("Metadata", ["key", "value"], mrows, wide=True)
+    if compat:
+        _show_compat(info.get("compatibility") or {})
+
+
+def _show_compat(compat: dict) -> None:
+    con = out_console()
+    if not compat:
+        con.print("compatibility: no accelerator check for this kind of model (only .tflite, .onnx, .ort)")
+        return
+    for key, title in (("gpu", "GPU delegate"), ("npu", "integer-only NPU delegates (NNAPI, vendor NPUs)")):
+        c = compat.get(key)
+        if c is None:
+            continue
+        if c["compatible"]:
+            con.print(f"{title}: every op runs on it ({sum(c['ops'].values())} ops)", soft_wrap=True)
+            continue
+        rows: dict[tuple[str, str], int] = {}
+        for n in c["unsupported_nodes"]:
+            rows[(n["op"], n["reason"])] = rows.get((n["op"], n["reason"]), 0) + 1
+        print_table(f"{title}: {len(c['unsupported_nodes'])} op(s) fall back to the CPU", ["op", "count", "why"],
+                    [[op, n, why] for (op, why), n in rows.items()], wide=True)
+    mobile = compat.get("onnx_mobile")
+    if mobile:
+        rows2 = []
+        for name, p in mobile["providers"].items():
+            a, f = p["as_is"], p["fixed_shapes"]
+            rows2.append([name, f"{a['supported_nodes']}/{a['nodes']} in {a['partitions']}", a["verdict"],
+                          f"{f['supported_nodes']}/{f['nodes']} in {f['partitions']}", f["verdict"],
+                          ", ".join(f["unsupported_ops"]) or "-"])
+        print_table("ONNX Runtime Mobile (nodes taken, in partitions)", ["provider", "as is", "ok?", "batch fixed",
+                    "ok?", "ops it lacks"], rows2, wide=True)
 
 
 def _short(v: object, limit: int = 100) -> str:

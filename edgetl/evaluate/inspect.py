@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 
 def inspect_model(path: str | Path, *, safe_mode: bool = True, class_names: list[str] | None = None,
-                  image_size: int | None = None) -> dict[str, Any]:
+                  image_size: int | None = None, compat: bool = False) -> dict[str, Any]:
     """Describe a model.
 
     Args:
@@ -32,6 +32,8 @@ def inspect_model(path: str | Path, *, safe_mode: bool = True, class_names: list
         safe_mode: load .keras files in Keras' safe mode.
         class_names: names for a file that carries none.
         image_size: input size for a file whose shape does not fix it.
+        compat: add "compatibility", the accelerator checks (edgetl.runtime.compat): for TFLite "gpu" (GPU
+            delegate) and "npu" (integer-only delegates), for ONNX "onnx_mobile" (NNAPI and CoreML partitions).
 
     Returns:
         A JSON-ready dict: path, kind, size_bytes, image_size, class_names, quantization,
@@ -54,9 +56,16 @@ def inspect_model(path: str | Path, *, safe_mode: bool = True, class_names: list
             "metadata": runner.metadata,
         }
         details = {"tflite": _tflite, "onnx": _onnx, "keras": _keras, "saved_model": _saved_model}[runner.kind]
+        if runner.kind == "onnx" and Path(runner.path).suffix.lower() != ".onnx":
+            details = _ort
         info.update(details(runner))
         info["op_total"] = int(sum(info["ops"].values()))
         info["ops"] = dict(sorted(info["ops"].items(), key=lambda kv: (-kv[1], kv[0])))
+        if compat:
+            from edgetl.runtime.compat import compatibility
+
+            kind = "ort" if details is _ort else runner.kind
+            info["compatibility"] = compatibility(runner.path, kind)
         return info
     finally:
         runner.close()
@@ -170,6 +179,20 @@ def _onnx(runner: OnnxRunner) -> dict[str, Any]:
         "producer": f"{model.producer_name} {model.producer_version}".strip(),
         "quantized": any(op in ops for op in ("QuantizeLinear", "QLinearConv", "MatMulInteger", "ConvInteger")),
     }
+
+
+def _ort(runner: OnnxRunner) -> dict[str, Any]:
+    """An .ort file: tensors from the ONNX Runtime session (the onnx package cannot read the ORT format)."""
+    session = runner.session
+
+    def describe(arg: Any) -> dict[str, Any]:
+        kind = str(arg.type).removeprefix("tensor(").removesuffix(")")
+        return _tensor(arg.name, list(arg.shape), {"float": "float32"}.get(kind, kind))
+
+    meta = session.get_modelmeta()
+    return {"inputs": [describe(a) for a in session.get_inputs()],
+            "outputs": [describe(a) for a in session.get_outputs()],
+            "ops": {}, "producer": f"{meta.producer_name} (ORT format)".strip()}
 
 
 # ----------------------------------------------------------------------------------------------
