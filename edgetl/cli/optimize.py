@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from edgetl.cli.kit import RichReporter, fmt, handle_errors, out_console, print_table
+from edgetl.cli.options import force_option, json_option, threads_option
 from edgetl.optimize.options import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_BLOCK,
@@ -62,9 +63,9 @@ def _per_method(defaults: dict[str, float]) -> str:
 @click.option("--compare/--no-compare", default=True, show_default=True,
               help="Export float, post-training int8 and the optimized model to TFLite and print one table of "
                    "accuracy, size, gzip size and latency (slower).")
-@click.option("--threads", type=int, help="CPU threads for latency in the comparison (default: up to 4).")
-@click.option("--force", is_flag=True, help="Replace the output run if it exists.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of a table.")
+@threads_option("CPU threads for latency in the comparison (default: up to 4).")
+@force_option("Replace the output run if it exists.")
+@json_option("Print the result as JSON instead of a table.")
 @handle_errors
 def optimize(run_dir: str, method: str, epochs: int | None, output: str, lr: float | None, sparsity: float,
              schedule: str, block: int, batch_size: int, compare: bool, threads: int | None, force: bool,
