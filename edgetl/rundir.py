@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetl import __version__
+from edgetl.card import CARD_FILE, write_card
 from edgetl.core.errors import EdgetlError, ModelError, RunExistsError
 
 MANIFEST = "manifest.json"
@@ -188,8 +189,8 @@ def finish_run(path: Path, manifest: dict[str, Any], *, model: Any, metrics: dic
                history_rows: list[dict[str, Any]], title: str, updates: dict[str, Any]) -> dict[str, Any]:
     """Write what completes a run, then mark it complete: the one way train and optimize end a run.
 
-    model.keras, metrics.json and the plots are written first; the manifest last, with status
-    "complete", so an interrupted run never reads as a finished one.
+    model.keras, metrics.json, the plots and the model card (README.md, edgetl.card) are written
+    first; the manifest last, with status "complete", so an interrupted run never reads as a finished one.
 
     Args:
         model: the Keras classifier to save (float32, preprocessing inside).
@@ -212,5 +213,7 @@ def finish_run(path: Path, manifest: dict[str, Any], *, model: Any, metrics: dic
     manifest.update({"status": "complete", "finished": now(), **updates,
                      "metrics": {name: (m["accuracy"] if m else None) for name, m in metrics.items()}})
     manifest["files"]["plots"] = plots
+    manifest["files"]["card"] = CARD_FILE
+    write_card(path, manifest, {"class_names": class_names, **metrics})
     write_json(path / MANIFEST, manifest)
     return manifest

@@ -57,6 +57,8 @@ if TYPE_CHECKING:
               "--max-drop.")
 @click.option("--min-agreement", type=float, default=None, help="Gate: fail when top-1 agreement with "
               "--reference is below this (0..1).")
+@click.option("--min-balanced-accuracy", type=float, default=None, help="Gate: fail (exit 1) below this balanced "
+              "accuracy, the mean recall over the classes present (0..1): what imbalanced data needs.")
 @click.option("--min-class-recall", type=float, default=None, help="Gate: fail when any class present in the "
               "data has recall below this (0..1).")
 @click.option("--junit", type=click.Path(dir_okay=False), default=None, help="Write JUnit XML (one testcase per "
@@ -68,13 +70,13 @@ if TYPE_CHECKING:
 def evaluate(model: str, data: str | None, top_k: int, batch_size: int, threads: int | None, n_errors: int,
              plots: str | None, as_json: bool, min_accuracy: float | None, max_drop: float | None,
              baseline: str | None, save_baseline: str | None, reference: str | None, min_agreement: float | None,
-             min_class_recall: float | None, junit: str | None, max_bad_fraction: float, labels: str | None,
-             image_size: int | None, unsafe: bool) -> None:
+             min_balanced_accuracy: float | None, min_class_recall: float | None, junit: str | None,
+             max_bad_fraction: float, labels: str | None, image_size: int | None, unsafe: bool) -> None:
     """Measure MODEL on labelled images and gate its accuracy (exit 0 pass, 1 regression, 2 usage or input error).
 
     MODEL is a run directory, a .keras file, a SavedModel folder, a .tflite or a .onnx file; preprocessing and
-    labels come from its own metadata, so every format is measured the same way. Reports accuracy, top-k,
-    per-class precision/recall/F1 and the confusion matrix.
+    labels come from its own metadata, so every format is measured the same way. Reports accuracy, balanced
+    accuracy, macro-F1, top-k, per-class precision/recall/F1 and the confusion matrix.
 
     \b
     Examples:
@@ -87,7 +89,8 @@ def evaluate(model: str, data: str | None, top_k: int, batch_size: int, threads:
 
     # Every option is checked before a model is loaded: a typo costs no TensorFlow start-up.
     for name, v in (("--min-accuracy", min_accuracy), ("--max-drop", max_drop), ("--min-agreement", min_agreement),
-                    ("--min-class-recall", min_class_recall), ("--max-bad-fraction", max_bad_fraction)):
+                    ("--min-class-recall", min_class_recall), ("--min-balanced-accuracy", min_balanced_accuracy),
+                    ("--max-bad-fraction", max_bad_fraction)):
         check_fraction(name, v)
     if max_drop is not None and baseline is None and reference is None:
         raise UsageError("--max-drop needs something to compare with. Add --baseline FILE or --reference MODEL.")
@@ -104,7 +107,8 @@ def evaluate(model: str, data: str | None, top_k: int, batch_size: int, threads:
                                    n_errors=n_errors, reference=reference, labels=labels, image_size=image_size,
                                    unsafe=unsafe, max_bad_fraction=max_bad_fraction, base=base,
                                    gate_args={"min_accuracy": min_accuracy, "max_drop": max_drop,
-                                              "min_class_recall": min_class_recall, "min_agreement": min_agreement})
+                                              "min_class_recall": min_class_recall, "min_agreement": min_agreement,
+                                              "min_balanced_accuracy": min_balanced_accuracy})
     except EdgetlError as exc:
         if junit and not isinstance(exc, GateFailure):
             from edgetl.evaluate import write_junit_error
@@ -190,8 +194,8 @@ def _print_evaluation(result: dict[str, Any], checks: Sequence[Check]) -> None:
         print_table(f"Most confident mistakes ({len(result['errors'])})", ["image", "true", "predicted", "confidence"],
                     [[e["path"], e["true"], e["predicted"], fmt(e["confidence"])] for e in result["errors"]],
                     wide=True)
-    summary = (f"accuracy {pct(result['accuracy'])}, top-{result['k']} {pct(result['top_k'])}, "
-               f"macro F1 {fmt(macro['f1'])}")
+    summary = (f"accuracy {pct(result['accuracy'])}, balanced accuracy {pct(result.get('balanced_accuracy'))}, "
+               f"top-{result['k']} {pct(result['top_k'])}, macro F1 {fmt(macro['f1'])}")
     ref = result.get("reference")
     if ref:
         summary += (f"; reference {ref['model']['path']} ({ref['model']['kind']}): accuracy {pct(ref['accuracy'])}, "

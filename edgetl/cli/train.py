@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING
 
 import click
 
-from edgetl.cli.kit import RichReporter, fmt, handle_errors, load_tensorflow, out_console, print_table
+from edgetl.cli.kit import RichReporter, esc, fmt, handle_errors, load_tensorflow, out_console, print_table
 from edgetl.cli.options import force_option, json_option
-from edgetl.model.backbones import PREPROCESSING_MODES
+from edgetl.model.backbones import PREPROCESSING_MODES, PRESET_FORMS
+from edgetl.train.class_weights import AUTO_RATIO, CLASS_WEIGHT_MODES
 from edgetl.train.config import FEATURE_CACHE_MODES, TrainConfig
 from edgetl.train.distribute import MIXED_PRECISION, STRATEGIES
 
@@ -28,14 +29,15 @@ def _d(name: str) -> str:
 
 @click.command()
 @click.argument("data", type=click.Path(file_okay=False), required=False)
-@click.option("--backbone", help=f"Backbone name (see 'edgetl backbones'), hub:HANDLE, or a .keras/SavedModel path "
-              f"{_d('backbone')}.")
-@click.option("--weights", help="imagenet (downloads once), none (random), bundled (shipped with edgetl, offline) or "
-              f"a local weights file {_d('weights')}.")
+@click.option("--backbone", help=f"Backbone name (see 'edgetl backbones'), hub:HANDLE, kerashub:PRESET (a KerasHub "
+              f"preset: name, kaggle://, hf:// or a local folder), or a .keras/SavedModel path {_d('backbone')}.")
+@click.option("--weights", help="imagenet (downloads once; for kerashub: the preset's own), none (random), bundled "
+              f"(shipped with edgetl, offline) or a local weights file {_d('weights')}.")
 @click.option("--alpha", type=float, help="Width multiplier of the MobileNet family (e.g. 0.35, 1.0).")
 @click.option("--image-size", type=int, help="Square input size in pixels (default: the backbone's).")
 @click.option("--preprocessing", type=click.Choice(PREPROCESSING_MODES),
-              help="Override the backbone's preprocessing (default: from its card; hub: unit).")
+              help="Override the backbone's preprocessing (default: from its card; hub: unit; kerashub: the "
+              "preset's image converter, named 'preset' when no other mode equals it).")
 @click.option("--epochs", type=int, help=f"Epochs of the first stage (head only) {_d('epochs')}.")
 @click.option("--batch-size", type=int, help=f"Batch size {_d('batch_size')}.")
 @click.option("--lr", type=float, help=f"Learning rate of the first stage {_d('lr')}.")
@@ -48,6 +50,14 @@ def _d(name: str) -> str:
               "(BatchNorm stays frozen) (default: no second stage).")
 @click.option("--fine-tune-lr", type=float, help=f"Learning rate of the second stage {_d('fine_tune_lr')}.")
 @click.option("--fine-tune-epochs", type=int, help=f"Epochs of the second stage {_d('fine_tune_epochs')}.")
+@click.option("--class-weights", help=f"{'|'.join(CLASS_WEIGHT_MODES)}|FILE.yaml: weigh each class's images in "
+              "the loss; auto = inverse frequency (normalised), a file maps class names to weights (others 1) "
+              f"(default: auto when the largest class has more than {AUTO_RATIO:g}x the images of the smallest, "
+              "else none).")
+@click.option("--label-smoothing", type=float, help="Smooth the targets: 1 - X on the class, X spread over all "
+              f"classes, 0 <= X < 1 {_d('label_smoothing')}.")
+@click.option("--tensorboard/--no-tensorboard", default=None, help="Write Keras TensorBoard logs of both stages "
+              "under RUN/logs/ (view: tensorboard --logdir RUN/logs) (default: off).")
 @click.option("--patience", type=int, help=f"Early stopping patience in epochs on val loss {_d('patience')}.")
 @click.option("--feature-cache", type=click.Choice(FEATURE_CACHE_MODES), help="auto: run the frozen base once and "
               f"train the head on cached features when that is exact (no augmentation) {_d('feature_cache')}.")
@@ -153,8 +163,10 @@ def backbones(as_json: bool) -> None:
         return
     rows = [[c.name, c.default_size, c.min_size, f"{c.params / 1e6:.1f}M", c.features, c.preprocessing,
              ",".join(str(a) for a in c.alpha) if c.alpha else "-", c.int8.split(";")[0]] for c in all_cards.values()]
-    print_table("Backbones (also: hub:HANDLE, or a .keras / SavedModel path)",
+    print_table("Backbones (also: hub:HANDLE, kerashub:PRESET, or a .keras / SavedModel path)",
                 ["name", "size", "min", "params", "features", "preprocess", "alpha", "int8"], rows)
+    out_console().print(esc(f"KerasHub presets: {PRESET_FORMS}. The preset's image backbone is frozen and its "
+                            "image converter goes inside the model."), soft_wrap=True)
 
 
 @click.command("demo-data")

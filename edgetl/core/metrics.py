@@ -11,7 +11,10 @@ import numpy as np
 def classification_metrics(
     y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str], top_k: int = 5
 ) -> dict[str, Any]:
-    """Accuracy, top-k, per-class precision/recall/F1 and the confusion matrix.
+    """Accuracy, balanced accuracy, macro-F1, top-k, per-class precision/recall/F1 and the confusion matrix.
+
+    Balanced accuracy is the mean recall and macro-F1 the mean F1 over the classes present in y_true:
+    on imbalanced data they show what plain accuracy hides (a small class the model never predicts).
 
     Args:
         y_true: int labels, shape (n,).
@@ -27,7 +30,8 @@ def classification_metrics(
     n_classes = len(class_names)
     n = int(y_true.shape[0])
     if n == 0:
-        return {"samples": 0, "accuracy": None, "top_k": None, "k": 0, "per_class": {}, "confusion_matrix": []}
+        return {"samples": 0, "accuracy": None, "balanced_accuracy": None, "macro_f1": None, "top_k": None, "k": 0,
+                "per_class": {}, "confusion_matrix": []}
     y_pred = probs.argmax(axis=1)
     k = min(top_k, n_classes)
     topk = np.argsort(-probs, axis=1)[:, :k]
@@ -42,9 +46,12 @@ def classification_metrics(
         recall = tp / actual if actual else None
         f1 = 2 * precision * recall / (precision + recall) if recall and precision + recall > 0 else 0.0
         per_class[name] = {"precision": precision, "recall": recall, "f1": f1, "support": actual}
+    macro = macro_averages(per_class)
     return {
         "samples": n,
         "accuracy": float((y_pred == y_true).mean()),
+        "balanced_accuracy": macro["recall"],
+        "macro_f1": macro["f1"],
         "top_k": float((topk == y_true[:, None]).any(axis=1).mean()),
         "k": k,
         "per_class": per_class,

@@ -35,7 +35,7 @@ def check_fraction(name: str, value: float | None) -> None:
 
 def gate(result: dict[str, Any], *, min_accuracy: float | None = None, max_drop: float | None = None,
          baseline: dict[str, Any] | None = None, min_class_recall: float | None = None,
-         min_agreement: float | None = None) -> list[Check]:
+         min_agreement: float | None = None, min_balanced_accuracy: float | None = None) -> list[Check]:
     """The checks the options ask for, each passed or failed.
 
     Args:
@@ -46,6 +46,7 @@ def gate(result: dict[str, Any], *, min_accuracy: float | None = None, max_drop:
         baseline: a loaded baseline.
         min_class_recall: the lowest recall allowed for each class present in the data.
         min_agreement: the lowest top-1 agreement with the reference.
+        min_balanced_accuracy: the lowest balanced accuracy (mean per-class recall) allowed.
 
     Returns:
         The checks, in a stable order.
@@ -54,7 +55,8 @@ def gate(result: dict[str, Any], *, min_accuracy: float | None = None, max_drop:
         UsageError: out-of-range thresholds, or a comparison with nothing to compare with.
     """
     for name, v in (("--min-accuracy", min_accuracy), ("--max-drop", max_drop),
-                    ("--min-class-recall", min_class_recall), ("--min-agreement", min_agreement)):
+                    ("--min-class-recall", min_class_recall), ("--min-agreement", min_agreement),
+                    ("--min-balanced-accuracy", min_balanced_accuracy)):
         check_fraction(name, v)
     ref = result.get("reference")
     if max_drop is not None and baseline is None and ref is None:
@@ -67,6 +69,11 @@ def gate(result: dict[str, Any], *, min_accuracy: float | None = None, max_drop:
         ok = acc is not None and acc >= min_accuracy - _EPS
         checks.append(Check("min_accuracy", ok, acc, min_accuracy,
                             f"accuracy {_f(acc)} {'>=' if ok else '<'} minimum {_f(min_accuracy)}"))
+    if min_balanced_accuracy is not None:
+        bal = result.get("balanced_accuracy")
+        ok = bal is not None and bal >= min_balanced_accuracy - _EPS
+        checks.append(Check("min_balanced_accuracy", ok, bal, min_balanced_accuracy,
+                            f"balanced accuracy {_f(bal)} {'>=' if ok else '<'} minimum {_f(min_balanced_accuracy)}"))
     if max_drop is not None and baseline is not None:
         base = float(baseline["accuracy"])
         drop = base - acc if acc is not None else None

@@ -122,4 +122,5 @@ def warn_imbalance(counts: Sequence[int], class_names: Sequence[str]) -> list[st
 
 def _largest_smallest(counts: Sequence[int], class_names: Sequence[str]) -> tuple[str, str]:
     present = [(c, n) for c, n in zip(counts, class_names, strict=True) if c]
-    return max(present)[1], min(present)[1]
+    # The first of equal classes, in label order.
+    return max(present, key=lambda p: p[0])[1], min(present, key=lambda p: p[0])[1]

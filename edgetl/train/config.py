@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetl.core.errors import UsageError, did_you_mean
+from edgetl.train.class_weights import check_option as check_class_weights
 
 FEATURE_CACHE_MODES = ("auto", "off")  # auto: run the frozen base once when that is exact; off: never
 
@@ -41,6 +42,9 @@ class TrainConfig:
     strategy: str = "auto"  # auto | default | mirrored | multiworker (tf.distribute)
     mixed_precision: str = "auto"  # auto: mixed_float16 on GPUs of compute capability >= 7.0
     xla: bool = False  # jit-compile the training steps
+    class_weights: str | None = None  # auto | none | FILE.yaml; None: auto when the largest class > 3x the smallest
+    label_smoothing: float = 0.0  # 0 <= x < 1: targets (1 - x) on the class, x spread over all classes
+    tensorboard: bool = False  # Keras TensorBoard logs under RUN/logs/<stage>
     output: str | None = None  # None: runs/<backbone>-<time>
     force: bool = False
 
@@ -77,6 +81,9 @@ class TrainConfig:
                              "Use auto, default, mirrored or multiworker.")
         if self.mixed_precision not in ("auto", "on", "off"):
             raise UsageError(f"--mixed-precision '{self.mixed_precision}' is not allowed. Use auto, on or off.")
+        if not 0 <= self.label_smoothing < 1:
+            raise UsageError(f"--label-smoothing {self.label_smoothing} is out of range. Use 0 <= x < 1, e.g. 0.1.")
+        check_class_weights(self.class_weights)
         if self.fine_tune_layers is not None:
             ftl = str(self.fine_tune_layers)
             if ftl != "all" and not (ftl.isdigit() and int(ftl) > 0):

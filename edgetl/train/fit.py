@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,11 +22,14 @@ if TYPE_CHECKING:
 
 def fit_stage(model: keras.Model, train: tf.data.Dataset | Features, val: tf.data.Dataset | Features | None,
               cfg: TrainConfig, lr: float, epochs: int, stage: str, history: History, reporter: Reporter,
-              placement: Placement, ckpt: Checkpoints, state: State | None) -> int:
+              placement: Placement, ckpt: Checkpoints, state: State | None, *,
+              class_weight: dict[int, float] | None = None, log_dir: Path | None = None) -> int:
     """Compile and fit with early stopping on val loss (train loss without a val split); best weights kept.
 
     Each epoch ends with a checkpoint; `state` (from a checkpoint of this stage) resumes after its epoch.
     `train` and `val` are image datasets, or cached (features, labels) for the head alone.
+    cfg.label_smoothing smooths the targets; `class_weight` weighs each class's images in the loss;
+    `log_dir` receives Keras TensorBoard logs of the stage.
 
     Returns:
         The epochs of this stage recorded in the history.
@@ -34,9 +38,15 @@ def fit_stage(model: keras.Model, train: tf.data.Dataset | Features, val: tf.dat
 
     if epochs == 0:
         return 0
+    smoothing = float(cfg.label_smoothing)
     with placement.strategy.scope():
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss="sparse_categorical_crossentropy",
-                      metrics=["accuracy"], jit_compile=bool(cfg.xla))
+        if smoothing:  # Keras' sparse loss has no smoothing: the labels become one-hot (see _one_hot below)
+            loss: Any = keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)
+            acc: Any = keras.metrics.CategoricalAccuracy(name="accuracy")
+        else:
+            loss, acc = "sparse_categorical_crossentropy", "accuracy"
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss=loss, metrics=[acc],
+                      jit_compile=bool(cfg.xla))
     resume = state if state is not None and state.stage == stage and state.epochs_done else None
     if resume is not None:
         ckpt.restore(model, resume)
@@ -50,14 +60,28 @@ def fit_stage(model: keras.Model, train: tf.data.Dataset | Features, val: tf.dat
     # Order matters: the history row and early stopping see the epoch before its checkpoint is written.
     callbacks = [history.callback(stage, lr), stop, save,
                  keras_callback(reporter, stage, epochs, _steps(train, cfg))]
+    if log_dir is not None:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(log_dir), write_graph=False, profile_batch=0))
     if isinstance(train, tuple):  # cached features: as tf.data, which every strategy distributes
         train = feature_dataset(train, cfg.batch_size, shuffle=True, seed=cfg.seed)
         val = feature_dataset(val, cfg.batch_size, shuffle=False, seed=cfg.seed) if val is not None else None
+    if smoothing:
+        n_classes = int(model.output_shape[-1])
+        train = _one_hot(train, n_classes)
+        val = _one_hot(val, n_classes) if val is not None else None
     if placement.name == "multiworker":
         _local_symbolic_build(model, train)
     model.fit(train, validation_data=val, epochs=epochs, callbacks=callbacks, verbose=0, shuffle=False,
-              initial_epoch=resume.epochs_done if resume else 0)
+              initial_epoch=resume.epochs_done if resume else 0, class_weight=class_weight)
     return history.count(stage)
+
+
+def _one_hot(data: tf.data.Dataset, n_classes: int) -> tf.data.Dataset:
+    """(x, label) -> (x, one-hot label): what CategoricalCrossentropy's label smoothing needs."""
+    import tensorflow as tf
+
+    return data.map(lambda x, y: (x, tf.one_hot(tf.cast(y, tf.int32), n_classes)),
+                    num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def _restore_best(model: keras.Model, ckpt: Checkpoints, state: State) -> None:

@@ -79,7 +79,17 @@ def plan(cfg: TrainConfig) -> tuple[BackboneSpec, int, str]:
     mode = cfg.preprocessing or spec.default_preprocessing
     if mode not in PREPROCESSING_MODES:
         raise UsageError(f"--preprocessing '{mode}' is not allowed. Use one of {', '.join(PREPROCESSING_MODES)}.")
-    if cfg.fine_tune_layers is not None and spec.kind != "keras" and not cfg.backbone.endswith(".keras"):
+    if cfg.tensorboard:
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise UsageError("--tensorboard needs the tensorboard package, which is not installed. Install it "
+                             "(pip install 'tensorboard>=2.21,<2.22') or drop --tensorboard.")
+    if mode == "preset" and not spec.normalization:
+        raise UsageError(f"--preprocessing preset takes a KerasHub preset's image converter, and '{spec.name}' has "
+                         f"none. Use one of {', '.join(m for m in PREPROCESSING_MODES if m != 'preset')}.")
+    if cfg.fine_tune_layers is not None and spec.kind not in ("keras", "kerashub") \
+            and not cfg.backbone.endswith(".keras"):
         raise UsageError("--fine-tune-layers needs a Keras backbone; a SavedModel or TF-Hub base stays frozen. "
                          "Drop --fine-tune-layers.")
     return spec, size, mode
@@ -139,7 +149,7 @@ def _place_and_build(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str,
     with placement.strategy.scope():
         base = build_base(spec, weights=cfg.weights, alpha=cfg.alpha, image_size=size)
         clf = build_classifier(base, image_size=size, num_classes=n_classes, preprocessing=mode,
-                               dropout=cfg.dropout, seed=cfg.seed)
+                               dropout=cfg.dropout, seed=cfg.seed, normalization=spec.normalization)
     return placement, clf
 
 
@@ -154,14 +164,23 @@ def _train(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: D
            placement: Placement, run_path: Path, reporter: Reporter, t0: float,
            manifest: dict[str, Any] | None = None) -> TrainResult:
     """The training proper, inside a prepared run directory (a resumed one when `manifest` is given)."""
+    from edgetl.train import class_weights
     from edgetl.train.checkpoint import Checkpoints, State
 
     ckpt = Checkpoints(run_path)
     resuming = manifest is not None
     state = ckpt.load() if resuming else None
+    counts = np.bincount([i.label for i in splits.split("train")], minlength=len(splits.class_names)).tolist()
+    class_weights.warn_imbalance(counts, splits.class_names)
+    weighting = class_weights.resolve(cfg.class_weights, counts, splits.class_names)
     if manifest is None:
         manifest = _manifest(cfg, spec, size, mode, splits, clf)
+        manifest["class_weights"] = weighting.to_manifest(splits.class_names)
         rundir.start_run(run_path, manifest, splits.class_names)
+    # TensorBoard logs per stage (RUN/logs/head, RUN/logs/fine_tune); the chief alone writes them.
+    logs = {stage: run_path / "logs" / stage if cfg.tensorboard and placement.chief else None
+            for stage in ("head", "fine_tune")}
+    extra = {"class_weight": weighting.keras()}
     cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size * placement.replicas)  # the global batch
     history = History(run_path / rundir.HISTORY_FILE, keep_rows=state.history_rows if state else None)
     seconds = {"build": time.perf_counter() - t0}
@@ -189,12 +208,12 @@ def _train(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: D
         epochs_run["head"] = history.count("head")
     elif use_cache:
         epochs_run["head"] = fit_stage(clf.head, feats["train"], feats["val"], cfg, cfg.lr, cfg.epochs, "head",
-                                       history, reporter, placement, ckpt, state)
+                                       history, reporter, placement, ckpt, state, log_dir=logs["head"], **extra)
     else:
         data = {name: split_dataset(splits, name, size, cfg, augment=(name == "train" and cfg.augment))
                 for name in ("train", "val")}
         epochs_run["head"] = fit_stage(clf.model, data["train"], data["val"], cfg, cfg.lr, cfg.epochs, "head",
-                                       history, reporter, placement, ckpt, state)
+                                       history, reporter, placement, ckpt, state, log_dir=logs["head"], **extra)
     seconds["head"] = time.perf_counter() - t1
 
     if cfg.fine_tune_layers is not None and cfg.fine_tune_epochs > 0:
@@ -211,7 +230,8 @@ def _train(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: D
                 for name in ("train", "val")}
         epochs_run["fine_tune"] = fit_stage(clf.model, data["train"], data["val"], cfg, cfg.fine_tune_lr,
                                             cfg.fine_tune_epochs, "fine_tune", history, reporter, placement, ckpt,
-                                            state if state.stage == "fine_tune" and state.epochs_done else None)
+                                            state if state.stage == "fine_tune" and state.epochs_done else None,
+                                            log_dir=logs["fine_tune"], **extra)
         seconds["fine_tune"] = time.perf_counter() - t1
         clf.base.trainable = False
         use_features_for_eval = False
@@ -328,7 +348,9 @@ def _manifest(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits
                      "card": spec.card.to_dict() if spec.card else None, "feature_dim": clf.feature_dim},
         "input": {"image_size": [size, size], "channels": 3, "color": "RGB", "layout": "NHWC",
                   "dtype": "float32", "pixel_range": [0, 255], "preprocessing": mode,
-                  "preprocessing_in_model": True, "resize": "bilinear, aspect ratio not kept"},
+                  "preprocessing_in_model": True, "resize": "bilinear, aspect ratio not kept",
+                  # the "preset" mode's numbers (a KerasHub preset's image converter), per channel in 0..255 units
+                  **({"normalization": spec.normalization} if mode == "preset" else {})},
         "output": {"kind": "probabilities", "layer": "predictions", "classes": len(splits.class_names)},
         "class_names": splits.class_names,
         "data": splits.to_manifest(),
@@ -347,6 +369,6 @@ def _float32_model(clf: Classifier, spec: BackboneSpec, cfg: TrainConfig, size: 
     weights = "none" if spec.kind == "keras" else cfg.weights
     base = build_base(spec, weights=weights, alpha=cfg.alpha, image_size=size)
     twin = build_classifier(base, image_size=size, num_classes=n_classes, preprocessing=mode, dropout=cfg.dropout,
-                            seed=cfg.seed)
+                            seed=cfg.seed, normalization=spec.normalization)
     twin.model.set_weights(clf.model.get_weights())
     return twin.model
