@@ -33,6 +33,8 @@ _TARGET_HELP = "; ".join(f"{name}: {t['help']}" for name, t in TARGETS.items())
                    f"(default: none). {_MODE_HELP}.")
 @click.option("--target", type=click.Choice(list(TARGETS)),
               help=f"Pick format, mode and io type for a device instead of --format/--quantize. {_TARGET_HELP}.")
+@click.option("--strict", is_flag=True, help="With --target gpu or npu: fail a file with ops that accelerator lacks "
+              "(they would fall back to the CPU), naming them; without it they are a warning.")
 @click.option("--output", "-o", type=click.Path(file_okay=False),
               help="Folder for the files (default: RUN_DIR/export).")
 @click.option("--calibration-samples", type=int, default=DEFAULT_CALIBRATION_SAMPLES, show_default=True,
@@ -55,7 +57,7 @@ _TARGET_HELP = "; ".join(f"{name}: {t['help']}" for name, t in TARGETS.items())
 @force_option("Replace export files that already exist.")
 @json_option("Print the report as JSON instead of a table.")
 @handle_errors
-def export(run_dir: str, formats: tuple[str, ...], quantize: tuple[str, ...], target: str | None,
+def export(run_dir: str, formats: tuple[str, ...], quantize: tuple[str, ...], target: str | None, strict: bool,
            output: str | None, calibration_samples: int, io_type: str | None, opset: int | None,
            allow_select_ops: bool, max_drop: float | None, auto: bool, verify: bool, threads: int | None,
            force: bool, as_json: bool) -> None:
@@ -89,7 +91,7 @@ def export(run_dir: str, formats: tuple[str, ...], quantize: tuple[str, ...], ta
                             calibration_samples=calibration_samples, io_type=io_type,
                             opset=DEFAULT_OPSET if opset is None else opset,
                             allow_select_ops=allow_select_ops, max_drop=max_drop, verify=verify, threads=threads,
-                            target=target, force=force, reporter=reporter)
+                            target=target, force=force, strict=strict, reporter=reporter)
     except Exception as exc:
         reporter.close()
         partial = getattr(exc, "report", None)

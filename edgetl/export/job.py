@@ -6,11 +6,12 @@ It imports no format module and no TensorFlow at load time: `edgetl --help` stay
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,14 @@ from edgetl.core.errors import DataError, EdgetlError, ExportError, GateFailure,
 from edgetl.core.progress import Reporter
 from edgetl.export.images import ExportImages, representative
 from edgetl.export.modes import get_mode
-from edgetl.export.plan import DEFAULT_CALIBRATION_SAMPLES, DEFAULT_OPSET, ExportOptions, Plan, make_plan
+from edgetl.export.plan import (
+    COMPAT_TARGETS,
+    DEFAULT_CALIBRATION_SAMPLES,
+    DEFAULT_OPSET,
+    ExportOptions,
+    Plan,
+    make_plan,
+)
 from edgetl.export.report import ExportReport, ExportRow, write_beside
 from edgetl.export.verify import FLOAT_TOLERANCE, KerasReference, keras_reference, verify_file
 
@@ -26,6 +34,8 @@ if TYPE_CHECKING:
     import numpy as np
 
     from edgetl.rundir import Run
+
+log = logging.getLogger("edgetl")
 
 STAGING_PREFIX = ".edgetl-staging-"
 
@@ -42,6 +52,7 @@ class _Job:
     calib: np.ndarray | None = None
     ref: KerasReference | None = None
     float_onnx: Path | None = None  # the float ONNX file once written: ONNX int8 quantizes it
+    warnings: list[str] = field(default_factory=list)  # for the report, from the files' checks
 
 
 def export_run(run_dir: str | os.PathLike[str] | Run, *, formats: Any = (), quantize: Any = (),
@@ -49,7 +60,7 @@ def export_run(run_dir: str | os.PathLike[str] | Run, *, formats: Any = (), quan
                calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES, io_type: str | None = None,
                opset: int = DEFAULT_OPSET, allow_select_ops: bool = False, max_drop: float | None = None,
                verify: bool = True, threads: int | None = None, target: str | None = None, force: bool = False,
-               reporter: Reporter | None = None) -> ExportReport:
+               strict: bool = False, reporter: Reporter | None = None) -> ExportReport:
     """Export a trained run to TFLite, ONNX and/or SavedModel, quantized as asked, and verify each file.
 
     Each (format, mode) pair that exists is written (see edgetl.export.modes.plan_pairs), named
@@ -73,7 +84,7 @@ def export_run(run_dir: str | os.PathLike[str] | Run, *, formats: Any = (), quan
                          output=Path(output) if output is not None else None,
                          calibration_samples=calibration_samples, io_type=io_type, opset=opset,
                          allow_select_ops=allow_select_ops, max_drop=max_drop, verify=verify, threads=threads,
-                         target=target, force=force)
+                         target=target, force=force, strict=strict)
     return run_export(run_dir if isinstance(run_dir, Run) else load_run(run_dir), opts, reporter)
 
 
@@ -106,6 +117,7 @@ def run_export(run: Run, opts: ExportOptions, reporter: Reporter | None = None) 
                 job.float_onnx = plan.paths[(fmt, mode)]
             report.rows.append(row)
             reporter.info(row.line())
+        report.warnings.extend(job.warnings)
         write_beside(run.class_names, plan.output, report)
         _write_cards(run, plan.output, report)
     finally:
@@ -212,6 +224,8 @@ def _export_one(job: _Job, fmt: str, mode: str, saved: Path) -> ExportRow:
             verify_file(row, staging, meta, job.ref, job.images, job.opts.max_drop, job.threads)
         else:
             row.status = "unverified"
+        if fmt == "tflite" and job.opts.target in COMPAT_TARGETS and not row.failed:
+            _check_target(job, row, staging)
         if row.failed:
             row.status = row.status.replace(str(staging), str(final))
             return row
@@ -230,6 +244,24 @@ def _export_one(job: _Job, fmt: str, mode: str, saved: Path) -> ExportRow:
             with contextlib.suppress(OSError):
                 staging.unlink()
     return row
+
+
+def _check_target(job: _Job, row: ExportRow, path: Path) -> None:
+    """--target gpu/npu: the ops the accelerator lacks (edgetl.runtime.compat); --strict fails the file on them."""
+    from edgetl.runtime.compat import gpu_compatibility, npu_compatibility
+
+    target = str(job.opts.target)
+    check = gpu_compatibility(path) if target == "gpu" else npu_compatibility(path)
+    row.extra["compatibility"] = {target: {"compatible": check["compatible"],
+                                           "unsupported_ops": check["unsupported_ops"]}}
+    if check["compatible"]:
+        return
+    what = f"--target {target}: ops that would fall back to the CPU: {', '.join(check['unsupported_ops'])}"
+    if job.opts.strict:
+        row.fail(what, "compatibility")
+    else:
+        log.warning("%s (%s); --strict fails the export on them", what, Path(row.path).name)
+        job.warnings.append(f"{what} ({Path(row.path).name})")
 
 
 def _source(run: Run, fmt: str, mode: str, saved: Path, meta: dict[str, Any]) -> Path:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from edgetl.rundir import Run
 
 EXPORT_DIR = "export"
+COMPAT_TARGETS = ("gpu", "npu")  # targets whose files are checked for ops the accelerator lacks
 DEFAULT_CALIBRATION_SAMPLES = 300
 MAX_CALIBRATION_SAMPLES = 100_000
 _EXT = {"tflite": ".tflite", "onnx": ".onnx", "ort": ".ort", "saved_model": ""}
@@ -38,6 +39,7 @@ class ExportOptions:
     threads: int | None = None  # CPU threads for verification (default: up to 4)
     target: str | None = None  # cpu, gpu, edgetpu, npu, mcu: picks formats, modes and io type
     force: bool = False  # replace existing files
+    strict: bool = False  # with target gpu or npu: fail a file with ops the accelerator lacks (else a warning)
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,9 @@ def make_plan(run: Run, opts: ExportOptions) -> Plan:
     io = check_io_type(io_type, modes, formats)
     if "onnx" in formats or "ort" in formats:
         check_opset(opts.opset)
+    if opts.strict and opts.target not in COMPAT_TARGETS:
+        raise UsageError(f"--strict applies to --target {' or '.join(COMPAT_TARGETS)} (it fails a file with ops the "
+                         "accelerator lacks). Add one of them or drop --strict.")
     if opts.allow_select_ops and "tflite" not in formats:
         raise UsageError("--allow-select-ops applies only to --format tflite. Drop it.")
     n = opts.calibration_samples
