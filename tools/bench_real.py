@@ -1,0 +1,412 @@
+"""Real photos, real ImageNet weights: accuracy of every file edgetl makes, and train time against the guide.
+
+Uses ../shared/realdata (relative to the repository root; see its README): the flowers folder (5 classes,
+4,317 JPEGs of 128x128) and the MobileNetV2 ImageNet weight files. Everything runs in this process
+through edgetl's library API (one TensorFlow import), except the timed train commands and the Keras
+guide, which run as fresh processes timed whole, as a user waits for them.
+
+    # the full-size benchmark (MobileNetV2 1.0 at 224, all photos), table into BENCHMARKS.md:
+    .venv/bin/python tools/bench_real.py --suite full --guide --benchmarks
+    # re-record the CI figures that tests/test_realdata.py asserts (after an intended change):
+    .venv/bin/python tools/bench_real.py --suite ci --record
+
+The stages (subset, train, export, optimize) are plain functions: tests/test_realdata.py runs the
+same functions on the CI suite and compares with tests/expected/realdata.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+REALDATA = ROOT.parent / "shared" / "realdata"
+FLOWERS = REALDATA / "flowers"
+EXPECTED = ROOT / "tests" / "expected" / "realdata.json"
+BENCHMARKS = ROOT / "BENCHMARKS.md"
+
+# Every TFLite mode; ONNX gets those of them it has (none, dynamic, int8), in the same export call.
+TFLITE_MODES = ("none", "float16", "dynamic", "int8", "int8-full", "int16x8")
+
+
+@dataclass(frozen=True)
+class Suite:
+    """What one measurement runs: the data subset, the backbone, the training and optimization budgets."""
+
+    name: str
+    alpha: float
+    image_size: int
+    per_class: int  # images per class, a seeded sample; 0: the whole folder
+    epochs: int = 10
+    fine_tune_layers: str = "30"
+    fine_tune_epochs: int = 2
+    fine_tune_lr: float = 1e-4
+    qat_epochs: int = 2
+    prune_epochs: int = 2
+    sparsity: float = 0.5
+    seed: int = 0
+
+    def weights(self) -> Path:
+        alpha = "1.0" if self.alpha == 1 else f"{self.alpha:g}"
+        return REALDATA / "weights" / f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{alpha}_224_no_top.h5"
+
+
+SUITES = {
+    # CI: small enough for a few minutes on 2 cores, large enough that one image of the test split is 1 point.
+    "ci": Suite("ci", alpha=0.35, image_size=96, per_class=160, prune_epochs=4),
+    # The issue's benchmark: MobileNetV2 1.0 at 224 on every photo.
+    "full": Suite("full", alpha=1.0, image_size=224, per_class=0),
+}
+
+
+def available() -> str | None:
+    """None when the real data is here, else the one-line reason it is not."""
+    if not FLOWERS.is_dir():
+        return f"real data not found at {REALDATA} (see its README)"
+    for alpha in (0.35, 1.0):
+        w = Suite("x", alpha=alpha, image_size=224, per_class=0).weights()
+        if not w.is_file():
+            return f"real weights not found: {w}"
+    return None
+
+
+def make_subset(dest: Path, per_class: int, seed: int) -> Path:
+    """A seeded sample of `per_class` photos per class copied under `dest` (the folder itself when 0)."""
+    if per_class <= 0:
+        return FLOWERS
+    rng = random.Random(seed)
+    data = dest / "flowers"
+    for cls in sorted(p.name for p in FLOWERS.iterdir() if p.is_dir()):
+        files = sorted(p for p in (FLOWERS / cls).iterdir() if p.is_file())
+        rng.shuffle(files)
+        (data / cls).mkdir(parents=True, exist_ok=True)
+        for f in files[:per_class]:
+            shutil.copyfile(f, data / cls / f.name)
+    return data
+
+
+def train_run(data: Path, out: Path, suite: Suite, *, fine_tune: bool = False) -> dict[str, Any]:
+    """Train (head only, or head then the top of the base) through the library; figures of the run."""
+    from edgetl.train import train
+    from edgetl.train.config import TrainConfig
+
+    cfg = TrainConfig(data=str(data), backbone="mobilenet_v2", weights=str(suite.weights()), alpha=suite.alpha,
+                      image_size=suite.image_size, epochs=suite.epochs, patience=suite.epochs, seed=suite.seed,
+                      fine_tune_layers=suite.fine_tune_layers if fine_tune else None,
+                      fine_tune_epochs=suite.fine_tune_epochs, fine_tune_lr=suite.fine_tune_lr,
+                      output=str(out), force=True)
+    t0 = time.perf_counter()
+    result = train(cfg)
+    return {"val_accuracy": result.metrics["val"]["accuracy"], "test_accuracy": result.metrics["test"]["accuracy"],
+            "test_samples": result.metrics["test"]["samples"],
+            "feature_cache": result.feature_cache, "seconds": round(time.perf_counter() - t0, 1),
+            "phases": {k: round(v, 1) for k, v in result.seconds.items()}}
+
+
+def export_figures(run: Path, formats: tuple[str, ...], modes: tuple[str, ...], prefix: str = "") -> dict[str, Any]:
+    """Export `run` to every pair of these formats and modes that exists, verified; one figure row per file."""
+    from edgetl.export import export_run
+
+    t0 = time.perf_counter()
+    rep = export_run(run, formats=formats, quantize=modes, force=True)
+    out: dict[str, Any] = {}
+    for row in rep.rows:
+        out[f"{prefix}{row['format']}-{row['mode']}"] = {
+            "accuracy": row.get("accuracy"), "drop": row.get("drop"), "agreement": row.get("agreement"),
+            "size_mb": row.get("size_mb"), "latency_ms": row.get("latency_ms"), "status": row.get("status"),
+            "path": Path(row["path"]).name if row.get("path") else None}
+    out["_seconds"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def optimize_figures(run: Path, out: Path, method: str, suite: Suite) -> dict[str, Any]:
+    """QAT or pruning of `run` into `out`; the new run's float accuracy and (pruning) sparsity."""
+    from edgetl.optimize import optimize_run
+
+    t0 = time.perf_counter()
+    epochs = suite.qat_epochs if method == "qat" else suite.prune_epochs
+    kw = {"sparsity": suite.sparsity} if method == "prune" else {}
+    res = optimize_run(run, method=method, epochs=epochs, output=out, force=True, **kw)
+    fig = {"test_accuracy": res.metrics["test"]["accuracy"], "seconds": round(time.perf_counter() - t0, 1)}
+    if res.qat_metrics:
+        fig["fake_quant_accuracy"] = res.qat_metrics["accuracy"]
+    if res.sparsity is not None:
+        fig["sparsity"] = round(float(res.sparsity), 4)
+    return fig
+
+
+# What each stage's run is exported to: every TFLite mode and ONNX float/int8 for the head-only run,
+# the deployable int8 files for the others. File keys are "<stage>/<format>-<mode>" ("" for head).
+STAGE_EXPORTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "head": (("tflite", "onnx"), TFLITE_MODES),
+    "fine-tune": (("tflite",), ("int8-full",)),
+    "qat": (("tflite",), ("int8", "int8-full")),
+    "prune": (("tflite",), ("none", "int8-full")),
+}
+
+
+def stage_files(run: Path, stage: str) -> dict[str, Any]:
+    """Export one stage's run as STAGE_EXPORTS says; figure rows keyed as realdata.json keys them."""
+    formats, modes = STAGE_EXPORTS[stage]
+    return export_figures(run, formats, modes, prefix="" if stage == "head" else f"{stage}/")
+
+
+def measure(suite: Suite, work: Path) -> dict[str, Any]:
+    """Every stage of the suite in `work`; the figures keyed by file (what realdata.json records)."""
+    data = make_subset(work, suite.per_class, suite.seed)
+    figures: dict[str, Any] = {"files": {}, "export_seconds": {}}
+    figures["train-head"] = train_run(data, work / "head", suite)
+    figures["train-fine-tune"] = train_run(data, work / "fine-tune", suite, fine_tune=True)
+    figures["qat"] = optimize_figures(work / "head", work / "qat", "qat", suite)
+    figures["prune"] = optimize_figures(work / "head", work / "prune", "prune", suite)
+    for stage in STAGE_EXPORTS:
+        files = stage_files(work / stage, stage)
+        figures["export_seconds"][stage] = files.pop("_seconds")
+        figures["files"].update(files)
+    return figures
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = ""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        flags = ", ".join(f for f in ("avx2", "avx512f", "avx512_vnni") if f" {f}" in text)
+    except OSError:
+        pass
+    return f"{cpu} ({flags}), {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def record(figures: dict[str, Any], suite: Suite) -> None:
+    """Write tests/expected/realdata.json: the suite, the tolerances and the figures."""
+    from edgetl.core.fileio import write_json
+
+    doc = {
+        "about": "Accuracy on real photos (../shared/realdata/flowers, a seeded subset) with real MobileNetV2 "
+                 "ImageNet weights, of every file edgetl makes. Written by tools/bench_real.py --suite ci --record; "
+                 "asserted by tests/test_realdata.py within the tolerances below.",
+        "suite": dataclasses.asdict(suite),
+        "tolerance": {
+            "accuracy": 0.04,  # absolute, either way: 4 test images of 100 (seeded, but CPUs differ in rounding)
+            "agreement": 0.04,  # a file may agree with Keras on at most 4 fewer test images than recorded
+            "float_agreement": 0.99,  # float32 files must give Keras' top-1 on (nearly) every image
+            "sparsity": 0.02,
+        },
+        "machine": machine(),
+        "recorded": time.strftime("%Y-%m-%d"),
+        "figures": figures,
+    }
+    write_json(EXPECTED, doc)
+
+
+# The guide's recipe (keras.io "Transfer learning & fine-tuning", frozen-base part), as in
+# tools/bench_train.py: the frozen base runs over every image at every epoch.
+GUIDE = r'''
+import json, sys, time
+t0 = time.perf_counter()
+import keras, tensorflow as tf
+data, size, epochs, weights, alpha, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], \
+    float(sys.argv[5]), int(sys.argv[6])
+keras.utils.set_random_seed(seed)
+train_ds, val_ds = keras.utils.image_dataset_from_directory(
+    data, validation_split=0.2, subset="both", seed=seed, image_size=(size, size), batch_size=32)
+n_classes = len(train_ds.class_names)
+train_ds = train_ds.prefetch(tf.data.AUTOTUNE)
+val_ds = val_ds.prefetch(tf.data.AUTOTUNE)
+base = keras.applications.MobileNetV2(include_top=False, weights=weights, input_shape=(size, size, 3), alpha=alpha)
+base.trainable = False
+inputs = keras.Input((size, size, 3))
+x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+x = base(x, training=False)
+x = keras.layers.GlobalAveragePooling2D()(x)
+x = keras.layers.Dropout(0.2)(x)
+outputs = keras.layers.Dense(n_classes, activation="softmax")(x)
+model = keras.Model(inputs, outputs)
+model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+hist = model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=0)
+print(json.dumps({"val_accuracy": max(hist.history["val_accuracy"]),
+                  "last_val_accuracy": hist.history["val_accuracy"][-1]}))
+'''
+
+
+def timed(cmd: list[str]) -> tuple[float, str]:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"failed: {' '.join(cmd[:3])} ...\n{proc.stderr[-3000:]}")
+    return seconds, proc.stdout
+
+
+def timed_train(data: Path, out: Path, suite: Suite) -> dict[str, Any]:
+    """`edgetl train` as a user runs it (a fresh process, timed whole), same split fractions as the guide."""
+    cmd = [str(Path(sys.executable).parent / "edgetl"), "train", str(data), "--backbone", "mobilenet_v2", "--alpha",
+           str(suite.alpha), "--weights", str(suite.weights()), "--image-size", str(suite.image_size), "--epochs",
+           str(suite.epochs), "--patience", str(suite.epochs), "--val-split", "0.2", "--test-split", "0",
+           "--seed", str(suite.seed), "--output", str(out), "--force"]
+    seconds, _ = timed(cmd)
+    manifest = json.loads((out / "manifest.json").read_text())
+    return {"seconds": round(seconds, 1), "phases": manifest["training"]["seconds"],
+            "val_accuracy": manifest["metrics"]["val"]}
+
+
+def guide(data: Path, suite: Suite) -> dict[str, Any]:
+    cmd = [sys.executable, "-c", GUIDE, str(data), str(suite.image_size), str(suite.epochs), str(suite.weights()),
+           str(suite.alpha), str(suite.seed)]
+    seconds, out = timed(cmd)
+    return {"seconds": round(seconds, 1), **json.loads(out.strip().splitlines()[-1])}
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def table(result: dict[str, Any]) -> str:
+    """The Markdown section for BENCHMARKS.md."""
+    fig = result["figures"]
+    suite = result["suite"]
+    head = fig["train-head"]
+    lines = [
+        f"### {result['date']}: flowers, MobileNetV2 {suite['alpha']:g} at {suite['image_size']}, "
+        f"{'all' if not suite['per_class'] else suite['per_class']} photos per class",
+        "",
+        f"Command: `{result['command']}`. Machine: {result['machine']}. Load average at the start: {result['load']}.",
+        f"Test split: {head['test_samples']} photos (one photo is {100 / max(head['test_samples'], 1):.2f} points); "
+        f"head: {suite['epochs']} epochs on the cached features; fine-tuning: top {suite['fine_tune_layers']} layers, "
+        f"{suite['fine_tune_epochs']} epochs at lr {suite['fine_tune_lr']:g}; QAT {suite['qat_epochs']} epochs; "
+        f"pruning to {suite['sparsity']:g} in {suite['prune_epochs']} epochs.",
+        "",
+        "| file | test accuracy (%) | drop vs its Keras model (points) | agreement with Keras (%) | size (MB) "
+        "| latency (ms, batch 1) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        f"| Keras, head only (val {_pct(head['val_accuracy'])}) | {_pct(head['test_accuracy'])} | - | - | - | - |",
+    ]
+    for key, row in fig["files"].items():
+        lines.append(f"| {key} | {_pct(row['accuracy'])} | {_pct(row['drop'])} | {_pct(row['agreement'])} | "
+                     f"{row['size_mb'] if row['size_mb'] is not None else '-'} | "
+                     f"{row['latency_ms'] if row['latency_ms'] is not None else '-'} |")
+    ft, qat, prune = fig["train-fine-tune"], fig["qat"], fig["prune"]
+    lines += [
+        f"| Keras, fine-tuned (val {_pct(ft['val_accuracy'])}) | {_pct(ft['test_accuracy'])} | - | - | - | - |",
+        f"| Keras, after QAT (fake-quantized: {_pct(qat.get('fake_quant_accuracy'))}) | {_pct(qat['test_accuracy'])} "
+        "| - | - | - | - |",
+        f"| Keras, pruned (sparsity {prune.get('sparsity')}) | {_pct(prune['test_accuracy'])} | - | - | - | - |",
+        "",
+        f"Seconds in this process: head run {head['seconds']} (phases {head['phases']}), fine-tuning run "
+        f"{ft['seconds']}, QAT {qat['seconds']}, pruning {prune['seconds']}; export and verification of each "
+        f"stage's files {fig['export_seconds']}.",
+    ]
+    if "vs_guide" in result:
+        g = result["vs_guide"]
+        lines += [
+            "",
+            "| train, timed whole (fresh process) | photos | wall time (s) | val accuracy |",
+            "| --- | ---: | ---: | ---: |",
+            f"| edgetl train | {g['images']} | {g['edgetl']['seconds']} | {g['edgetl']['val_accuracy']:.3f} |",
+            f"| Keras guide by hand | {g['guide_images']} | {g['guide']['seconds']} | "
+            f"{g['guide']['val_accuracy']:.3f} (best epoch; last {g['guide']['last_val_accuracy']:.3f}) |",
+            "",
+            f"Speed-up {g['speedup']}x{g.get('note', '')}. edgetl phases: {g['edgetl']['phases']}.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write_benchmarks(section: str) -> None:
+    """Insert the section under '## real photos' in BENCHMARKS.md (created before '## benchmark' if missing)."""
+    from edgetl.core.fileio import write_text
+
+    text = BENCHMARKS.read_text()
+    heading = "## train and export on real photos (tools/bench_real.py)"
+    if heading not in text:
+        intro = (f"{heading}\n\nReal photos and real ImageNet weights from ../shared/realdata (the flowers folder: 5 "
+                 "classes, 4,317 JPEGs of 128x128). Each file's accuracy is on the run's test split, its drop "
+                 "and agreement against the Keras model it was exported from.\n\n")
+        marker = "\n## benchmark\n"
+        text = text.replace(marker, f"\n{intro}{marker}", 1) if marker in text else text + "\n" + intro
+    start = text.index(heading) + len(heading)
+    nxt = text.find("\n### ", start)
+    end_section = text.find("\n## ", start)
+    insert_at = nxt + 1 if nxt != -1 and (end_section == -1 or nxt < end_section) else \
+        (end_section + 1 if end_section != -1 else len(text))
+    text = text[:insert_at] + section + "\n" + text[insert_at:]
+    write_text(BENCHMARKS, text)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--suite", choices=sorted(SUITES), default="full")
+    ap.add_argument("--per-class", type=int, help="override the suite's photos per class (0: all)")
+    ap.add_argument("--record", action="store_true", help="write tests/expected/realdata.json (the ci suite)")
+    ap.add_argument("--guide", action="store_true", help="also time edgetl train and the Keras guide by hand")
+    ap.add_argument("--guide-per-class", type=int, default=None,
+                    help="photos per class for the guide comparison (default: the suite's)")
+    ap.add_argument("--benchmarks", action="store_true", help="insert the table into BENCHMARKS.md")
+    ap.add_argument("--json", help="write every figure here too")
+    ap.add_argument("--keep", help="work in this folder and keep it (default: a temporary folder)")
+    args = ap.parse_args()
+
+    reason = available()
+    if reason:
+        sys.exit(reason)
+    suite = SUITES[args.suite]
+    if args.per_class is not None:
+        suite = dataclasses.replace(suite, per_class=args.per_class)
+    if args.record and suite != SUITES["ci"]:
+        sys.exit("--record writes the figures tests/test_realdata.py checks: use --suite ci without overrides")
+    load = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    work_ctx = tempfile.TemporaryDirectory() if not args.keep else None
+    work = Path(args.keep) if args.keep else Path(work_ctx.name)
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        from edgetl.core.tf import load_tensorflow
+
+        load_tensorflow()
+        figures = measure(suite, work)
+        result: dict[str, Any] = {"suite": dataclasses.asdict(suite), "figures": figures, "machine": machine(),
+                                  "load": load, "date": time.strftime("%Y-%m-%d"),
+                                  "command": "python tools/bench_real.py " + " ".join(sys.argv[1:])}
+        if args.guide:
+            per = args.guide_per_class if args.guide_per_class is not None else suite.per_class
+            gdata = make_subset(work / "guide", per, suite.seed)
+            n = sum(1 for _ in gdata.rglob("*.jpg"))
+            mine = timed_train(gdata, work / "timed", suite)
+            theirs = guide(gdata, suite)
+            result["vs_guide"] = {"images": n, "guide_images": n, "edgetl": mine, "guide": theirs,
+                                  "speedup": round(theirs["seconds"] / mine["seconds"], 2)}
+            if per:
+                result["vs_guide"]["note"] = f" (on a seeded subset of {per} photos per class, not all)"
+        if args.record:
+            record(figures, suite)
+        section = table(result)
+        print(section)
+        if args.benchmarks:
+            write_benchmarks(section)
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    finally:
+        if work_ctx is not None:
+            work_ctx.cleanup()
+
+
+if __name__ == "__main__":
+    main()
