@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetl import __version__
+from edgetl.model.backbones import backbone_label
 
 CARD_FILE = "README.md"
 SPLITS = ("train", "val", "test")
@@ -83,9 +84,7 @@ def _version(manifest: dict[str, Any]) -> str:
 
 
 def _backbone_name(bb: dict[str, Any]) -> str:
-    name = str(bb.get("name") or "?")
-    if bb.get("kind") in ("kerashub", "file", "hub") and "/" in name:
-        name = name.rstrip("/").rsplit("/", 1)[-1]
+    name = backbone_label(str(bb.get("kind")), str(bb.get("name") or "?"))
     alpha = bb.get("alpha")
     return f"{name} alpha {alpha}" if alpha else name
 

@@ -12,6 +12,7 @@ from edgetl.core.errors import RunExistsError, UsageError, unknown_choice
 from edgetl.export.modes import MODES, TARGETS, check_io_type, plan_pairs
 from edgetl.export.onnx import DEFAULT_OPSET, check_opset
 from edgetl.export.report import LABELS_FILE
+from edgetl.model.backbones import backbone_label
 
 if TYPE_CHECKING:
     from edgetl.rundir import Run
@@ -77,7 +78,7 @@ def file_stem(run: Run) -> str:
     bb = run.manifest.get("backbone") or {}
     name = str(bb.get("name") or "model")
     if bb.get("kind") != "keras":
-        name = Path(name.rstrip("/")).stem or "model"
+        name = backbone_label(str(bb.get("kind")), name) or "model"
     name = re.sub(r"[^A-Za-z0-9_.+-]+", "-", name).strip("-.") or "model"
     if bb.get("alpha") is not None:
         name += f"_a{float(bb['alpha']):g}"

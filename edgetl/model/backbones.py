@@ -161,6 +161,20 @@ def resolve_backbone(value: str) -> BackboneSpec:
     return BackboneSpec("keras", value, get_card(value))
 
 
+def backbone_label(kind: str, name: str) -> str:
+    """A backbone's short name for file names and titles: a card's name, else the last part of its path or handle.
+
+    A KerasHub handle's trailing version is dropped (kaggle://keras/resnetv1/keras/resnet_18_imagenet/3 ->
+    resnet_18_imagenet).
+    """
+    if kind == "keras":
+        return name
+    parts = [p for p in name.replace("://", "/").split("/") if p]
+    if kind == "kerashub" and len(parts) > 1 and parts[-1].isdigit():
+        parts.pop()
+    return Path(parts[-1]).stem if parts else "model"
+
+
 def check_image_size(spec: BackboneSpec, size: int) -> None:
     """Reject input sizes the backbone cannot take."""
     if size < spec.min_size:

@@ -21,7 +21,9 @@ import numpy as np
 from edgetl import rundir
 from edgetl.core.progress import Reporter
 from edgetl.model.backbones import (
+    KERASHUB_PREFIX,
     BackboneSpec,
+    backbone_label,
     build_base,
     bundled_weights_path,
     check_alpha,
@@ -56,7 +58,12 @@ class TrainResult:
 
 def default_output(cfg: TrainConfig) -> str:
     """runs/<backbone>-<time>, when --output is not given."""
-    name = Path(cfg.backbone).stem if ("/" in cfg.backbone or cfg.backbone.endswith(".keras")) else cfg.backbone
+    if cfg.backbone.startswith(KERASHUB_PREFIX):
+        name = "kerashub-" + backbone_label("kerashub", cfg.backbone[len(KERASHUB_PREFIX):])
+    elif "/" in cfg.backbone or cfg.backbone.endswith(".keras"):
+        name = Path(cfg.backbone).stem
+    else:
+        name = cfg.backbone
     name = name.replace("hub:", "hub-").replace(":", "-").replace("/", "-")[-40:]
     return os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
 
