@@ -25,26 +25,19 @@ def _need_mediapipe() -> None:
 
 
 @pytest.fixture(scope="module")
-def tflite_files(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The shared run exported to TFLite in the four modes apps use, each with standard metadata."""
+def exported(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The shared run exported to TFLite in the four modes apps use: the export verifies them in MediaPipe."""
     from edgetl.export import export_run
-    from edgetl.export.standard_metadata import write_standard_metadata
-    from edgetl.rundir import load_run
 
     _need_mediapipe()
     out = tmp_path_factory.mktemp("app") / "export"
-    report = export_run(trained_run, formats=["tflite"], quantize=list(MODES), output=out, calibration_samples=32,
-                        threads=2)
-    names = load_run(trained_run).class_names
-    files = {}
-    for row in report.rows:
-        if row["format"] != "tflite":
-            continue
-        path = Path(row["path"])
-        if b"TFLITE_METADATA" not in path.read_bytes():
-            path.write_bytes(write_standard_metadata(path.read_bytes(), class_names=names, name="test",
-                                                     description="test", version="v", author="edgetl"))
-        files[row["mode"]] = path
+    return export_run(trained_run, formats=["tflite"], quantize=list(MODES), output=out, calibration_samples=32,
+                      threads=2)
+
+
+@pytest.fixture(scope="module")
+def tflite_files(exported: Any) -> dict[str, Path]:
+    files = {row["mode"]: Path(row["path"]) for row in exported.rows if row["format"] == "tflite"}
     assert set(files) == set(MODES), files
     return files
 
@@ -100,19 +93,50 @@ def test_standard_metadata_keeps_edgetl_metadata_and_says_what_the_app_needs(tfl
         assert (norm["mean"], norm["std"]) == ([0.0], [1.0]), mode  # edgetl models take 0..255
 
 
-def test_mediapipe_refuses_int8_input_with_one_line(trained_run: Path, tmp_path: Path) -> None:
-    from edgetl.core.errors import ModelError
+def test_export_reports_mediapipe_per_file(exported: Any) -> None:
+    for row in exported.rows:
+        app = row["mediapipe"]
+        assert app["status"] == "ok", (row["mode"], app)
+        assert app["agreement"] >= 0.99 and app["empty_labels"] == 0
+        assert 0.0 <= app["accuracy"] <= 1.0 and app["samples"] == row["samples"]
+
+
+def test_export_fails_below_the_agreement_threshold(trained_run: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgetl.core.errors import ExportError
     from edgetl.export import export_run
-    from edgetl.export.standard_metadata import write_standard_metadata
     from edgetl.rundir import load_run
-    from edgetl.runtime.app_runtime import classify
+    from edgetl.runtime import app_runtime
 
     _need_mediapipe()
-    report = export_run(trained_run, target="mcu", output=tmp_path / "mcu", calibration_samples=16, verify=False)
-    path = Path(report.rows[0]["path"])
-    if b"TFLITE_METADATA" not in path.read_bytes():
-        path.write_bytes(write_standard_metadata(path.read_bytes(), class_names=load_run(trained_run).class_names,
-                                                 name="t", description="t"))
+    real = app_runtime.classify
+    names = load_run(trained_run).class_names
+
+    def off_by_one(path: Any, images: Any) -> Any:  # an app runtime that reads the labels one line off
+        got = real(path, images)
+        return app_runtime.AppResult([names[(names.index(n) + 1) % len(names)] for n in got.names], got.scores,
+                                     got.indices)
+
+    monkeypatch.setattr(app_runtime, "classify", off_by_one)
+    out = tmp_path / "bad"
+    with pytest.raises(ExportError, match="MediaPipe") as err:
+        export_run(trained_run, formats=["tflite"], quantize=["none"], output=out, threads=2)
+    assert "\n" not in str(err.value)
+    assert err.value.report.rows[0]["failure"] == "app_runtime"
+    assert not list(out.glob("*.tflite"))  # a file that failed is not written
+
+
+def test_int8_input_file_is_reported_not_failed(trained_run: Path, tmp_path: Path) -> None:
+    from edgetl.core.errors import ModelError
+    from edgetl.export import export_run
+    from edgetl.runtime.app_runtime import classify, read_standard_labels
+
+    _need_mediapipe()
+    report = export_run(trained_run, target="mcu", output=tmp_path / "mcu", calibration_samples=16, threads=2)
+    row = report.rows[0]
+    assert row["status"] == "ok" and row["mediapipe"]["status"].startswith("n/a")
+    path = Path(row["path"])
+    assert read_standard_labels(path)  # the labels are there for tools that take int8 input
     images, _ = _held_out(trained_run)
     with pytest.raises(ModelError, match="uint8/float32") as err:
         classify(path, images[:2])
@@ -157,6 +181,29 @@ def test_file_from_another_tool_has_its_labels_read(tmp_path: Path) -> None:
     assert read_standard_labels(path) == ["cat", "dog", "fox"]
     result = classify(path, np.full((2, 16, 16, 3), 128, np.uint8))
     assert set(result.names) <= {"cat", "dog", "fox"} and all(result.names)
+
+
+def test_inspect_and_predict_read_another_tools_labels(tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from edgetl.cli.main import main
+
+    _need_mediapipe()
+    path = _like_model_maker(_small_tflite(tmp_path / "maker.tflite"), ["cat", "dog", "fox"])
+    assert not (tmp_path / "labels.txt").exists()
+    result = CliRunner().invoke(main, ["inspect", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output[result.output.index("{"):])
+    assert info["class_names"] == ["cat", "dog", "fox"]
+    assert info["metadata"]["standard_metadata"]["normalization"] == {"mean": [0.0], "std": [255.0]}
+    Image.fromarray(np.full((20, 20, 3), 200, np.uint8)).save(tmp_path / "photo.png")
+    result = CliRunner().invoke(main, ["predict", str(path), str(tmp_path / "photo.png"), "--json"])
+    assert result.exit_code == 0, result.output
+    line = json.loads(result.output.strip().splitlines()[-1])
+    assert {p["label"] for p in line["predictions"]} <= {"cat", "dog", "fox"}, line
 
 
 def test_gpu_report_names_an_op_the_delegate_lacks(tmp_path: Path, tflite_files: dict[str, Path]) -> None:
@@ -224,3 +271,50 @@ def test_onnx_mobile_usability_per_provider(onnx_file: Path) -> None:
     # NNAPI needs fixed shapes: with the batch dynamic it takes little; fixed, it takes every node in one partition.
     assert nnapi["as_is"]["verdict"] != "yes"
     assert nnapi["fixed_shapes"]["supported_fraction"] == 1.0 and nnapi["fixed_shapes"]["partitions"] == 1
+
+
+def test_target_gpu_strict_fails_naming_the_ops(trained_run: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The export's check runs on each file; here it is pointed at a real file with an op the delegate lacks."""
+    import tensorflow as tf
+
+    from edgetl.core.errors import ExportError
+    from edgetl.export import export_run
+    from edgetl.runtime import compat
+
+    bad = _small_tflite(tmp_path / "topk.tflite", head=lambda t: tf.math.top_k(t, 2).values)
+    real = compat.gpu_compatibility
+    monkeypatch.setattr(compat, "gpu_compatibility", lambda path: real(bad))
+    with pytest.raises(ExportError, match="TOPK_V2") as err:
+        export_run(trained_run, target="gpu", strict=True, output=tmp_path / "strict", verify=False)
+    assert "--target gpu" in str(err.value) and "\n" not in str(err.value)
+    assert not list((tmp_path / "strict").glob("*.tflite"))
+    report = export_run(trained_run, target="gpu", output=tmp_path / "warn", verify=False)  # without --strict
+    assert report.rows[0]["written"] and any("TOPK_V2" in w for w in report.warnings)
+    assert report.rows[0]["compatibility"]["gpu"]["unsupported_ops"] == ["TOPK_V2"]
+
+
+def test_export_ort_format_and_no_build_machine_paths(trained_run: Path, tmp_path: Path) -> None:
+    """Every format written from a run in a temporary folder: no file carries that folder's path."""
+    import onnxruntime as ort
+
+    from edgetl.export import export_run
+    from edgetl.rundir import load_run
+    from edgetl.runtime import open_model
+
+    report = export_run(trained_run, formats=["tflite", "onnx", "ort", "saved_model"], quantize=["none", "int8"],
+                        output=tmp_path / "files", calibration_samples=16, threads=2)
+    ort_rows = [r for r in report.rows if r["format"] == "ort"]
+    assert [r["mode"] for r in ort_rows] == ["none", "int8"] and all(r["status"] == "ok" for r in ort_rows)
+    runner = open_model(ort_rows[0]["path"])
+    assert runner.class_names == load_run(trained_run).class_names and runner.metadata["format"] == "ort"
+    runner.close()
+    assert ort.InferenceSession(ort_rows[1]["path"]).get_inputs()[0].type == "tensor(float)"
+    roots = {str(trained_run), str(trained_run.resolve()), str(tmp_path), str(tmp_path.resolve()),
+             str(Path.home())}
+    for f in (tmp_path / "files").rglob("*"):
+        if not f.is_file() or f.name == "export_report.json":  # the report is this machine's log, not a model file
+            continue
+        data = f.read_bytes()
+        for root in roots:
+            assert root.encode() not in data, (f.name, root)

@@ -175,10 +175,12 @@ def _write_cards(run: Run, folder: Path, report: ExportReport) -> None:
     except (OSError, ValueError, KeyError):
         rows, metrics = [r.to_dict() for r in report.rows], None
     rows = [r for r in rows if not str(r.get("status", "")).startswith("failed")]
-    write_card(folder, run.manifest, metrics, exports=rows, export_dir=str(folder))
+    # The copy beside the files ships with them: it names their folder, not this machine's path to it.
+    write_card(folder, run.manifest, metrics, exports=rows, export_dir=folder.name)
     if folder.resolve() != run.path.resolve():
         try:
-            write_card(run.path, run.manifest, metrics, exports=rows, export_dir=str(folder))
+            write_card(run.path, run.manifest, metrics, exports=rows,
+                       export_dir=os.path.relpath(folder.resolve(), run.path.resolve()))
         except EdgetlError as exc:  # a read-only run folder keeps its card; the export's copy is complete
             logging.getLogger("edgetl").warning("the run's README.md was not updated: %s", exc)
 
