@@ -180,6 +180,9 @@ def _train(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: D
     counts = np.bincount([i.label for i in splits.split("train")], minlength=len(splits.class_names)).tolist()
     class_weights.warn_imbalance(counts, splits.class_names)
     weighting = class_weights.resolve(cfg.class_weights, counts, splits.class_names)
+    if weighting.weights:
+        reporter.info(f"class weights {weighting.source}: " + ", ".join(
+            f"{n} {w:.3g}" for n, w in zip(splits.class_names, weighting.weights, strict=True)))
     if manifest is None:
         manifest = _manifest(cfg, spec, size, mode, splits, clf)
         manifest["class_weights"] = weighting.to_manifest(splits.class_names)
