@@ -157,10 +157,14 @@ def test_export_tflite_and_onnx_open_in_their_runtimes(run: Path) -> None:
     from edgetl.model.classifier import load_model
 
     out = run / "export"
-    report = export_run(run, formats=("tflite", "onnx"), quantize=("none", "int8-full", "int8"), output=out,
-                        force=True)
+    every = ("none", "float16", "dynamic", "int8", "int8-full", "int16x8")
+    report = export_run(run, formats=("tflite", "onnx"), quantize=every, output=out, force=True)
     rows = {(r.format, r.mode): Path(r.path) for r in report.rows}
-    assert {("tflite", "none"), ("tflite", "int8-full"), ("onnx", "none"), ("onnx", "int8")} <= set(rows)
+    # Every mode of both formats, each verified by export in its runtime against Keras.
+    assert {("tflite", m) for m in every} | {("onnx", m) for m in ("none", "dynamic", "int8")} <= set(rows)
+    assert all(r.status == "ok" for r in report.rows), [r.line() for r in report.rows]
+    card = (out / "README.md").read_text()
+    assert "kerashub" in card and f"`{rows[('onnx', 'int8')].name}`" in card
     x = np.random.default_rng(3).uniform(0, 255, (4, SIZE, SIZE, 3)).astype("float32")
     ref = load_model(str(run / "model.keras")).predict(x, verbose=0)
 
