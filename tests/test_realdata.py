@@ -1,0 +1,147 @@
+"""Accuracy regression on real photos with real ImageNet weights (../shared/realdata), in CI.
+
+A seeded subset of the flowers folder (tests/expected/realdata.json "suite": MobileNetV2 alpha 0.35,
+128 px, 200 photos per class) is trained head-only and with fine-tuning, exported to every TFLite
+mode and ONNX float/int8, optimized with QAT and pruning, and each file's accuracy, drop and
+agreement with its Keras model on the run's test split are compared with the recorded figures
+within the tolerances recorded beside them. The stages are tools/bench_real.py's functions, so the
+benchmark and this test measure the same thing. Re-record after an intended change:
+    .venv/bin/python tools/bench_real.py --suite ci --record
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+REALDATA = ROOT.parent / "shared" / "realdata"
+EXPECTED = Path(__file__).parent / "expected" / "realdata.json"
+
+pytestmark = [pytest.mark.realdata,
+              pytest.mark.skipif(not REALDATA.is_dir(), reason=f"no real data at {REALDATA}")]
+
+
+def _tool() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_real", ROOT / "tools" / "bench_real.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _expected() -> dict[str, Any]:
+    return json.loads(EXPECTED.read_text())
+
+
+# Files real photos showed to be broken: still made and recorded, their accuracy expected to fail until fixed
+# (strict: a fix makes the test fail, so that the mark is removed and the fixed figures recorded).
+KNOWN_BAD = {
+    "onnx-dynamic": "ONNX Runtime dynamic quantization (ConvInteger) scores near chance on real photos "
+                    "(0.20 against 0.59 for float; every weight type, per-channel and reduce-range variant too)",
+}
+FILE_KEYS = [pytest.param(k, marks=pytest.mark.xfail(reason=KNOWN_BAD[k], strict=True)) if k in KNOWN_BAD else k
+             for k in sorted(_expected()["figures"]["files"])] if EXPECTED.is_file() else []
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    tool = _tool()
+    reason = tool.available()
+    if reason:
+        pytest.skip(reason)
+    return tool
+
+
+@pytest.fixture(scope="module")
+def expected() -> dict[str, Any]:
+    return _expected()
+
+
+@pytest.fixture(scope="module")
+def suite(bench: ModuleType, expected: dict[str, Any]) -> Any:
+    return bench.Suite(**expected["suite"])
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("realdata")
+
+
+@pytest.fixture(scope="module")
+def photos(bench: ModuleType, suite: Any, work: Path) -> Path:
+    return bench.make_subset(work, suite.per_class, suite.seed)
+
+
+@pytest.fixture(scope="module")
+def head(bench: ModuleType, suite: Any, photos: Path, work: Path) -> dict[str, Any]:
+    return bench.train_run(photos, work / "head", suite)
+
+
+@pytest.fixture(scope="module")
+def stages(bench: ModuleType, suite: Any, photos: Path, work: Path, head: dict[str, Any]) -> dict[str, Any]:
+    """The other runs, made from the head-only run (QAT, pruning) or trained again (fine-tuning)."""
+    return {"train-fine-tune": bench.train_run(photos, work / "fine-tune", suite, fine_tune=True),
+            "qat": bench.optimize_figures(work / "head", work / "qat", "qat", suite),
+            "prune": bench.optimize_figures(work / "head", work / "prune", "prune", suite)}
+
+
+@pytest.fixture(scope="module")
+def files(bench: ModuleType, work: Path, head: dict[str, Any], stages: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for stage in bench.STAGE_EXPORTS:
+        figs = bench.stage_files(work / stage, stage)
+        figs.pop("_seconds")
+        out.update(figs)
+    return out
+
+
+def _close(measured: float, recorded: float, tol: float, what: str) -> None:
+    assert abs(measured - recorded) <= tol + 1e-9, f"{what}: {measured:.4f}, recorded {recorded:.4f} (tolerance {tol})"
+
+
+def test_head_only_accuracy_on_real_photos(head: dict[str, Any], expected: dict[str, Any]) -> None:
+    """The cached-feature head on the real base scores what it scored when recorded, far above chance (0.2)."""
+    rec, tol = expected["figures"]["train-head"], expected["tolerance"]["accuracy"]
+    assert head["feature_cache"]
+    assert head["test_samples"] == rec["test_samples"]
+    _close(head["val_accuracy"], rec["val_accuracy"], tol, "val accuracy")
+    _close(head["test_accuracy"], rec["test_accuracy"], tol, "test accuracy")
+    assert head["test_accuracy"] > 0.5
+
+
+@pytest.mark.parametrize("stage", ["train-fine-tune", "qat", "prune"])
+def test_fine_tuned_and_optimized_runs_keep_their_accuracy(stage: str, stages: dict[str, Any],
+                                                         expected: dict[str, Any]) -> None:
+    rec, tol = expected["figures"][stage], expected["tolerance"]
+    _close(stages[stage]["test_accuracy"], rec["test_accuracy"], tol["accuracy"], f"{stage} test accuracy")
+    if "fake_quant_accuracy" in rec:
+        _close(stages[stage]["fake_quant_accuracy"], rec["fake_quant_accuracy"], tol["accuracy"],
+               "QAT fake-quantized accuracy")
+    if "sparsity" in rec:
+        _close(stages[stage]["sparsity"], rec["sparsity"], tol["sparsity"], "sparsity")
+
+
+@pytest.mark.parametrize("key", FILE_KEYS)
+def test_exported_file_keeps_its_accuracy(key: str, files: dict[str, Any], expected: dict[str, Any]) -> None:
+    """Each file, opened in its own runtime, scores and agrees with its Keras model as when recorded."""
+    rec, tol = expected["figures"]["files"][key], expected["tolerance"]
+    got = files[key]
+    assert got["status"] == "ok", f"{key}: {got['status']}"
+    if key in KNOWN_BAD:
+        assert got["drop"] <= 0.1, f"{key}: drop {got['drop']:.4f}"
+    _close(got["accuracy"], rec["accuracy"], tol["accuracy"], f"{key} accuracy")
+    _close(got["drop"], rec["drop"], tol["accuracy"], f"{key} drop")
+    assert got["agreement"] >= rec["agreement"] - tol["agreement"] - 1e-9, \
+        f"{key}: agreement {got['agreement']:.4f}, recorded {rec['agreement']:.4f} (tolerance {tol['agreement']})"
+    if key.endswith(("-none",)):
+        assert got["agreement"] >= tol["float_agreement"], f"{key}: a float32 file disagrees with Keras"
+
+
+def test_every_recorded_file_was_made(files: dict[str, Any], expected: dict[str, Any]) -> None:
+    assert sorted(files) == sorted(expected["figures"]["files"])
