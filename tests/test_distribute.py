@@ -14,7 +14,7 @@ import numpy as np
 ARGS = ["--backbone", "mobilenet_v2", "--alpha", "0.35", "--weights", "bundled", "--image-size", "48",
         "--epochs", "15", "--batch-size", "16", "--lr", "3e-3", "--seed", "0"]
 RUN_FILES = {"model.keras", "labels.txt", "manifest.json", "history.csv", "metrics.json", "learning_curves.png",
-             "confusion_matrix.png"}
+             "confusion_matrix.png", "README.md"}
 
 
 def edgetl(args: list[str], env: dict[str, str] | None = None, timeout: int = 400) -> subprocess.CompletedProcess:
