@@ -60,7 +60,9 @@ def _d(name: str) -> str:
               "under RUN/logs/ (view: tensorboard --logdir RUN/logs) (default: off).")
 @click.option("--patience", type=int, help=f"Early stopping patience in epochs on val loss {_d('patience')}.")
 @click.option("--feature-cache", type=click.Choice(FEATURE_CACHE_MODES), help="auto: run the frozen base once and "
-              f"train the head on cached features when that is exact (no augmentation) {_d('feature_cache')}.")
+              "train the head on cached features when that is exact (no augmentation), the base run by TensorFlow "
+              "or, on a CPU when the data pays for its conversion, by TFLite/XNNPACK; keras or tflite: that engine; "
+              f"off: never {_d('feature_cache')}.")
 @click.option("--max-bad-fraction", type=float, help="Fail when more than this fraction of image files are "
               f"unreadable {_d('max_bad_fraction')}.")
 @click.option("--seed", type=int, help=f"Random seed for splits, initialisation and shuffling {_d('seed')}.")

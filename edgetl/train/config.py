@@ -12,7 +12,9 @@ from typing import Any
 from edgetl.core.errors import UsageError, did_you_mean
 from edgetl.train.class_weights import check_option as check_class_weights
 
-FEATURE_CACHE_MODES = ("auto", "off")  # auto: run the frozen base once when that is exact; off: never
+# auto: run the frozen base once when that is exact, on the engine the cost model picks (edgetl.train.engine);
+# keras / tflite: the same, on that engine; off: never.
+FEATURE_CACHE_MODES = ("auto", "keras", "tflite", "off")
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ class TrainConfig:
     fine_tune_lr: float = 1e-5
     fine_tune_epochs: int = 5
     patience: int = 3  # early stopping on val loss, in epochs
-    feature_cache: str = "auto"  # auto: run the frozen base once when that is exact; off: never
+    feature_cache: str = "auto"  # FEATURE_CACHE_MODES: auto | keras | tflite | off
     max_bad_fraction: float = 0.05
     seed: int = 42
     strategy: str = "auto"  # auto | default | mirrored | multiworker (tf.distribute)
@@ -74,8 +76,9 @@ class TrainConfig:
             raise UsageError(f"--seed {self.seed} is out of range. Use an integer 0..{2**32 - 1}, e.g. 42.")
         if not 0 <= self.max_bad_fraction <= 1:
             raise UsageError(f"--max-bad-fraction {self.max_bad_fraction} is out of range. Use 0..1, e.g. 0.05.")
-        if self.feature_cache not in ("auto", "off"):
-            raise UsageError(f"--feature-cache '{self.feature_cache}' is not allowed. Use auto or off.")
+        if self.feature_cache not in FEATURE_CACHE_MODES:
+            raise UsageError(f"--feature-cache '{self.feature_cache}' is not allowed. "
+                             f"Use {', '.join(FEATURE_CACHE_MODES)}.")
         if self.strategy not in ("auto", "default", "mirrored", "multiworker"):
             raise UsageError(f"--strategy '{self.strategy}' is not allowed. "
                              "Use auto, default, mirrored or multiworker.")

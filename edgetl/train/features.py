@@ -74,11 +74,19 @@ def extract_batch_size(batch_size: int, placement: Placement) -> int:
 
 
 def extract_features(clf: Classifier, splits: DataSplits, names: list[str], size: int, batch_size: int,
-                     reporter: Reporter, placement: Placement) -> dict[str, Features]:
+                     reporter: Reporter, placement: Placement, *, engine: str = "auto",
+                     record: dict[str, Any] | None = None) -> dict[str, Features]:
     """Run the frozen base once over the images of these splits: the fast path's whole cost.
 
     One pass over all splits together: one traced predict function and full batches, instead of
-    a trace and a ragged last batch per split.
+    a trace and a ragged last batch per split. TensorFlow computes the first batches; then, on a
+    CPU, the base converted to float32 TFLite (XNNPACK) takes over when the cost model of
+    edgetl.train.engine says it pays (engine "auto"), always ("tflite") or never ("keras"), provided
+    its features match TensorFlow's on a batch within engine.FEATURE_TOLERANCE.
+
+    Args:
+        engine: "auto", "keras" or "tflite" (edgetl.train.engine.ENGINES).
+        record: when given, filled with the engine used, why, and its conversion and check figures.
 
     Returns:
         Per split name, (features, labels) in the split's item order.
@@ -105,17 +113,8 @@ def extract_features(clf: Classifier, splits: DataSplits, names: list[str], size
         # One compiled function over the batches: about twice the throughput of Keras' predict on a
         # CPU (measured: MobileNetV2-224, 52 vs 28 img/s). Under multi-worker training every worker
         # needs every feature, and this reads the mirrored weights locally.
-        import tensorflow as tf
-
-        @tf.function(input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32)])
-        def extract(images: tf.Tensor) -> tf.Tensor:
-            return clf.extractor(images, training=False)
-
-        parts = []
-        for images, _ in ds:
-            parts.append(np.asarray(extract(images), dtype=np.float32))
-            reporter.advance(1)
-        feats = np.concatenate(parts)
+        feats = _single_device_pass(clf, ds, len(items), size, reporter, placement, engine,
+                                    record if record is not None else {})
     reporter.finish()
     feats = np.asarray(feats, dtype=np.float32)
     out, start = {}, 0
@@ -124,3 +123,89 @@ def extract_features(clf: Classifier, splits: DataSplits, names: list[str], size
         out[name] = feats[start:start + len(split_items)], labels_of(split_items)
         start += len(split_items)
     return out
+
+
+def _single_device_pass(clf: Classifier, ds: tf.data.Dataset, total: int, size: int, reporter: Reporter,
+                        placement: Placement, engine: str, record: dict[str, Any]) -> np.ndarray:
+    """The pass on one device: TensorFlow for the first batches, then the engine the cost model picks."""
+    import time
+
+    import tensorflow as tf
+
+    from edgetl.train import engine as engines
+
+    @tf.function(input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32)])
+    def extract(images: tf.Tensor) -> tf.Tensor:
+        return clf.extractor(images, training=False)
+
+    t0 = time.perf_counter()
+    extract.get_concrete_function()
+    trace_seconds = time.perf_counter() - t0
+    cpu_only = not placement.mixed_precision and not any("GPU" in d.upper() or "TPU" in d.upper()
+                                                         for d in placement.devices)
+    # The first batch includes the kernels' set-up; the second gives TensorFlow's steady speed.
+    decide_at = 0 if engine == "tflite" else 1
+    record.update(engine="keras", reason="too few batches to decide")
+    fast: engines.TFLiteExtractor | None = None
+    parts: list[np.ndarray] = []
+    done = 0
+    for i, (images, _) in enumerate(ds):
+        if fast is not None:
+            parts.append(fast(images))
+        else:
+            t0 = time.perf_counter()
+            part = np.asarray(extract(images), dtype=np.float32)
+            seconds = time.perf_counter() - t0
+            parts.append(part)
+            if i == decide_at:
+                choice = engines.decide(engine, cpu_only=cpu_only, remaining=total - done - len(part),
+                                        seconds_per_image=seconds / max(len(part), 1), trace_seconds=trace_seconds)
+                fast = _switch(clf, size, images, part, seconds, choice, reporter, record)
+        done += len(parts[-1])
+        reporter.advance(1)
+    return np.concatenate(parts)
+
+
+def _switch(clf: Classifier, size: int, images: tf.Tensor, reference: np.ndarray, keras_seconds: float, choice: Any,
+            reporter: Reporter, record: dict[str, Any]) -> Any:
+    """The TFLite extractor when the choice is TFLite and it matches TensorFlow's features on the batch
+    TensorFlow just computed (and, chosen by the cost model, beats its time there); else None. Logs why."""
+    import logging
+    import time
+
+    from edgetl.train import engine as engines
+
+    log = logging.getLogger("edgetl")
+    record.update(engine=choice.engine, reason=choice.reason)
+    fast = None
+    if choice.engine == "tflite":
+        try:
+            fast = engines.TFLiteExtractor(clf, size)
+        except Exception as exc:  # noqa: BLE001 - any conversion failure leaves the pass on TensorFlow
+            from edgetl.core.errors import first_line
+
+            record.update(engine="keras", reason=f"the conversion to TFLite failed ({first_line(exc)})")
+        else:
+            fast(images[:1])  # XNNPACK packs its weights at the first invoke: not part of the speed
+            t0 = time.perf_counter()
+            check = fast(images)
+            speedup = keras_seconds / max(time.perf_counter() - t0, 1e-9)
+            diff = engines.max_relative_diff(reference, check)
+            record.update(convert_seconds=round(fast.convert_seconds, 2), max_relative_diff=float(f"{diff:.3g}"),
+                          measured_speedup=round(speedup, 2), threads=fast.threads)
+            if not diff <= engines.FEATURE_TOLERANCE:
+                record.update(engine="keras", reason=f"TFLite features differ from TensorFlow's by {diff:.2g} "
+                                                     f"(tolerance {engines.FEATURE_TOLERANCE:g})")
+                fast = None
+            elif speedup < 1 and not choice.reason.startswith("--"):
+                record.update(engine="keras", reason=f"TFLite ran {speedup:.2f}x TensorFlow's speed on this base")
+                fast = None
+    if fast is not None:
+        message = (f"feature pass: TFLite float32 with XNNPACK on {fast.threads} threads ({record['reason']}; "
+                   f"converted in {fast.convert_seconds:.1f} s, {record['measured_speedup']:.1f}x TensorFlow's speed, "
+                   f"features within {record['max_relative_diff']:.1g} of TensorFlow's)")
+    else:
+        message = f"feature pass: TensorFlow ({record['reason']})"
+    log.info(message)
+    reporter.info(message)
+    return fast

@@ -199,7 +199,8 @@ def _train(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: D
     elif state.history_rows:
         reporter.info(f"resuming after {state.history_rows} completed epoch(s), stage {state.stage}")
 
-    use_cache = cfg.feature_cache == "auto" and not cfg.augment
+    use_cache = cfg.feature_cache != "off" and not cfg.augment
+    feature_engine: dict[str, Any] = {}
     epochs_run = {}
     t1 = time.perf_counter()
     feats: dict[str, Features | None] = {}
@@ -207,7 +208,8 @@ def _train(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: D
     if use_cache and (not state.head_done or cfg.fine_tune_layers is None):
         feats = {name: ckpt.load_features(name) if resuming else None for name in ("train", "val", "test")}
         todo = [name for name, f in feats.items() if f is None and splits.split(name)]
-        for name, xy in extract_features(clf, splits, todo, size, cfg.batch_size, reporter, placement).items():
+        for name, xy in extract_features(clf, splits, todo, size, cfg.batch_size, reporter, placement,
+                                         engine=cfg.feature_cache, record=feature_engine).items():
             feats[name] = xy
             if placement.chief:
                 ckpt.save_features(name, *xy)
@@ -267,7 +269,8 @@ def _train(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: D
     model = _float32_model(clf, spec, cfg, size, mode, len(splits.class_names)) if placement.mixed_precision \
         else clf.model
     seconds["total"] = time.perf_counter() - t0
-    training = {"feature_cache": use_cache, "epochs_run": epochs_run, "strategy": placement.name,
+    training = {"feature_cache": use_cache, "feature_engine": feature_engine or None,
+                "epochs_run": epochs_run, "strategy": placement.name,
                 "replicas": placement.replicas, "global_batch_size": cfg.batch_size,
                 "mixed_precision": placement.mixed_precision, "xla": cfg.xla,
                 "seconds": {k: round(v, 2) for k, v in seconds.items()}}

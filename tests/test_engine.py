@@ -1,0 +1,102 @@
+"""The feature pass's engine: the cost model, and TFLite/XNNPACK features equal to TensorFlow's.
+
+Real photos and real weights check the same on meaningful features in tests/test_realdata.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgetl.train.engine import CONVERT_OVER_TRACE, FEATURE_TOLERANCE, TFLITE_SPEEDUP, decide, max_relative_diff
+
+SIZE = 48
+
+
+def test_cost_model_converts_only_when_the_images_pay_for_it() -> None:
+    # At 10 ms per image and a 2 s trace, conversion is estimated at 6 x 2 = 12 s and each image saves 5 ms.
+    per_image, trace = 0.010, 2.0
+    break_even = CONVERT_OVER_TRACE * trace / (per_image * (1 - 1 / TFLITE_SPEEDUP))
+    small = decide("auto", cpu_only=True, remaining=int(break_even * 0.8), seconds_per_image=per_image,
+                   trace_seconds=trace)
+    large = decide("auto", cpu_only=True, remaining=int(break_even * 1.2), seconds_per_image=per_image,
+                   trace_seconds=trace)
+    assert small.engine == "keras" and large.engine == "tflite"
+    assert "images left" in large.reason and "conversion" in large.reason  # the log says why, with the figures
+    assert decide("auto", cpu_only=False, remaining=10**6, seconds_per_image=1.0, trace_seconds=0.1).engine == "keras"
+    assert decide("keras", cpu_only=True, remaining=10**6, seconds_per_image=1.0, trace_seconds=0.1).engine == "keras"
+    assert decide("tflite", cpu_only=True, remaining=1, seconds_per_image=1e-6, trace_seconds=100).engine == "tflite"
+
+
+def test_max_relative_diff_is_scaled_by_the_feature_magnitude() -> None:
+    ref = np.array([[0.0, 10.0]], np.float32)
+    assert max_relative_diff(ref, ref + np.float32(0.001)) == pytest.approx(1e-4, rel=1e-3)
+    small = np.array([[0.0, 0.1]], np.float32)
+    assert max_relative_diff(small, small + np.float32(0.001)) == pytest.approx(1e-3, rel=1e-3)  # floor of 1
+
+
+@pytest.fixture(scope="module")
+def classifier():  # noqa: ANN201 - a Classifier; imported lazily
+    from edgetl.model.backbones import build_base, resolve_backbone
+    from edgetl.model.classifier import build_classifier
+
+    base = build_base(resolve_backbone("mobilenet_v2"), weights="bundled", alpha=0.35, image_size=SIZE)
+    return build_classifier(base, image_size=SIZE, num_classes=4, preprocessing="tf", dropout=0.2)
+
+
+def test_tflite_extractor_gives_tensorflows_features(classifier) -> None:  # noqa: ANN001
+    from edgetl.train.engine import TFLiteExtractor
+
+    x = np.random.default_rng(0).uniform(0, 255, (7, SIZE, SIZE, 3)).astype(np.float32)  # 7: a padded last chunk
+    ref = np.asarray(classifier.extractor(x, training=False))
+    fast = TFLiteExtractor(classifier, SIZE)
+    got = fast(x)
+    assert got.shape == ref.shape
+    assert max_relative_diff(ref, got) <= FEATURE_TOLERANCE
+    assert fast(x[:1]).shape == (1, ref.shape[1])
+
+
+def test_feature_pass_engines_agree_and_say_which_ran(classifier, demo_dir: Path) -> None:  # noqa: ANN001
+    from edgetl.core.progress import Reporter
+    from edgetl.data.scan import scan_folder
+    from edgetl.train.distribute import place
+    from edgetl.train.features import extract_features
+
+    class Lines(Reporter):
+        def __init__(self) -> None:
+            self.lines: list[str] = []
+
+        def info(self, message: str) -> None:
+            self.lines.append(message)
+
+    splits = scan_folder(demo_dir, val_split=0.2, test_split=0.1, seed=0)
+    placement = place("default", "off")
+    out = {}
+    for engine in ("keras", "tflite"):
+        reporter, record = Lines(), {}
+        out[engine] = extract_features(classifier, splits, ["train", "val"], SIZE, 16, reporter, placement,
+                                       engine=engine, record=record)
+        assert record["engine"] == engine
+        assert any(line.startswith("feature pass: ") for line in reporter.lines)
+    assert "XNNPACK" in record["reason"] or "tflite" in record["reason"]
+    assert record["max_relative_diff"] <= FEATURE_TOLERANCE
+    for name in ("train", "val"):
+        k, t = out["keras"][name], out["tflite"][name]
+        np.testing.assert_array_equal(k[1], t[1])
+        assert max_relative_diff(k[0], t[0]) <= FEATURE_TOLERANCE
+
+
+def test_train_records_the_feature_engine(demo_dir: Path, tmp_path: Path) -> None:
+    from edgetl.train import train
+    from edgetl.train.config import TrainConfig
+
+    cfg = TrainConfig(data=str(demo_dir), alpha=0.35, weights="bundled", image_size=SIZE, epochs=1, batch_size=16,
+                      feature_cache="tflite", seed=0, output=str(tmp_path / "run"))
+    result = train(cfg)
+    training = json.loads((result.run_dir / "manifest.json").read_text())["training"]
+    assert training["feature_cache"] is True
+    assert training["feature_engine"]["engine"] == "tflite"
+    assert training["feature_engine"]["max_relative_diff"] <= FEATURE_TOLERANCE
