@@ -334,9 +334,9 @@ def qat_tflite(run_dir: str | Path | Run, mode: str = "int8-full", *, io_type: s
     except Exception as exc:
         raise explain_error(exc, mode, False) from None
     if meta is not None:
-        from edgetl.export.metadata import write_tflite_metadata
+        from edgetl.export.standard_metadata import embed_tflite_metadata
 
-        data = write_tflite_metadata(data, meta)
+        data = embed_tflite_metadata(data, meta)  # edgetl's entry and the standard metadata, as export writes
     return data
 
 
