@@ -76,6 +76,9 @@ def _show_compat(compat: dict) -> None:
     if not compat:
         con.print("compatibility: no accelerator check for this kind of model (only .tflite, .onnx, .ort)")
         return
+    if compat.get("error"):
+        con.print(f"compatibility: not checked ({esc(compat['error'])})", soft_wrap=True)
+        return
     for key, title in (("gpu", "GPU delegate"), ("npu", "integer-only NPU delegates (NNAPI, vendor NPUs)")):
         c = compat.get(key)
         if c is None:

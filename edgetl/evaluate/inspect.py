@@ -65,7 +65,10 @@ def inspect_model(path: str | Path, *, safe_mode: bool = True, class_names: list
             from edgetl.runtime.compat import compatibility
 
             kind = "ort" if details is _ort else runner.kind
-            info["compatibility"] = compatibility(runner.path, kind)
+            try:
+                info["compatibility"] = compatibility(runner.path, kind)
+            except ModelError as exc:  # a file that runs but that a checker cannot read: say so, inspect the rest
+                info["compatibility"] = {"error": str(exc)}
         return info
     finally:
         runner.close()
