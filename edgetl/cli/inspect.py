@@ -6,6 +6,7 @@ Module level: click, the kit and the shared options only (no TensorFlow; none at
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -71,7 +72,7 @@ def inspect_cmd(model: str, compat: bool, as_json: bool, labels: str | None, ima
         _show_compat(info.get("compatibility") or {})
 
 
-def _show_compat(compat: dict) -> None:
+def _show_compat(compat: dict[str, Any]) -> None:
     con = out_console()
     if not compat:
         con.print("compatibility: no accelerator check for this kind of model (only .tflite, .onnx, .ort)")
