@@ -45,7 +45,7 @@ def test_balanced_accuracy_and_macro_f1() -> None:
 def test_class_weights_default_on_above_3x_and_warnings_name_classes(tmp_path: Path,
                                                                      caplog: pytest.LogCaptureFixture) -> None:
     from edgetl.core.errors import UsageError
-    from edgetl.train.class_weights import resolve, warn_imbalance
+    from edgetl.train.class_weights import from_manifest, resolve, warn_imbalance
 
     names = ["cats", "dogs", "owls"]
     with caplog.at_level(logging.INFO, logger="edgetl"):
@@ -54,6 +54,8 @@ def test_class_weights_default_on_above_3x_and_warnings_name_classes(tmp_path: P
     assert cw.weights[2] == pytest.approx(4 * cw.weights[0])
     assert np.dot(cw.weights, [40, 40, 10]) == pytest.approx(90)  # normalised: they average 1 per image
     assert "class weights on" in caplog.text and "'cats'" in caplog.text and "'owls'" in caplog.text
+    assert from_manifest(cw.to_manifest(names), names) == cw  # a resumed run keeps the weights it started with
+    assert from_manifest(None, names).weights is None  # ... and a run from before class weights stays unweighted
     assert resolve(None, [40, 40, 20], names).weights is None  # 2x: unweighted unless asked
     assert resolve("auto", [40, 40, 20], names).weights is not None
     assert resolve("none", [40, 40, 1], names).weights is None

@@ -34,6 +34,14 @@ class ClassWeights:
         return {"source": self.source, "weights": weights}
 
 
+def from_manifest(entry: dict[str, Any] | None, class_names: Sequence[str]) -> ClassWeights:
+    """The weights a run recorded (a resumed run keeps them); a run from before class weights trained without."""
+    if not entry:
+        return ClassWeights(None, "none (the run started without class weights)")
+    weights = entry.get("weights")
+    return ClassWeights([float(weights[n]) for n in class_names] if weights else None, str(entry.get("source")))
+
+
 def check_option(value: str | None) -> None:
     """Reject a --class-weights value that is neither a mode nor an existing YAML file, before any work."""
     if value is None or value in CLASS_WEIGHT_MODES:

@@ -179,7 +179,10 @@ def _train(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: D
     state = ckpt.load() if resuming else None
     counts = np.bincount([i.label for i in splits.split("train")], minlength=len(splits.class_names)).tolist()
     class_weights.warn_imbalance(counts, splits.class_names)
-    weighting = class_weights.resolve(cfg.class_weights, counts, splits.class_names)
+    if resuming:  # the weights the run started with, whatever the defaults are now
+        weighting = class_weights.from_manifest(manifest.get("class_weights"), splits.class_names)
+    else:
+        weighting = class_weights.resolve(cfg.class_weights, counts, splits.class_names)
     if weighting.weights:
         reporter.info(f"class weights {weighting.source}: " + ", ".join(
             f"{n} {w:.3g}" for n, w in zip(splits.class_names, weighting.weights, strict=True)))
