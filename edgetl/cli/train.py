@@ -138,9 +138,10 @@ def _summary(result: TrainResult) -> None:
     for split in ("val", "test"):
         m = result.metrics.get(split)
         if m:
-            rows.append([split, m["samples"], fmt(m["accuracy"]), fmt(m["top_k"]) + f" (k={m['k']})"])
+            rows.append([split, m["samples"], fmt(m["accuracy"]), fmt(m.get("balanced_accuracy")),
+                         fmt(m.get("macro_f1")), fmt(m["top_k"]) + f" (k={m['k']})"])
     print_table(f"Trained {len(result.class_names)} classes into {result.run_dir}", ["split", "images", "accuracy",
-                "top-k"], rows)
+                "balanced accuracy", "macro-F1", "top-k"], rows)
     secs = result.seconds
     out_console().print(
         f"feature cache: {'on' if result.feature_cache else 'off'}; epochs: "
