@@ -13,6 +13,7 @@ import numpy as np
 
 from edgetl.core.errors import UsageError
 from edgetl.data.decode import load_image, parse_image_size
+from edgetl.data.native import PILLOW, decode_native, native_branch
 
 if TYPE_CHECKING:
     import keras
@@ -46,11 +47,15 @@ def make_dataset(
     seed: int = 42,
     augment: bool = False,
     cache: bool = False,
+    decoder: str = "auto",
 ) -> tf.data.Dataset:
     """Build a tf.data pipeline of (float32 images 0..255 (b, H, W, 3), int32 labels (b,)).
 
-    Images are decoded by load_image (Pillow, in parallel threads), so they equal load_image's
-    output exactly. The order is the items' order unless shuffle (reshuffled each epoch, seeded).
+    decoder "auto": plain JPEG/PNG files (edgetl.data.native) are decoded by TensorFlow's own ops in the
+    graph, the others by load_image (Pillow, in parallel threads); the two agree within
+    native.NATIVE_TOLERANCE on plain files. "pillow": every file through load_image, exactly its output.
+    Images stream through the pipeline: only a few batches are decoded at a time (unless cache).
+    The order is the items' order unless shuffle (reshuffled each epoch, seeded).
     cache keeps decoded images in memory after the first epoch (augmentation still varies).
     An unreadable file stops iteration with an error naming it: scan the folder first.
     """
@@ -64,13 +69,23 @@ def make_dataset(
     # Bytes, not str: file names that are not valid UTF-8 survive the round trip through TensorFlow.
     paths = tf.constant([os.fsencode(os.path.join(root, it.path)) for it in items], dtype=tf.string)
     labels = tf.constant([it.label for it in items], dtype=tf.int32)
-    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+    if decoder not in ("auto", "pillow"):
+        raise UsageError(f"decoder '{decoder}' is not allowed. Use auto or pillow.")
+    kinds = [native_branch(os.path.join(root, it.path), (h, w)) if decoder == "auto" else PILLOW for it in items]
+    ds = tf.data.Dataset.from_tensor_slices((paths, labels, tf.constant(kinds, dtype=tf.int32)))
 
     def _load(path: bytes) -> np.ndarray:
         return load_image(os.fsdecode(path), (h, w))
 
-    def _decode_fn(path, label):
+    def _pillow(path):
         img = tf.numpy_function(_load, [path], tf.uint8, stateful=False)
+        img.set_shape((h, w, 3))
+        return img
+
+    def _decode_fn(path, label, kind):
+        if not any(k != PILLOW for k in kinds):
+            return _pillow(path), label
+        img = tf.cond(tf.equal(kind, PILLOW), lambda: _pillow(path), lambda: decode_native(path, kind, (h, w)))
         img.set_shape((h, w, 3))
         return img, label
 
