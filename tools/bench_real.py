@@ -67,7 +67,7 @@ SUITES = {
     # CI: small enough for a few minutes on 2 cores, large enough that one image of the test split is 1 point.
     "ci": Suite("ci", alpha=0.35, image_size=96, per_class=160, prune_epochs=4),
     # The issue's benchmark: MobileNetV2 1.0 at 224 on every photo.
-    "full": Suite("full", alpha=1.0, image_size=224, per_class=0),
+    "full": Suite("full", alpha=1.0, image_size=224, per_class=0, qat_epochs=1, fine_tune_epochs=1),
 }
 
 
@@ -97,8 +97,11 @@ def make_subset(dest: Path, per_class: int, seed: int) -> Path:
     return data
 
 
-def train_run(data: Path, out: Path, suite: Suite, *, fine_tune: bool = False) -> dict[str, Any]:
-    """Train (head only, or head then the top of the base) through the library; figures of the run."""
+def train_run(data: Path, out: Path, suite: Suite, *, fine_tune: bool = False, engine: str = "auto") -> dict[str, Any]:
+    """Train (head only, or head then the top of the base) through the library; figures of the run.
+
+    engine: the feature pass's (TrainConfig.feature_cache: auto, keras or tflite).
+    """
     from edgetl.train import train
     from edgetl.train.config import TrainConfig
 
@@ -106,12 +109,14 @@ def train_run(data: Path, out: Path, suite: Suite, *, fine_tune: bool = False) -
                       image_size=suite.image_size, epochs=suite.epochs, patience=suite.epochs, seed=suite.seed,
                       fine_tune_layers=suite.fine_tune_layers if fine_tune else None,
                       fine_tune_epochs=suite.fine_tune_epochs, fine_tune_lr=suite.fine_tune_lr,
-                      output=str(out), force=True)
+                      feature_cache=engine, output=str(out), force=True)
     t0 = time.perf_counter()
     result = train(cfg)
     return {"val_accuracy": result.metrics["val"]["accuracy"], "test_accuracy": result.metrics["test"]["accuracy"],
             "test_samples": result.metrics["test"]["samples"],
             "feature_cache": result.feature_cache, "seconds": round(time.perf_counter() - t0, 1),
+            "feature_engine": (json.loads((out / "manifest.json").read_text())["training"].get("feature_engine")
+                               or {}).get("engine"),
             "phases": {k: round(v, 1) for k, v in result.seconds.items()}}
 
 
@@ -163,15 +168,17 @@ def stage_files(run: Path, stage: str) -> dict[str, Any]:
     return export_figures(run, formats, modes, prefix="" if stage == "head" else f"{stage}/")
 
 
-def measure(suite: Suite, work: Path) -> dict[str, Any]:
-    """Every stage of the suite in `work`; the figures keyed by file (what realdata.json records)."""
+def measure(suite: Suite, work: Path, stages: tuple[str, ...] = tuple(STAGE_EXPORTS)) -> dict[str, Any]:
+    """These stages of the suite in `work` (head always); the figures keyed by file (what realdata.json records)."""
     data = make_subset(work, suite.per_class, suite.seed)
     figures: dict[str, Any] = {"files": {}, "export_seconds": {}}
     figures["train-head"] = train_run(data, work / "head", suite)
-    figures["train-fine-tune"] = train_run(data, work / "fine-tune", suite, fine_tune=True)
-    figures["qat"] = optimize_figures(work / "head", work / "qat", "qat", suite)
-    figures["prune"] = optimize_figures(work / "head", work / "prune", "prune", suite)
-    for stage in STAGE_EXPORTS:
+    if "fine-tune" in stages:
+        figures["train-fine-tune"] = train_run(data, work / "fine-tune", suite, fine_tune=True)
+    for method in ("qat", "prune"):
+        if method in stages:
+            figures[method] = optimize_figures(work / "head", work / method, method, suite)
+    for stage in ("head", *(s for s in STAGE_EXPORTS if s in stages and s != "head")):
         files = stage_files(work / stage, stage)
         figures["export_seconds"][stage] = files.pop("_seconds")
         figures["files"].update(files)
@@ -305,16 +312,23 @@ def table(result: dict[str, Any]) -> str:
         lines.append(f"| {key} | {_pct(row['accuracy'])} | {_pct(row['drop'])} | {_pct(row['agreement'])} | "
                      f"{row['size_mb'] if row['size_mb'] is not None else '-'} | "
                      f"{row['latency_ms'] if row['latency_ms'] is not None else '-'} |")
-    ft, qat, prune = fig["train-fine-tune"], fig["qat"], fig["prune"]
+    ft, qat, prune = fig.get("train-fine-tune"), fig.get("qat"), fig.get("prune")
+    if ft:
+        lines.append(f"| Keras, fine-tuned (val {_pct(ft['val_accuracy'])}) | {_pct(ft['test_accuracy'])} "
+                     "| - | - | - | - |")
+    if qat:
+        lines.append(f"| Keras, after QAT (fake-quantized: {_pct(qat.get('fake_quant_accuracy'))}) | "
+                     f"{_pct(qat['test_accuracy'])} | - | - | - | - |")
+    if prune:
+        lines.append(f"| Keras, pruned (sparsity {prune.get('sparsity')}) | {_pct(prune['test_accuracy'])} "
+                     "| - | - | - | - |")
+    done = ", ".join(f"{name} {f['seconds']}" for name, f in (("fine-tuning run", ft), ("QAT", qat),
+                                                                ("pruning", prune)) if f)
     lines += [
-        f"| Keras, fine-tuned (val {_pct(ft['val_accuracy'])}) | {_pct(ft['test_accuracy'])} | - | - | - | - |",
-        f"| Keras, after QAT (fake-quantized: {_pct(qat.get('fake_quant_accuracy'))}) | {_pct(qat['test_accuracy'])} "
-        "| - | - | - | - |",
-        f"| Keras, pruned (sparsity {prune.get('sparsity')}) | {_pct(prune['test_accuracy'])} | - | - | - | - |",
         "",
-        f"Seconds in this process: head run {head['seconds']} (phases {head['phases']}), fine-tuning run "
-        f"{ft['seconds']}, QAT {qat['seconds']}, pruning {prune['seconds']}; export and verification of each "
-        f"stage's files {fig['export_seconds']}.",
+        f"Seconds in this process: head run {head['seconds']} (phases {head['phases']}, feature engine "
+        f"{head.get('feature_engine')}){', ' + done if done else ''}; export and verification of each stage's files "
+        f"{fig['export_seconds']}.",
     ]
     if "vs_guide" in result:
         g = result["vs_guide"]
@@ -363,6 +377,8 @@ def main() -> None:
     ap.add_argument("--benchmarks", action="store_true", help="insert the table into BENCHMARKS.md")
     ap.add_argument("--json", help="write every figure here too")
     ap.add_argument("--keep", help="work in this folder and keep it (default: a temporary folder)")
+    ap.add_argument("--stages", default=",".join(STAGE_EXPORTS),
+                    help=f"comma-separated, of {', '.join(STAGE_EXPORTS)} (head always runs)")
     args = ap.parse_args()
 
     reason = available()
@@ -371,7 +387,7 @@ def main() -> None:
     suite = SUITES[args.suite]
     if args.per_class is not None:
         suite = dataclasses.replace(suite, per_class=args.per_class)
-    if args.record and suite != SUITES["ci"]:
+    if args.record and (suite != SUITES["ci"] or set(args.stages.split(",")) != set(STAGE_EXPORTS)):
         sys.exit("--record writes the figures tests/test_realdata.py checks: use --suite ci without overrides")
     load = " ".join(f"{v:.2f}" for v in os.getloadavg())
     work_ctx = tempfile.TemporaryDirectory() if not args.keep else None
@@ -381,7 +397,7 @@ def main() -> None:
         from edgetl.core.tf import load_tensorflow
 
         load_tensorflow()
-        figures = measure(suite, work)
+        figures = measure(suite, work, tuple(args.stages.split(",")))
         result: dict[str, Any] = {"suite": dataclasses.asdict(suite), "figures": figures, "machine": machine(),
                                   "load": load, "date": time.strftime("%Y-%m-%d"),
                                   "command": "python tools/bench_real.py " + " ".join(sys.argv[1:])}
