@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -31,6 +32,7 @@ def _tool() -> ModuleType:
     spec = importlib.util.spec_from_file_location("bench_real", ROOT / "tools" / "bench_real.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -113,6 +115,52 @@ def test_head_only_accuracy_on_real_photos(head: dict[str, Any], expected: dict[
     _close(head["val_accuracy"], rec["val_accuracy"], tol, "val accuracy")
     _close(head["test_accuracy"], rec["test_accuracy"], tol, "test accuracy")
     assert head["test_accuracy"] > 0.5
+
+
+def test_tflite_feature_engine_gives_tensorflows_features_on_real_photos(bench: ModuleType, suite: Any,
+                                                                       photos: Path) -> None:
+    """The frozen real base converted to TFLite (XNNPACK) gives TensorFlow's features within the stated tolerance."""
+    from edgetl.core.progress import Reporter
+    from edgetl.data.scan import scan_folder
+    from edgetl.model.backbones import build_base, resolve_backbone
+    from edgetl.model.classifier import build_classifier
+    from edgetl.train.distribute import place
+    from edgetl.train.engine import FEATURE_TOLERANCE, max_relative_diff
+    from edgetl.train.features import extract_features
+
+    splits = scan_folder(photos, seed=suite.seed)
+    base = build_base(resolve_backbone("mobilenet_v2"), weights=str(suite.weights()), alpha=suite.alpha,
+                      image_size=suite.image_size)
+    clf = build_classifier(base, image_size=suite.image_size, num_classes=len(splits.class_names),
+                           preprocessing="tf", dropout=0.2)
+    placement = place("default", "off")
+    feats = {engine: extract_features(clf, splits, ["test"], suite.image_size, 32, Reporter(), placement,
+                                      engine=engine, record={})["test"][0] for engine in ("keras", "tflite")}
+    assert max_relative_diff(feats["keras"], feats["tflite"]) <= FEATURE_TOLERANCE
+
+
+def test_head_trained_on_tflite_features_scores_the_same(bench: ModuleType, suite: Any, photos: Path, work: Path,
+                                                         head: dict[str, Any]) -> None:
+    """The whole fast path on the TFLite engine: the trained head scores what the TensorFlow engine's scores."""
+    import json
+
+    import numpy as np
+
+    from edgetl.data.pipeline import make_dataset
+    from edgetl.model.classifier import load_model
+    from edgetl.rundir import load_run
+
+    forced = bench.train_run(photos, work / "head-tflite", suite, engine="tflite")
+    training = json.loads((work / "head-tflite" / "manifest.json").read_text())["training"]
+    assert training["feature_engine"]["engine"] == "tflite"
+    one = 1 / head["test_samples"]
+    assert abs(forced["test_accuracy"] - head["test_accuracy"]) <= one + 1e-9
+    assert abs(forced["val_accuracy"] - head["val_accuracy"]) <= 2 * one + 1e-9
+    run = load_run(work / "head")
+    ds = make_dataset(run.splits().root, run.splits().test, (suite.image_size,) * 2, 32)
+    a = load_model(str(work / "head" / "model.keras")).predict(ds, verbose=0).argmax(1)
+    b = load_model(str(work / "head-tflite" / "model.keras")).predict(ds, verbose=0).argmax(1)
+    assert np.mean(a == b) >= 0.97
 
 
 @pytest.mark.parametrize("stage", ["train-fine-tune", "qat", "prune"])
