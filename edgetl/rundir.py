@@ -8,11 +8,14 @@ import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgetl import __version__
 from edgetl.card import CARD_FILE, write_card
 from edgetl.core.errors import EdgetlError, ModelError, RunExistsError
+
+if TYPE_CHECKING:
+    import keras
 
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.keras"
@@ -185,7 +188,7 @@ def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-def finish_run(path: Path, manifest: dict[str, Any], *, model: Any, metrics: dict[str, Any],
+def finish_run(path: Path, manifest: dict[str, Any], *, model: keras.Model, metrics: dict[str, Any],
                history_rows: list[dict[str, Any]], title: str, updates: dict[str, Any]) -> dict[str, Any]:
     """Write what completes a run, then mark it complete: the one way train and optimize end a run.
 

@@ -11,15 +11,18 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgetl.core.errors import ExportError
 from edgetl.core.fileio import atomic_path
 from edgetl.core.native import quiet_native_stderr
 from edgetl.export.metadata import SAVED_MODEL_DIR, write_saved_model_metadata
 
+if TYPE_CHECKING:
+    import keras
 
-def save_serving(model: Any, directory: str | os.PathLike[str], *, batch: int | None = None) -> Path:
+
+def save_serving(model: keras.Model, directory: str | os.PathLike[str], *, batch: int | None = None) -> Path:
     """Write `model` as a SavedModel with a serving_default signature (no metadata, not atomic).
 
     Args:

@@ -16,6 +16,8 @@ from edgetl.runtime.measure import Reference, measure
 from edgetl.runtime.timing import median_ms
 
 if TYPE_CHECKING:
+    import keras
+
     from edgetl.export.images import ExportImages
 
 # A float export must give the Keras model's probabilities within this (max abs difference over the
@@ -38,7 +40,7 @@ class KerasReference:
     summary: dict[str, Any]  # format, mode, path, size_mb, accuracy, latency_ms, samples, split (for the report)
 
 
-def keras_reference(model: Any, images: ExportImages, reporter: Reporter) -> KerasReference:
+def keras_reference(model: keras.Model, images: ExportImages, reporter: Reporter) -> KerasReference:
     """Run the Keras model once over the held-out images: probabilities, accuracy, latency."""
     import tensorflow as tf
 
