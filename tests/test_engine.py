@@ -11,7 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgetl.train.engine import CONVERT_OVER_TRACE, FEATURE_TOLERANCE, TFLITE_SPEEDUP, decide, max_relative_diff
+from edgetl.train.engine import (
+    CONVERT_OVER_TRACE,
+    FEATURE_TOLERANCE,
+    PAYBACK_MARGIN,
+    TFLITE_SPEEDUP,
+    decide,
+    max_relative_diff,
+)
 
 SIZE = 48
 
@@ -19,7 +26,7 @@ SIZE = 48
 def test_cost_model_converts_only_when_the_images_pay_for_it() -> None:
     # At 10 ms per image and a 2 s trace, conversion is estimated at 6 x 2 = 12 s and each image saves 5 ms.
     per_image, trace = 0.010, 2.0
-    break_even = CONVERT_OVER_TRACE * trace / (per_image * (1 - 1 / TFLITE_SPEEDUP))
+    break_even = PAYBACK_MARGIN * CONVERT_OVER_TRACE * trace / (per_image * (1 - 1 / TFLITE_SPEEDUP))
     small = decide("auto", cpu_only=True, remaining=int(break_even * 0.8), seconds_per_image=per_image,
                    trace_seconds=trace)
     large = decide("auto", cpu_only=True, remaining=int(break_even * 1.2), seconds_per_image=per_image,
