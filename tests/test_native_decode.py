@@ -46,7 +46,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
     _photo(120, 90, 8).convert("L").save(root / "gray.png")
     plain += ["progressive.jpg", "gray.jpg", "rgb.png", "gray.png"]
     _photo(100, 80, 10).convert("CMYK").save(root / "cmyk.jpg", "JPEG")
-    Image.fromarray((np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16)).save(root / "sixteen.png")
+    Image.fromarray(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16).save(root / "sixteen.png")
     _exif_rotated_jpeg(root / "rotated.jpg")
     _photo(90, 70, 11).convert("P").save(root / "palette.png")
     _photo(90, 70, 12).convert("RGBA").save(root / "alpha.png")
