@@ -217,6 +217,9 @@ def record(figures: dict[str, Any], suite: Suite) -> None:
             "agreement": 0.04,  # a file may agree with Keras on at most 4 fewer test images than recorded
             "float_agreement": 0.99,  # float32 files must give Keras' top-1 on (nearly) every image
             "sparsity": 0.02,
+            # The pruned run (half the weights of a 0.35-wide base zeroed in 4 epochs) moved by 10 points
+            # (0.475 -> 0.575) when the decoded pixels moved by one level (TensorFlow's decoder for Pillow's).
+            "pruned_accuracy": 0.1,
         },
         "machine": machine(),
         "recorded": time.strftime("%Y-%m-%d"),
