@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import os
 import platform
@@ -36,6 +37,19 @@ REALDATA = ROOT.parent / "shared" / "realdata"
 FLOWERS = REALDATA / "flowers"
 EXPECTED = ROOT / "tests" / "expected" / "realdata.json"
 BENCHMARKS = ROOT / "BENCHMARKS.md"
+
+
+def _guide_script() -> str:
+    """tools/bench_train.py's GUIDE, the one copy of the Keras guide by hand (loaded by path: tools/ is no package,
+    and tests/test_realdata.py loads this file by path too)."""
+    spec = importlib.util.spec_from_file_location("bench_train", Path(__file__).with_name("bench_train.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.GUIDE
+
+
+GUIDE = _guide_script()
 
 # Every TFLite mode; ONNX gets those of them it has (none, dynamic, int8), in the same export call.
 TFLITE_MODES = ("none", "float16", "dynamic", "int8", "int8-full", "int16x8")
@@ -228,34 +242,6 @@ def record(figures: dict[str, Any], suite: Suite) -> None:
     write_json(EXPECTED, doc)
 
 
-# The guide's recipe (keras.io "Transfer learning & fine-tuning", frozen-base part), as in
-# tools/bench_train.py: the frozen base runs over every image at every epoch.
-GUIDE = r'''
-import json, sys, time
-t0 = time.perf_counter()
-import keras, tensorflow as tf
-data, size, epochs, weights, alpha, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], \
-    float(sys.argv[5]), int(sys.argv[6])
-keras.utils.set_random_seed(seed)
-train_ds, val_ds = keras.utils.image_dataset_from_directory(
-    data, validation_split=0.2, subset="both", seed=seed, image_size=(size, size), batch_size=32)
-n_classes = len(train_ds.class_names)
-train_ds = train_ds.prefetch(tf.data.AUTOTUNE)
-val_ds = val_ds.prefetch(tf.data.AUTOTUNE)
-base = keras.applications.MobileNetV2(include_top=False, weights=weights, input_shape=(size, size, 3), alpha=alpha)
-base.trainable = False
-inputs = keras.Input((size, size, 3))
-x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
-x = base(x, training=False)
-x = keras.layers.GlobalAveragePooling2D()(x)
-x = keras.layers.Dropout(0.2)(x)
-outputs = keras.layers.Dense(n_classes, activation="softmax")(x)
-model = keras.Model(inputs, outputs)
-model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-hist = model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=0)
-print(json.dumps({"val_accuracy": max(hist.history["val_accuracy"]),
-                  "last_val_accuracy": hist.history["val_accuracy"][-1]}))
-'''
 
 
 def timed(cmd: list[str]) -> tuple[float, str]:

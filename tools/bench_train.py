@@ -27,9 +27,11 @@ from pathlib import Path
 
 # The guide's recipe (keras.io "Transfer learning & fine-tuning", frozen-base part): a tf.data
 # pipeline from the folder, the base called with training=False, and model.fit running the frozen
-# base over every image at every epoch.
+# base over every image at every epoch. The one copy: tools/bench_real.py runs it too.
+# argv: DATA SIZE EPOCHS WEIGHTS(none or a file) ALPHA SEED [SAVE_PATH]; prints one JSON line with the
+# best and the last epoch's val accuracy.
 GUIDE = r'''
-import json, sys, time
+import json, sys
 import keras, tensorflow as tf
 data, size, epochs, weights, alpha, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], \
     float(sys.argv[5]), int(sys.argv[6])
@@ -51,8 +53,10 @@ outputs = keras.layers.Dense(n_classes, activation="softmax")(x)
 model = keras.Model(inputs, outputs)
 model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 hist = model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=0)
-model.save(sys.argv[7])
-print(json.dumps({"val_accuracy": max(hist.history["val_accuracy"])}))
+if len(sys.argv) > 7:
+    model.save(sys.argv[7])
+print(json.dumps({"val_accuracy": max(hist.history["val_accuracy"]),
+                  "last_val_accuracy": hist.history["val_accuracy"][-1]}))
 '''
 
 
