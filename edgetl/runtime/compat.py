@@ -153,14 +153,9 @@ def npu_compatibility(path: str | os.PathLike[str]) -> dict[str, Any]:
     Raises:
         ModelError: the file is not a TFLite model.
     """
-    from edgetl.runtime.metadata import flatbuffer_text, tflite_model, tflite_schema
+    from edgetl.runtime.metadata import flatbuffer_text, load_tflite, tflite_schema
 
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except OSError as exc:
-        raise ModelError(f"cannot read '{p}': {exc.strerror or exc}.") from None
-    root = tflite_model(data, str(p))
+    root = load_tflite(path)
     schema = tflite_schema()
     names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     floats = {schema.TensorType.FLOAT32, schema.TensorType.FLOAT16}

@@ -185,6 +185,20 @@ def tflite_model(data: bytes | bytearray | memoryview, where: str) -> Model:
         raise ModelError(f"'{where}' is not a readable TFLite model ({type(exc).__name__}).") from None
 
 
+def load_tflite(path: str | os.PathLike[str]) -> Model:
+    """Read a .tflite file and return its flatbuffer root table.
+
+    Raises:
+        ModelError: the file cannot be read or is not a TFLite model.
+    """
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"cannot read '{p}': {exc.strerror or exc}.") from None
+    return tflite_model(data, str(p))
+
+
 def flatbuffer_text(v: bytes | str | None) -> str:
     """A flatbuffer string field as text (the generated code returns bytes)."""
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
@@ -197,11 +211,7 @@ def read_tflite_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
         ModelError: the file cannot be read or is not a TFLite model.
     """
     p = Path(path)
-    try:
-        data = p.read_bytes()
-    except OSError as exc:
-        raise ModelError(f"cannot read '{p}': {exc.strerror or exc}.") from None
-    root = tflite_model(data, str(p))
+    root = load_tflite(p)
     try:
         for i in range(root.MetadataLength()):
             entry = root.Metadata(i)
