@@ -66,6 +66,23 @@ def test_tflite_extractor_gives_tensorflows_features(classifier) -> None:  # noq
     assert fast(x[:1]).shape == (1, ref.shape[1])
 
 
+def test_tflite_extractor_converts_the_pass_s_traced_function(classifier) -> None:  # noqa: ANN001
+    """The feature pass hands its traced function to the conversion (no second trace): same features."""
+    import tensorflow as tf
+
+    from edgetl.train.engine import TFLiteExtractor
+
+    @tf.function(input_signature=[tf.TensorSpec((None, SIZE, SIZE, 3), tf.float32)])
+    def extract(images: tf.Tensor) -> tf.Tensor:
+        return classifier.extractor(images, training=False)
+
+    x = np.random.default_rng(1).uniform(0, 255, (5, SIZE, SIZE, 3)).astype(np.float32)
+    ref = np.asarray(extract(x))
+    got = TFLiteExtractor(classifier, SIZE, concrete=extract.get_concrete_function())(x)
+    assert got.shape == ref.shape
+    assert max_relative_diff(ref, got) <= FEATURE_TOLERANCE
+
+
 def test_feature_pass_engines_agree_and_say_which_ran(classifier, demo_dir: Path) -> None:  # noqa: ANN001
     from edgetl.core.progress import Reporter
     from edgetl.data.scan import scan_folder
@@ -107,3 +124,13 @@ def test_train_records_the_feature_engine(demo_dir: Path, tmp_path: Path) -> Non
     assert training["feature_cache"] is True
     assert training["feature_engine"]["engine"] == "tflite"
     assert training["feature_engine"]["max_relative_diff"] <= FEATURE_TOLERANCE
+    # The pass's parts: every one recorded, and together the pass (edgetl.train.walltime).
+    from edgetl.train.walltime import FEATURE_PARTS
+
+    seconds = training["seconds"]
+    inner = {k: seconds[f"features_{k}"] for k in FEATURE_PARTS}
+    assert min(inner.values()) >= 0 and inner["base"] > 0 and inner["convert"] > 0
+    assert abs(sum(inner.values()) - seconds["features"]) <= 0.1, (inner, seconds["features"])
+    data = json.loads((result.run_dir / "manifest.json").read_text())["data"]
+    assert training["feature_engine"]["images"] == sum(len(data[s]) for s in ("train", "val", "test"))
+    assert "seconds" not in training["feature_engine"]

@@ -209,3 +209,32 @@ def test_feature_pass_batch_follows_the_device() -> None:
     assert extract_batch_size(8, cpu) == 8
     assert extract_batch_size(32, gpus) == 64
     assert extract_batch_size(256, gpus) == 256
+
+
+def test_run_records_where_its_wall_time_went(trained_run: Path) -> None:
+    """training.seconds: every part of the run, contiguous, so together they are its total (edgetl.train.walltime)."""
+    from edgetl.train.walltime import PARTS
+
+    seconds = json.loads((trained_run / "manifest.json").read_text())["training"]["seconds"]
+    parts = {k: seconds[k] for k in PARTS if k in seconds}
+    assert set(parts) == set(PARTS) - {"fine_tune"}, seconds  # no second stage in this run
+    assert min(parts.values()) >= 0 and parts["features"] > 0 and parts["head"] > 0
+    assert abs(sum(parts.values()) - seconds["total"]) <= 0.01 * len(parts), seconds  # rounding only
+    inner = sum(v for k, v in seconds.items() if k.startswith("features_"))
+    assert abs(inner - seconds["features"]) <= 0.1, seconds
+    # The process (pytest here) started before train() did.
+    assert seconds["start"] > 0 and abs(seconds["wall"] - seconds["start"] - seconds["total"]) <= 0.011
+
+
+def test_process_age_counts_from_the_process_start(tmp_path: Path) -> None:
+    """process_age() in a fresh process: at least the time it slept, at most the time its parent waited for it."""
+    import subprocess
+    import sys
+    import time
+
+    code = "import time; time.sleep(0.5); from edgetl.train.walltime import process_age; print(process_age())"
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    waited = time.perf_counter() - t0
+    age = float(out)
+    assert 0.5 - 0.02 <= age <= waited + 0.02, (age, waited)  # /proc counts in 10 ms ticks

@@ -84,7 +84,9 @@ def cpu_threads() -> int:
 class TFLiteExtractor:
     """The classifier's extractor (preprocessing + frozen base + pooling) as float32 TFLite under XNNPACK."""
 
-    def __init__(self, clf: Classifier, size: int, threads: int | None = None) -> None:
+    def __init__(self, clf: Classifier, size: int, threads: int | None = None, concrete: Any = None) -> None:
+        """concrete: the traced TensorFlow function of clf.extractor on (None, size, size, 3) float32, when the
+        caller has one (the feature pass traced it already: tracing MobileNetV2 again costs seconds)."""
         import tensorflow as tf
         from ai_edge_litert.interpreter import Interpreter
 
@@ -93,12 +95,13 @@ class TFLiteExtractor:
         from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
         t0 = time.perf_counter()
+        if concrete is None:
+            @tf.function(input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32)])
+            def forward(images: tf.Tensor) -> tf.Tensor:
+                return clf.extractor(images, training=False)
 
-        @tf.function(input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32)])
-        def forward(images: tf.Tensor) -> tf.Tensor:
-            return clf.extractor(images, training=False)
-
-        frozen = convert_variables_to_constants_v2(forward.get_concrete_function())
+            concrete = forward.get_concrete_function()
+        frozen = convert_variables_to_constants_v2(concrete)
         blob = tf.lite.TFLiteConverter.from_concrete_functions([frozen]).convert()
         self.convert_seconds = time.perf_counter() - t0
         self.threads = threads or cpu_threads()

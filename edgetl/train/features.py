@@ -86,11 +86,14 @@ def extract_features(clf: Classifier, splits: DataSplits, names: list[str], size
 
     Args:
         engine: "auto", "keras" or "tflite" (edgetl.train.engine.ENGINES).
-        record: when given, filled with the engine used, why, and its conversion and check figures.
+        record: when given, filled with the engine used, why, its conversion and check figures, and the
+            seconds of the pass's parts (record["seconds"]: edgetl.train.walltime's features_* parts).
 
     Returns:
         Per split name, (features, labels) in the split's item order.
     """
+    import time
+
     import keras
 
     from edgetl.data.pipeline import make_dataset
@@ -99,7 +102,9 @@ def extract_features(clf: Classifier, splits: DataSplits, names: list[str], size
         return {}
     items = [item for name in names for item in splits.split(name)]
     extract_batch = extract_batch_size(batch_size, placement)
+    t0 = time.perf_counter()
     ds = make_dataset(splits.root, items, (size, size), extract_batch, shuffle=False)
+    input_seconds = time.perf_counter() - t0
     steps = -(-len(items) // extract_batch)
     reporter.start(f"features of {len(items)} images", steps)
 
@@ -122,12 +127,20 @@ def extract_features(clf: Classifier, splits: DataSplits, names: list[str], size
         split_items = splits.split(name)
         out[name] = feats[start:start + len(split_items)], labels_of(split_items)
         start += len(split_items)
+    if record is not None:
+        parts = {"input": input_seconds, **record.get("seconds", {})}
+        parts["other"] = max(0.0, time.perf_counter() - t0 - sum(parts.values()))  # what no part names
+        record["seconds"] = parts
     return out
 
 
 def _single_device_pass(clf: Classifier, ds: tf.data.Dataset, total: int, size: int, reporter: Reporter,
                         placement: Placement, engine: str, record: dict[str, Any]) -> np.ndarray:
-    """The pass on one device: TensorFlow for the first batches, then the engine the cost model picks."""
+    """The pass on one device: TensorFlow for the first batches, then the engine the cost model picks.
+
+    Fills `record` with the engine, why, and the seconds of the pass's parts (record["seconds"]).
+    """
+    import itertools
     import time
 
     import tensorflow as tf
@@ -146,30 +159,50 @@ def _single_device_pass(clf: Classifier, ds: tf.data.Dataset, total: int, size: 
     # The first batch includes the kernels' set-up; the second gives TensorFlow's steady speed.
     decide_at = 0 if engine == "tflite" else 1
     record.update(engine="keras", reason="too few batches to decide")
+    # Where the pass's time goes (edgetl.train.walltime: the features_* parts).
+    spent = {"trace": trace_seconds, "base": 0.0, "wait": 0.0, "convert": 0.0, "check": 0.0}
     fast: engines.TFLiteExtractor | None = None
     parts: list[np.ndarray] = []
     done = 0
-    for i, (images, _) in enumerate(ds):
+    batches = iter(ds)
+    for i in itertools.count():
+        t0 = time.perf_counter()
+        try:
+            images, _ = next(batches)
+        except StopIteration:
+            spent["wait"] += time.perf_counter() - t0
+            break
+        t1 = time.perf_counter()
+        spent["wait"] += t1 - t0
         if fast is not None:
             parts.append(fast(images))
+            spent["base"] += time.perf_counter() - t1
         else:
-            t0 = time.perf_counter()
             part = np.asarray(extract(images), dtype=np.float32)
-            seconds = time.perf_counter() - t0
+            seconds = time.perf_counter() - t1
+            spent["base"] += seconds
             parts.append(part)
             if i == decide_at:
                 choice = engines.decide(engine, cpu_only=cpu_only, remaining=total - done - len(part),
                                         seconds_per_image=seconds / max(len(part), 1), trace_seconds=trace_seconds)
-                fast = _switch(clf, size, images, part, seconds, choice, reporter, record)
+                t2 = time.perf_counter()
+                fast = _switch(clf, size, images, part, seconds, choice, reporter, record,
+                               extract.get_concrete_function())
+                switch = time.perf_counter() - t2
+                spent["convert"] = float(record.get("convert_seconds", 0.0))
+                spent["check"] = max(0.0, switch - spent["convert"])
         done += len(parts[-1])
         reporter.advance(1)
+    record["images"] = done
+    record["seconds"] = spent
     return np.concatenate(parts)
 
 
 def _switch(clf: Classifier, size: int, images: tf.Tensor, reference: np.ndarray, keras_seconds: float, choice: Any,
-            reporter: Reporter, record: dict[str, Any]) -> Any:
+            reporter: Reporter, record: dict[str, Any], concrete: Any) -> Any:
     """The TFLite extractor when the choice is TFLite and it matches TensorFlow's features on the batch
-    TensorFlow just computed (and, chosen by the cost model, beats its time there); else None. Logs why."""
+    TensorFlow just computed (and, chosen by the cost model, beats its time there); else None. Logs why.
+    concrete: the pass's traced TensorFlow function, which the conversion starts from."""
     import logging
     import time
 
@@ -180,7 +213,7 @@ def _switch(clf: Classifier, size: int, images: tf.Tensor, reference: np.ndarray
     fast = None
     if choice.engine == "tflite":
         try:
-            fast = engines.TFLiteExtractor(clf, size)
+            fast = engines.TFLiteExtractor(clf, size, concrete=concrete)
         except Exception as exc:  # noqa: BLE001 - any conversion failure leaves the pass on TensorFlow
             from edgetl.core.errors import first_line
 

@@ -34,6 +34,7 @@ from edgetl.train.config import TrainConfig, as_dict
 from edgetl.train.features import Features, extract_features, split_dataset
 from edgetl.train.fit import fit_stage
 from edgetl.train.history import History
+from edgetl.train.walltime import Clock, describe
 
 if TYPE_CHECKING:
     import keras
@@ -117,6 +118,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     """
     from edgetl.data import scan_folder
 
+    clock = Clock()  # first: the process's age here is the start-up's share
     reporter = reporter or Reporter()
     spec, size, mode = plan(cfg)
     output = cfg.output or default_output(cfg)
@@ -125,16 +127,16 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
         rundir.prepare_output(output, force=False)
     splits = scan_folder(cfg.data, val_split=cfg.val_split, test_split=cfg.test_split, seed=cfg.seed,
                          max_bad_fraction=cfg.max_bad_fraction)  # it warns about each skipped file
-
-    t0 = time.perf_counter()
+    clock.part("scan")
     placement, clf = _place_and_build(cfg, spec, size, mode, len(splits.class_names), reporter)
+    clock.part("build")
     # Only the chief writes the run directory; other workers train in a scratch folder they delete.
     if placement.chief:
         run_path = rundir.prepare_output(output, force=cfg.force)
     else:
         run_path = Path(tempfile.mkdtemp(prefix="edgetl-worker-"))
     try:
-        return _train(cfg, spec, size, mode, splits, clf, placement, run_path, reporter, t0)
+        return _train(cfg, spec, size, mode, splits, clf, placement, run_path, reporter, clock)
     finally:
         if not placement.chief:
             shutil.rmtree(run_path, ignore_errors=True)
@@ -168,9 +170,12 @@ def _restore_policy(placement: Placement) -> None:
 
 
 def _train(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: DataSplits, clf: Classifier,
-           placement: Placement, run_path: Path, reporter: Reporter, t0: float,
+           placement: Placement, run_path: Path, reporter: Reporter, clock: Clock,
            manifest: dict[str, Any] | None = None) -> TrainResult:
-    """The training proper, inside a prepared run directory (a resumed one when `manifest` is given)."""
+    """The training proper, inside a prepared run directory (a resumed one when `manifest` is given).
+
+    `clock` times each part (edgetl.train.walltime), from scan and build, which the caller timed.
+    """
     from edgetl.train import class_weights
     from edgetl.train.checkpoint import Checkpoints, State
 
@@ -196,7 +201,6 @@ def _train(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: D
     extra = {"class_weight": weighting.keras()}
     cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size * placement.replicas)  # the global batch
     history = History(run_path / rundir.HISTORY_FILE, keep_rows=state.history_rows if state else None)
-    seconds = {"build": time.perf_counter() - t0}
     if state is None:
         state = State()
     elif state.history_rows:
@@ -205,19 +209,22 @@ def _train(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: D
     use_cache = cfg.feature_cache != "off" and not cfg.augment
     feature_engine: dict[str, Any] = {}
     epochs_run = {}
-    t1 = time.perf_counter()
+    clock.part("setup")
     feats: dict[str, Features | None] = {}
     # Features are needed unless a resumed run is already past the head stage of a fine-tuning run.
     if use_cache and (not state.head_done or cfg.fine_tune_layers is None):
         feats = {name: ckpt.load_features(name) if resuming else None for name in ("train", "val", "test")}
         todo = [name for name, f in feats.items() if f is None and splits.split(name)]
-        for name, xy in extract_features(clf, splits, todo, size, cfg.batch_size, reporter, placement,
-                                         engine=cfg.feature_cache, record=feature_engine).items():
+        extracted = extract_features(clf, splits, todo, size, cfg.batch_size, reporter, placement,
+                                     engine=cfg.feature_cache, record=feature_engine)
+        t1 = time.perf_counter()
+        for name, xy in extracted.items():
             feats[name] = xy
             if placement.chief:
                 ckpt.save_features(name, *xy)
-        seconds["features"] = time.perf_counter() - t1
-    t1 = time.perf_counter()
+        inner = {**feature_engine.pop("seconds", {}), "save": time.perf_counter() - t1}
+        clock.seconds.update({f"features_{k}": v for k, v in inner.items()})
+        clock.part("features")
     if state.head_done:
         ckpt.restore(clf.model, state)  # the whole classifier as the head stage left it
         epochs_run["head"] = history.count("head")
@@ -229,7 +236,7 @@ def _train(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: D
                 for name in ("train", "val")}
         epochs_run["head"] = fit_stage(clf.model, data["train"], data["val"], cfg, cfg.lr, cfg.epochs, "head",
                                        history, reporter, placement, ckpt, state, log_dir=logs["head"], **extra)
-    seconds["head"] = time.perf_counter() - t1
+    clock.part("head")
 
     if cfg.fine_tune_layers is not None and cfg.fine_tune_epochs > 0:
         from edgetl.model.classifier import unfreeze_top
@@ -238,7 +245,6 @@ def _train(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: D
             state = State(stage="fine_tune", head_done=True, history_rows=len(history.rows))
             if placement.chief:
                 state = ckpt.save(state, clf.model)
-        t1 = time.perf_counter()
         n = unfreeze_top(clf.base, str(cfg.fine_tune_layers))
         reporter.info(f"fine-tuning the top {n} layers of the base at lr {cfg.fine_tune_lr}")
         data = {name: split_dataset(splits, name, size, cfg, augment=(name == "train" and cfg.augment))
@@ -247,13 +253,12 @@ def _train(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: D
                                             cfg.fine_tune_epochs, "fine_tune", history, reporter, placement, ckpt,
                                             state if state.stage == "fine_tune" and state.epochs_done else None,
                                             log_dir=logs["fine_tune"], **extra)
-        seconds["fine_tune"] = time.perf_counter() - t1
+        clock.part("fine_tune")
         clf.base.trainable = False
         use_features_for_eval = False
     else:
         use_features_for_eval = use_cache
 
-    t1 = time.perf_counter()
     metrics: dict[str, dict[str, Any] | None] = {}
     for name in ("val", "test"):
         items = splits.split(name)
@@ -267,20 +272,37 @@ def _train(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: D
         from edgetl.core.metrics import classification_metrics
 
         metrics[name] = classification_metrics(np.array([i.label for i in items]), probs, splits.class_names)
-    seconds["evaluate"] = time.perf_counter() - t1
+    clock.part("evaluate")
 
     model = _float32_model(clf, spec, cfg, size, mode, len(splits.class_names)) if placement.mixed_precision \
         else clf.model
-    seconds["total"] = time.perf_counter() - t0
     training = {"feature_cache": use_cache, "feature_engine": feature_engine or None,
                 "epochs_run": epochs_run, "strategy": placement.name,
                 "replicas": placement.replicas, "global_batch_size": cfg.batch_size,
                 "mixed_precision": placement.mixed_precision, "xla": cfg.xla,
-                "seconds": {k: round(v, 2) for k, v in seconds.items()}}
-    rundir.finish_run(run_path, manifest, model=model, metrics=metrics, history_rows=history.rows, title=spec.name,
-                      updates={"training": training})
+                "seconds": clock.finish()}
+    manifest = rundir.finish_run(run_path, manifest, model=model, metrics=metrics, history_rows=history.rows,
+                                 title=spec.name, updates={"training": training})
     ckpt.remove()
+    clock.part("save")
+    seconds = _record_seconds(run_path, manifest, clock, reporter)
     return TrainResult(run_path, splits.class_names, metrics, use_cache, epochs_run, seconds, placement.chief)
+
+
+def _record_seconds(run_path: Path, manifest: dict[str, Any], clock: Clock, reporter: Reporter) -> dict[str, float]:
+    """The run's parts, saving included, into its (already complete) manifest; logged in one line."""
+    import logging
+
+    from edgetl.core.fileio import write_json
+
+    seconds = clock.finish()
+    # finish_run writes the manifest last, so its own seconds can only go in afterwards: one atomic rewrite.
+    manifest["training"]["seconds"] = seconds
+    write_json(run_path / rundir.MANIFEST, manifest)
+    line = describe(seconds)
+    logging.getLogger("edgetl").info(line)
+    reporter.info(line)
+    return seconds
 
 
 class AlreadyComplete(Exception):
@@ -298,6 +320,7 @@ def resume(run_dir: str | os.PathLike[str], reporter: Reporter | None = None) ->
     from edgetl.core.errors import ModelError
     from edgetl.data import DataSplits
 
+    clock = Clock()
     reporter = reporter or Reporter()
     run = rundir.load_run(run_dir, require_complete=False)
     manifest = run.manifest
@@ -311,10 +334,11 @@ def resume(run_dir: str | os.PathLike[str], reporter: Reporter | None = None) ->
     spec, size, mode = plan(cfg)
     splits = DataSplits.from_manifest(manifest["data"])
     _check_same_data(splits, manifest)
-    t0 = time.perf_counter()
+    clock.part("scan")
     placement, clf = _place_and_build(cfg, spec, size, mode, len(splits.class_names), reporter)
+    clock.part("build")
     try:
-        return _train(cfg, spec, size, mode, splits, clf, placement, run.path, reporter, t0, manifest=manifest)
+        return _train(cfg, spec, size, mode, splits, clf, placement, run.path, reporter, clock, manifest=manifest)
     finally:
         _restore_policy(placement)
 
