@@ -246,13 +246,15 @@ def record(figures: dict[str, Any], suite: Suite) -> None:
 
 
 
-def timed(cmd: list[str]) -> tuple[float, str]:
+def timed(cmd: list[str], stream_stderr: bool = False) -> tuple[float, str]:
+    """Wall seconds of `cmd` and its stdout; its stderr shown only on failure, or passed through (stream_stderr)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None if stream_stderr else subprocess.PIPE,
+                          text=True, env=env)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
-        sys.exit(f"failed: {' '.join(cmd[:3])} ...\n{proc.stderr[-3000:]}")
+        sys.exit(f"failed: {' '.join(cmd[:3])} ...\n{(proc.stderr or '')[-3000:]}")
     return seconds, proc.stdout
 
 
@@ -346,7 +348,7 @@ def guide_table(g: dict[str, Any]) -> str:
 def guide(data: Path, suite: Suite) -> dict[str, Any]:
     cmd = [sys.executable, "-c", GUIDE, str(data), str(suite.image_size), str(suite.epochs), str(suite.weights()),
            str(suite.alpha), str(suite.seed)]
-    seconds, out = timed(cmd)
+    seconds, out = timed(cmd, stream_stderr=True)  # its epoch lines: progress in long runs' logs
     return {"seconds": round(seconds, 1), **json.loads(out.strip().splitlines()[-1])}
 
 

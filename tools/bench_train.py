@@ -31,7 +31,8 @@ from pathlib import Path
 # argv: DATA SIZE EPOCHS WEIGHTS(none or a file) ALPHA SEED [SAVE_PATH]; prints one JSON line with the
 # best and the last epoch's val accuracy.
 GUIDE = r'''
-import json, sys
+import json, sys, time
+T0 = time.perf_counter()
 import keras, tensorflow as tf
 data, size, epochs, weights, alpha, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], \
     float(sys.argv[5]), int(sys.argv[6])
@@ -52,7 +53,11 @@ x = keras.layers.Dropout(0.2)(x)
 outputs = keras.layers.Dense(n_classes, activation="softmax")(x)
 model = keras.Model(inputs, outputs)
 model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-hist = model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=0)
+# One line per epoch on stderr (what verbose=2 shows a user, with the time since start), for long runs' logs.
+tick = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: print(
+    f"guide epoch {e + 1}: {time.perf_counter() - T0:.0f} s, val_accuracy {logs['val_accuracy']:.3f}",
+    file=sys.stderr, flush=True))
+hist = model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=0, callbacks=[tick])
 if len(sys.argv) > 7:
     model.save(sys.argv[7])
 print(json.dumps({"val_accuracy": max(hist.history["val_accuracy"]),
