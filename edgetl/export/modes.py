@@ -17,8 +17,10 @@ ONNX modes (onnxruntime.quantization), also for "ort" (ONNX Runtime Mobile's for
     none       float32.
     int8       static QDQ: int8 per-channel weights, uint8 activations (ONNX Runtime's fast U8S8
                kernels take every layer), calibrated on the same images as TFLite.
-    dynamic    8-bit weights (uint8, ONNX Runtime's faster ConvInteger path), activations quantized at
-               run time; no calibration; slower than float32 on x86.
+    dynamic    8-bit weights, no calibration: Conv kernels int8 per output channel, dequantized in the graph
+               (float compute; kernels under 1024 weights stay float, as in TFLite's dynamic range mode);
+               MatMul/Gemm through ONNX Runtime's dynamic MatMulInteger (uint8 weights, activations
+               quantized at run time).
 """
 
 from __future__ import annotations
@@ -219,7 +221,8 @@ def quantize_onnx(src: str, dst: str, mode: str, *, calibration: Any = None, inp
     Args:
         src, dst: ONNX file paths.
         mode: "int8" (static QDQ: int8 weights per channel, uint8 activations, calibrated with MinMax)
-            or "dynamic" (8-bit weights, activations quantized at run time).
+            or "dynamic" (int8 Conv kernels per channel, float Conv compute; MatMul/Gemm with uint8
+            weights and activations quantized at run time; no calibration).
         calibration: for int8, an (N, H, W, 3) float32 array of calibration images (pixels 0..255).
         input_name: the model's input name.
     """
@@ -233,9 +236,17 @@ def quantize_onnx(src: str, dst: str, mode: str, *, calibration: Any = None, inp
     )
 
     if mode == "dynamic":
-        # uint8 weights: ORT's ConvInteger runs them 2.7x faster than int8 ones on x86 (21 vs 58 ms on
-        # MobileNetV2 224, 2 threads); both stay slower than float32 there, like TFLite's dynamic mode.
-        quantize_dynamic(src, dst, weight_type=QuantType.QUInt8)
+        # ORT's dynamic Conv (ConvInteger) takes one weight scale per tensor: BN-folded MobileNetV2 kernels,
+        # whose output channels differ in range by 100x and more, lose their small channels, and real photos
+        # scored near chance (0.20 against 0.60 float; BENCHMARKS.md, issue #13). Conv kernels get int8 per
+        # channel instead (weight_only_conv_int8); the rest keeps ORT's dynamic recipe, uint8 weights being
+        # the faster MatMulInteger path on x86.
+        import onnx
+
+        quantize_dynamic(src, dst, weight_type=QuantType.QUInt8, op_types_to_quantize=["MatMul", "Gemm"])
+        model = onnx.load(dst)
+        weight_only_conv_int8(model)
+        onnx.save(model, dst)
         return
     if mode != "int8":
         raise UsageError(f"--quantize {mode} does not exist for onnx. onnx modes: {', '.join(modes_for('onnx'))}.")
@@ -263,3 +274,64 @@ def quantize_onnx(src: str, dst: str, mode: str, *, calibration: Any = None, inp
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     calibrate_method=CalibrationMethod.MinMax,
                     extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+
+
+# TFLite's dynamic range quantizer keeps kernels this small in float; they are the stem of most CNNs, whose
+# int8 error every later layer carries (MobileNetV2 on real photos: 94 against 81% agreement with float).
+MIN_QUANTIZED_CONV_WEIGHTS = 1024
+
+
+def weight_only_conv_int8(model: Any, min_weights: int = MIN_QUANTIZED_CONV_WEIGHTS) -> int:
+    """Store the float kernels of `model`'s Conv nodes as int8, one scale per output channel; return how many.
+
+    Each kernel becomes an int8 initializer (symmetric, -127..127, scale max|w|/127 per output channel,
+    zero point 0) read through a DequantizeLinear node (axis 0, opset 13+), so the file is about 4x
+    smaller and the Conv itself still computes in float: standard ONNX, any runtime runs it. Kernels with
+    fewer than `min_weights` values, and kernels that are not initializers, are left as they are.
+    """
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    taken = set(inits) | {o for n in graph.node for o in n.output}
+    done: dict[str, str] = {}  # float kernel -> its dequantized tensor (a kernel shared by several Convs)
+    dequantize = []
+    for node in graph.node:
+        if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        name = node.input[1]
+        if name not in done:
+            w = numpy_helper.to_array(inits[name])
+            if w.dtype != np.float32 or w.ndim < 3 or w.size < min_weights:
+                continue
+            absmax = np.abs(w).reshape(w.shape[0], -1).max(axis=1)
+            scale = np.where(absmax > 0, absmax / 127.0, 1.0).astype(np.float32)
+            q = np.clip(np.rint(w / scale.reshape((-1,) + (1,) * (w.ndim - 1))), -127, 127).astype(np.int8)
+            stem = _unique(f"{name}_int8", taken)
+            q_name, s_name, z_name, out = stem, _unique(f"{stem}_scale", taken), _unique(f"{stem}_zero_point", taken), \
+                _unique(f"{stem}_dequantized", taken)
+            graph.initializer.extend([numpy_helper.from_array(q, q_name), numpy_helper.from_array(scale, s_name),
+                                      numpy_helper.from_array(np.zeros(len(scale), np.int8), z_name)])
+            dequantize.append(helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [out],
+                                               name=_unique(f"{stem}_DequantizeLinear", taken), axis=0))
+            done[name] = out
+        node.input[1] = done[name]
+    if not done:
+        return 0
+    used = {i for n in graph.node for i in n.input}
+    kept = [i for i in graph.initializer if i.name not in done or i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = dequantize + list(graph.node)  # initializers only in, so first is a topological place
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return len(done)
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    out, i = name, 1
+    while out in taken:
+        out, i = f"{name}_{i}", i + 1
+    taken.add(out)
+    return out

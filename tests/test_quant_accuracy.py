@@ -1,0 +1,133 @@
+"""Quantized files stay close to float where the plain recipes do not (issue #13).
+
+The trap real MobileNetV2 weights set, rebuilt small: BatchNormalization folded into a depthwise
+kernel gives output channels whose ranges differ by 100x. ONNX Runtime's dynamic Conv quantizes such a
+kernel with one scale per tensor and the small channels vanish (real photos scored near chance);
+edgetl's ONNX dynamic mode stores Conv kernels per channel. Post-training int8 rounding shifts each
+layer's mean output; the bias correction takes the shift off.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+SIZE = 32
+
+
+def _trap_model(seed: int = 0) -> Any:
+    """Pixels 0..255 -> probabilities; a depthwise block whose BN gains span 100x, as in MobileNetV2.
+
+    The 1x1 convolution after it (the classifier: 5 channels, averaged, softmax) reads each channel with
+    weights inverse to its gain, as a trained network does, so the channels the gain makes small still
+    matter, and spreads the logits over the generated pictures (std about 2) so that an error shows.
+    """
+    import keras
+
+    rng = np.random.default_rng(seed)
+    inp = keras.Input((SIZE, SIZE, 3), name="image")
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inp)
+    x = keras.layers.Conv2D(128, 3, strides=2, padding="same", use_bias=False, name="stem")(x)
+    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = keras.layers.ReLU(6.0)(x)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="dw")(x)
+    x = keras.layers.BatchNormalization(name="dw_bn")(x)
+    x = keras.layers.Conv2D(5, 1, name="classify")(x)
+    logits = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inp, keras.layers.Softmax(name="predictions")(logits))
+    gain = np.exp(rng.uniform(np.log(0.03), np.log(3.0), 128)).astype("float32")  # spread 100x
+    model.get_layer("dw_bn").set_weights([gain, np.zeros(128, "float32"), np.zeros(128, "float32"),
+                                          np.ones(128, "float32") - 1e-3])
+    kernel = rng.normal(0, 1, (1, 1, 128, 5)).astype("float32") / gain[None, None, :, None]
+    classify = model.get_layer("classify")
+    classify.set_weights([kernel, np.zeros(5, "float32")])
+    z = np.asarray(keras.Model(inp, logits)(_images(), training=False))
+    kernel *= 2 / z.std(0)
+    classify.set_weights([kernel, (-z.mean(0) * 2 / z.std(0)).astype("float32")])
+    return model
+
+
+def _images(n: int = 48, seed: int = 1) -> np.ndarray:
+    """Smooth random pictures (pixels 0..255): blobs of colour, as photos have, not white noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
+    out = np.zeros((n, SIZE, SIZE, 3), np.float32)
+    for i in range(n):
+        for _ in range(4):
+            cy, cx, r = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.1, 0.5)
+            blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
+            out[i] += blob[..., None] * rng.uniform(0, 255, 3)
+    return np.clip(out / out.max(axis=(1, 2, 3), keepdims=True) * 255, 0, 255).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def onnx_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from edgetl.export.onnx import export_onnx
+    from edgetl.export.saved_model import save_serving
+
+    work = tmp_path_factory.mktemp("quant-accuracy")
+    saved = save_serving(_trap_model(), work / "saved_model")
+    files = {"none": work / "float32.onnx", "dynamic": work / "dynamic.onnx"}
+    export_onnx(saved, files["none"], "none")
+    export_onnx(saved, files["dynamic"], "dynamic", float_model=files["none"])
+    return files
+
+
+def _onnx_probs(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(None, {session.get_inputs()[0].name: x})[0])
+
+
+def test_onnx_dynamic_keeps_float_outputs_where_ort_per_tensor_conv_does_not(onnx_files: dict[str, Path],
+                                                                            tmp_path: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    x = _images()
+    ref = _onnx_probs(onnx_files["none"], x)
+    got = _onnx_probs(onnx_files["dynamic"], x)
+    plain = tmp_path / "ort-dynamic.onnx"  # the recipe edgetl used before: every Conv through ConvInteger
+    quantize_dynamic(str(onnx_files["none"]), str(plain), weight_type=QuantType.QUInt8)
+    old = _onnx_probs(plain, x)
+    assert np.abs(old - ref).max() > 0.3, "the trap no longer traps ONNX Runtime's per-tensor ConvInteger"
+    assert np.abs(got - ref).max() <= 0.05
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.95
+
+
+def test_onnx_dynamic_file_is_smaller_and_standard(onnx_files: dict[str, Path]) -> None:
+    import onnx
+
+    model = onnx.load(str(onnx_files["dynamic"]))
+    ops = [n.op_type for n in model.graph.node]
+    assert "ConvInteger" not in ops
+    # The stem (3,456 weights) and the depthwise kernel (1,152) in int8; the classifier (640) stays float.
+    assert ops.count("DequantizeLinear") == 2 and ops.count("Conv") == 3
+    assert all(n.domain in ("", "ai.onnx") for n in model.graph.node)  # standard ops only
+    assert onnx_files["dynamic"].stat().st_size < 0.65 * onnx_files["none"].stat().st_size
+
+
+def test_small_kernels_stay_float() -> None:
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from edgetl.export.modes import weight_only_conv_int8
+
+    rng = np.random.default_rng(0)
+    small = numpy_helper.from_array(rng.normal(size=(8, 3, 3, 3)).astype(np.float32), "small")  # 216 weights
+    big = numpy_helper.from_array(rng.normal(size=(64, 8, 3, 3)).astype(np.float32), "big")  # 4608 weights
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "small"], ["h"], pads=[1, 1, 1, 1]),
+         helper.make_node("Conv", ["h", "big"], ["y"], pads=[1, 1, 1, 1])], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 64, 8, 8])], [small, big])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert weight_only_conv_int8(model) == 1
+    names = {i.name for i in model.graph.initializer}
+    assert "small" in names and "big" not in names
+    onnx.checker.check_model(model, full_check=True)
+    q = next(numpy_helper.to_array(i) for i in model.graph.initializer if i.name == "big_int8")
+    assert q.dtype == np.int8 and np.abs(q).max() == 127
