@@ -23,6 +23,14 @@ from edgetl.train.engine import (
 SIZE = 48
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's converted bases in its own folder: none from earlier runs, none left in the user's cache."""
+    folder = tmp_path / "engine-cache"
+    monkeypatch.setenv("EDGETL_CACHE_DIR", str(folder))
+    return folder
+
+
 def test_cost_model_converts_only_when_the_images_pay_for_it() -> None:
     # At 10 ms per image and a 2 s trace, conversion is estimated at 6 x 2 = 12 s and each image saves 5 ms.
     per_image, trace = 0.010, 2.0
@@ -134,3 +142,49 @@ def test_train_records_the_feature_engine(demo_dir: Path, tmp_path: Path) -> Non
     data = json.loads((result.run_dir / "manifest.json").read_text())["data"]
     assert training["feature_engine"]["images"] == sum(len(data[s]) for s in ("train", "val", "test"))
     assert "seconds" not in training["feature_engine"]
+
+
+def test_converted_base_is_cached_and_reloaded_by_content(classifier, _own_cache: Path,  # noqa: ANN001
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgetl.train.engine import TFLiteExtractor, base_key, cache_dir
+
+    x = np.random.default_rng(2).uniform(0, 255, (4, SIZE, SIZE, 3)).astype(np.float32)
+    first = TFLiteExtractor(classifier, SIZE)
+    assert not first.cached and first.cache_path is not None and first.cache_path.is_file()
+    assert first.cache_path.parent == cache_dir() == _own_cache
+    again = TFLiteExtractor(classifier, SIZE)
+    assert again.cached and again.cache_path == first.cache_path
+    np.testing.assert_array_equal(again(x), first(x))
+    # Another size, or one weight changed, is another conversion: a stale file is never picked up.
+    assert base_key(classifier, SIZE + 16) != base_key(classifier, SIZE)
+    var = classifier.extractor.weights[-1]
+    old = var.numpy()
+    try:
+        var.assign(old + 1.0)
+        assert base_key(classifier, SIZE) != first.cache_path.stem
+    finally:
+        var.assign(old)
+    assert base_key(classifier, SIZE) == first.cache_path.stem
+    # A damaged file is converted again and rewritten; forget() deletes it; "off" caches nothing.
+    first.cache_path.write_bytes(b"not a model")
+    repaired = TFLiteExtractor(classifier, SIZE)
+    assert not repaired.cached and first.cache_path.stat().st_size > 1000
+    repaired.forget()
+    assert not first.cache_path.exists()
+    monkeypatch.setenv("EDGETL_CACHE_DIR", "off")
+    off = TFLiteExtractor(classifier, SIZE)
+    assert cache_dir() is None and off.cache_path is None and not off.cached
+
+
+def test_a_second_run_loads_the_base_it_converted(demo_dir: Path, tmp_path: Path) -> None:
+    from edgetl.train import train
+    from edgetl.train.config import TrainConfig
+
+    engines = []
+    for i in range(2):
+        cfg = TrainConfig(data=str(demo_dir), alpha=0.35, weights="bundled", image_size=SIZE, epochs=1,
+                          batch_size=16, feature_cache="tflite", seed=0, output=str(tmp_path / f"run{i}"))
+        result = train(cfg)
+        engines.append(json.loads((result.run_dir / "manifest.json").read_text())["training"]["feature_engine"])
+    assert [e["cached"] for e in engines] == [False, True]
+    assert all(e["engine"] == "tflite" and e["max_relative_diff"] <= FEATURE_TOLERANCE for e in engines)

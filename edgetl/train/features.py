@@ -225,8 +225,9 @@ def _switch(clf: Classifier, size: int, images: tf.Tensor, reference: np.ndarray
             speedup = keras_seconds / max(time.perf_counter() - t0, 1e-9)
             diff = engines.max_relative_diff(reference, check)
             record.update(convert_seconds=round(fast.convert_seconds, 2), max_relative_diff=float(f"{diff:.3g}"),
-                          measured_speedup=round(speedup, 2), threads=fast.threads)
+                          measured_speedup=round(speedup, 2), threads=fast.threads, cached=fast.cached)
             if not diff <= engines.FEATURE_TOLERANCE:
+                fast.forget()  # a cached conversion that fails is not used again
                 record.update(engine="keras", reason=f"TFLite features differ from TensorFlow's by {diff:.2g} "
                                                      f"(tolerance {engines.FEATURE_TOLERANCE:g})")
                 fast = None
@@ -234,8 +235,9 @@ def _switch(clf: Classifier, size: int, images: tf.Tensor, reference: np.ndarray
                 record.update(engine="keras", reason=f"TFLite ran {speedup:.2f}x TensorFlow's speed on this base")
                 fast = None
     if fast is not None:
+        how = "loaded from the cache in" if fast.cached else "converted in"
         message = (f"feature pass: TFLite float32 with XNNPACK on {fast.threads} threads ({record['reason']}; "
-                   f"converted in {fast.convert_seconds:.1f} s, {record['measured_speedup']:.1f}x TensorFlow's speed, "
+                   f"{how} {fast.convert_seconds:.1f} s, {record['measured_speedup']:.1f}x TensorFlow's speed, "
                    f"features within {record['max_relative_diff']:.1g} of TensorFlow's)")
     else:
         message = f"feature pass: TensorFlow ({record['reason']})"
