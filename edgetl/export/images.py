@@ -130,6 +130,24 @@ class ExportImages:
         return self._held
 
 
+def balanced_order(labels: np.ndarray | None, n: int, seed: int = 0) -> np.ndarray:
+    """Indices 0..n-1 in an order whose every prefix is class-balanced (round-robin over seeded shuffles).
+
+    A file verified on a capped sample is verified on a prefix of this order, so the sample keeps
+    the classes in balance and is the same for every file of the export.
+    """
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        return rng.permutation(n)
+    queues = [list(rng.permutation(np.flatnonzero(labels == c))) for c in np.unique(labels)]
+    out: list[int] = []
+    while any(queues):
+        for q in queues:
+            if q:
+                out.append(int(q.pop()))
+    return np.asarray(out, dtype=np.int64)
+
+
 def representative(calib: np.ndarray) -> Callable[[], Iterator[list[np.ndarray]]]:
     """A TFLite representative dataset: the calibration images one at a time."""
     def gen() -> Iterator[list[np.ndarray]]:

@@ -23,14 +23,16 @@ from edgetl.export.plan import (
     COMPAT_TARGETS,
     DEFAULT_CALIBRATION_SAMPLES,
     DEFAULT_OPSET,
+    DEFAULT_VERIFY_SECONDS,
     ExportOptions,
     Plan,
     make_plan,
 )
-from edgetl.export.report import ExportReport, ExportRow, write_beside
+from edgetl.export.report import ExportReport, ExportRow, Phases, write_beside
 from edgetl.export.verify import FLOAT_TOLERANCE, KerasReference, keras_reference, verify_file
 
 if TYPE_CHECKING:
+    import keras
     import numpy as np
 
     from edgetl.rundir import Run
@@ -49,18 +51,27 @@ class _Job:
     plan: Plan
     images: ExportImages
     threads: int
+    phases: Phases
+    model: keras.Model | None = None
     calib: np.ndarray | None = None
     ref: KerasReference | None = None
     float_onnx: Path | None = None  # the float ONNX file once written: ONNX int8 quantizes it
     warnings: list[str] = field(default_factory=list)  # for the report, from the files' checks
+    saved: Path | None = None  # the SavedModel, written once when a format needs one (ONNX, ORT, saved_model)
+    work: Path | None = None
+    # TFLite files are converted from the loaded model's frozen forward pass (free batch; batch 1 for
+    # int8-full): no SavedModel to write and read back for them.
+    frozen: dict[int | None, Any] = field(default_factory=dict)
+    calibrated: dict[int | None, bytes] = field(default_factory=dict)  # calibrate_tflite models, by batch
 
 
 def export_run(run_dir: str | os.PathLike[str] | Run, *, formats: Any = (), quantize: Any = (),
                output: str | os.PathLike[str] | None = None,
                calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES, io_type: str | None = None,
                opset: int = DEFAULT_OPSET, allow_select_ops: bool = False, max_drop: float | None = None,
-               verify: bool = True, threads: int | None = None, target: str | None = None, force: bool = False,
-               strict: bool = False, reporter: Reporter | None = None) -> ExportReport:
+               verify: bool = True, verify_seconds: float | None = DEFAULT_VERIFY_SECONDS, threads: int | None = None,
+               target: str | None = None, force: bool = False, strict: bool = False,
+               reporter: Reporter | None = None) -> ExportReport:
     """Export a trained run to TFLite, ONNX and/or SavedModel, quantized as asked, and verify each file.
 
     Each (format, mode) pair that exists is written (see edgetl.export.modes.plan_pairs), named
@@ -83,8 +94,8 @@ def export_run(run_dir: str | os.PathLike[str] | Run, *, formats: Any = (), quan
     opts = ExportOptions(formats=tuple(_as_list(formats)), quantize=tuple(_as_list(quantize)),
                          output=Path(output) if output is not None else None,
                          calibration_samples=calibration_samples, io_type=io_type, opset=opset,
-                         allow_select_ops=allow_select_ops, max_drop=max_drop, verify=verify, threads=threads,
-                         target=target, force=force, strict=strict)
+                         allow_select_ops=allow_select_ops, max_drop=max_drop, verify=verify,
+                         verify_seconds=verify_seconds, threads=threads, target=target, force=force, strict=strict)
     return run_export(run_dir if isinstance(run_dir, Run) else load_run(run_dir), opts, reporter)
 
 
@@ -99,30 +110,36 @@ def run_export(run: Run, opts: ExportOptions, reporter: Reporter | None = None) 
     images = ExportImages(run, opts.calibration_samples if needs_calibration else 0, opts.verify, report.warnings)
     images.check()  # missing data fails here, before the slow part
 
-    load_tensorflow()
-    job = _Job(run, opts, plan, images, opts.threads if opts.threads is not None else default_threads())
+    t0 = time.perf_counter()
+    with report.phases.time("load"):
+        load_tensorflow()
+    job = _Job(run, opts, plan, images, opts.threads if opts.threads is not None else default_threads(),
+               report.phases)
     report.verify = {"enabled": opts.verify, "threads": job.threads, "batch_for_latency": 1,
-                     "float_tolerance": FLOAT_TOLERANCE, "max_drop": opts.max_drop}
+                     "float_tolerance": FLOAT_TOLERANCE, "max_drop": opts.max_drop,
+                     "seconds_per_file": opts.verify_seconds}
     plan.output.mkdir(parents=True, exist_ok=True)
     clean_staging(plan.output)
-    work = Path(tempfile.mkdtemp(prefix="edgetl-export-"))
+    job.work = Path(tempfile.mkdtemp(prefix="edgetl-export-"))
     try:
-        saved, saved_b1 = _prepare(job, work, needs_calibration, report, reporter)
+        _prepare(job, needs_calibration, report, reporter)
         for fmt, mode in plan.pairs:
             reporter.start(f"exporting {fmt} {mode}", None)
-            source = saved_b1 if (fmt == "tflite" and mode == "int8-full" and saved_b1 is not None) else saved
-            row = _export_one(job, fmt, mode, source)
+            row = _export_one(job, fmt, mode)
             reporter.finish()
             if fmt == "onnx" and mode == "none" and row.status in ("ok", "unverified"):
                 job.float_onnx = plan.paths[(fmt, mode)]
             report.rows.append(row)
             reporter.info(row.line())
         report.warnings.extend(job.warnings)
-        write_beside(run.class_names, plan.output, report)
-        _write_cards(run, plan.output, report)
+        with report.phases.time("write report"):
+            report.seconds = round(time.perf_counter() - t0, 2)
+            write_beside(run.class_names, plan.output, report)
+            _write_cards(run, plan.output, report)
+        _log_phases(report, reporter)
     finally:
         reporter.finish()
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(job.work, ignore_errors=True)
     failed = report.failed
     if failed:
         what = "; ".join(f"{r.format} {r.mode}: {r.status[len('failed: '):]}" for r in failed)
@@ -133,32 +150,71 @@ def run_export(run: Run, opts: ExportOptions, reporter: Reporter | None = None) 
     return report
 
 
-def _prepare(job: _Job, work: Path, needs_calibration: bool, report: ExportReport,
-             reporter: Reporter) -> tuple[Path, Path | None]:
-    """The work every file shares, done once: SavedModels, calibration images, the Keras reference."""
-    from edgetl.export.saved_model import save_serving
-
+def _prepare(job: _Job, needs_calibration: bool, report: ExportReport, reporter: Reporter) -> None:
+    """The work every file shares, done once: the model, calibration images, the Keras reference."""
     run = job.run
     reporter.start("loading the model", None)
-    model = run.load_model()
+    with job.phases.time("load model"):
+        model = run.load_model()
     shape = tuple(model.input_shape[1:3])
     if shape != (run.image_size, run.image_size):
         raise ModelError(f"run '{run.path}': its model takes {shape[0]}x{shape[1]} images but its manifest says "
                          f"{run.image_size}. The run is damaged; train it again.")
-    reporter.start("writing a SavedModel", None)
-    saved = save_serving(model, work / "saved_model")
-    # Integer-only targets (Edge TPU compiler, NNAPI/NPU delegates, TFLite Micro) need static
-    # shapes: int8-full files are converted from a signature with the batch fixed at 1.
-    saved_b1 = save_serving(model, work / "saved_model_b1", batch=1) \
-        if any(m == "int8-full" for _, m in job.plan.pairs) else None
+    job.model = model
     reporter.finish()
     if needs_calibration:
-        job.calib = job.images.calibration(reporter)
+        with job.phases.time("calibration images"):
+            job.calib = job.images.calibration(reporter)
         report.verify["calibration_samples"] = job.images.calibration_used
     if job.opts.verify:
-        job.ref = keras_reference(model, job.images, reporter)
+        with job.phases.time("held-out images"):
+            job.images.held_out(reporter)
+        with job.phases.time("keras reference"):
+            job.ref = keras_reference(model, job.images, reporter)
         report.reference = dict(job.ref.summary)
-    return saved, saved_b1
+
+
+def _saved_model(job: _Job) -> Path:
+    """The run's SavedModel (free batch), written on first use: ONNX, ORT and saved_model read it."""
+    from edgetl.export.saved_model import save_serving
+
+    if job.saved is None:
+        assert job.model is not None and job.work is not None
+        with job.phases.time("savedmodel"):
+            job.saved = save_serving(job.model, job.work / "saved_model")
+    return job.saved
+
+
+def _frozen(job: _Job, batch: int | None) -> Any:
+    """The loaded model's forward pass with its variables frozen, batch free or fixed: what TFLite converts."""
+    from edgetl.export.saved_model import frozen_forward
+
+    if batch not in job.frozen:
+        assert job.model is not None
+        with job.phases.time("freeze", "batch 1" if batch else "free batch"):
+            job.frozen[batch] = frozen_forward(job.model, batch=batch)
+    return job.frozen[batch]
+
+
+def _calibrated(job: _Job, batch: int | None) -> bytes:
+    """The float TFLite model with calibration ranges, once per batch kind: every integer mode quantizes it."""
+    from edgetl.export.tflite import calibrate_tflite
+
+    if batch not in job.calibrated:
+        assert job.calib is not None
+        source = _frozen(job, batch)
+        with job.phases.time("calibration", "tflite batch 1" if batch else "tflite free batch"):
+            job.calibrated[batch] = calibrate_tflite(source, representative(job.calib))
+    return job.calibrated[batch]
+
+
+def _log_phases(report: ExportReport, reporter: Reporter) -> None:
+    """The per-phase seconds table, on the progress output and in the log."""
+    lines = report.phases.table()
+    log.info("export phases (wall seconds):\n%s", "\n".join(lines))
+    reporter.info("export phases (wall seconds):")
+    for line in lines:
+        reporter.info("  " + line)
 
 
 def _write_cards(run: Run, folder: Path, report: ExportReport) -> None:
@@ -205,7 +261,7 @@ def staging_path(final: Path) -> Path:
     return final.parent / f"{STAGING_PREFIX}{os.getpid()}-{final.name}"
 
 
-def _export_one(job: _Job, fmt: str, mode: str, saved: Path) -> ExportRow:
+def _export_one(job: _Job, fmt: str, mode: str) -> ExportRow:
     """Write one file to a staging name, verify it, and move it into place only when it passes."""
     from edgetl.export.metadata import build_metadata
 
@@ -217,13 +273,19 @@ def _export_one(job: _Job, fmt: str, mode: str, saved: Path) -> ExportRow:
     if fmt in ("onnx", "ort"):
         meta["opset"] = job.opts.opset
     staging = staging_path(final)
-    t0 = time.perf_counter()
+    name = f"{fmt} {mode}"
     try:
-        _write(job, fmt, mode, io, staging, _source(job.run, fmt, mode, saved, meta), meta)
+        # The shared inputs (a frozen pass, a calibrated model) are made on first use and timed as their own phases.
+        source = _tflite_source(job, mode, meta) if fmt == "tflite" else None
+        t0 = time.perf_counter()
+        _write(job, fmt, mode, io, staging, meta, source)
         row.export_seconds = round(time.perf_counter() - t0, 2)
+        job.phases.add("convert", row.export_seconds, name)
         row.size_mb = round(_size(staging) / 1e6, 3)
         if job.opts.verify and job.ref is not None:
-            verify_file(row, staging, meta, job.ref, job.images, job.opts.max_drop, job.threads)
+            with job.phases.time("verify", name):
+                verify_file(row, staging, meta, job.ref, job.images, job.opts.max_drop, job.threads,
+                            job.opts.verify_seconds)
         else:
             row.status = "unverified"
         if fmt == "tflite" and job.opts.target in COMPAT_TARGETS and not row.failed:
@@ -266,29 +328,42 @@ def _check_target(job: _Job, row: ExportRow, path: Path) -> None:
         job.warnings.append(f"{what} ({Path(row.path).name})")
 
 
-def _source(run: Run, fmt: str, mode: str, saved: Path, meta: dict[str, Any]) -> Path:
-    """The SavedModel to convert: a QAT run's own for int8 TFLite (its learned ranges), else the run's."""
+def _qat_source(job: _Job, fmt: str, mode: str, meta: dict[str, Any]) -> Path | None:
+    """A QAT run's own SavedModel for int8 TFLite (its learned ranges), else None."""
     if fmt == "tflite" and mode in ("int8", "int8-full"):
-        qat = run.qat_saved_model()
+        qat = job.run.qat_saved_model()
         if qat is not None:
             meta["qat"] = True
             meta["batch"] = None  # the QAT SavedModel keeps a free batch dimension
             return qat
-    return saved
+    return None
 
 
-def _write(job: _Job, fmt: str, mode: str, io: str | None, path: Path, saved: Path, meta: dict[str, Any]) -> None:
+def _tflite_source(job: _Job, mode: str, meta: dict[str, Any]) -> tuple[Any, bytes | None]:
+    """What a TFLite file is converted from: (QAT SavedModel or frozen pass, the shared calibrated model or None)."""
+    calibrated = get_mode(mode).calibrated
+    qat = _qat_source(job, "tflite", mode, meta)
+    batch = 1 if mode == "int8-full" else None
+    shared = calibrated and qat is None and not job.opts.allow_select_ops and job.calib is not None
+    if shared:
+        return None, _calibrated(job, batch)
+    return (qat if qat is not None else _frozen(job, batch)), None
+
+
+def _write(job: _Job, fmt: str, mode: str, io: str | None, path: Path, meta: dict[str, Any],
+           source: tuple[Any, bytes | None] | None) -> None:
     """Dispatch to the format's one entry function."""
     if fmt == "tflite":
         from edgetl.export.tflite import export_tflite
 
+        assert source is not None
         rep = representative(job.calib) if job.calib is not None and get_mode(mode).calibrated else None
-        export_tflite(saved, path, mode, meta=meta, representative=rep, io_type=io,
-                      allow_select_ops=job.opts.allow_select_ops)
+        export_tflite(source[0], path, mode, meta=meta, representative=rep, io_type=io,
+                      allow_select_ops=job.opts.allow_select_ops, calibrated=source[1])
     elif fmt == "onnx":
         from edgetl.export.onnx import export_onnx
 
-        export_onnx(saved, path, mode, meta=meta, opset=job.opts.opset,
+        export_onnx(_saved_model(job), path, mode, meta=meta, opset=job.opts.opset,
                     calibration=job.calib if mode == "int8" else None,
                     float_model=job.float_onnx if mode != "none" else None)
     elif fmt == "ort":
@@ -298,7 +373,7 @@ def _write(job: _Job, fmt: str, mode: str, io: str | None, path: Path, saved: Pa
         # The ORT file is converted from an ONNX file of the same mode, written beside the staging file.
         onnx_path = path.with_name(path.name + ".onnx")
         try:
-            export_onnx(saved, onnx_path, mode, meta=meta, opset=job.opts.opset,
+            export_onnx(_saved_model(job), onnx_path, mode, meta=meta, opset=job.opts.opset,
                         calibration=job.calib if mode == "int8" else None,
                         float_model=job.float_onnx if mode != "none" else None)
             export_ort(onnx_path, path)
@@ -307,7 +382,7 @@ def _write(job: _Job, fmt: str, mode: str, io: str | None, path: Path, saved: Pa
     else:
         from edgetl.export.saved_model import export_saved_model
 
-        export_saved_model(saved, path, meta=meta)
+        export_saved_model(_saved_model(job), path, meta=meta)
 
 
 def _size(p: Path) -> int:

@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 EXPORT_DIR = "export"
 COMPAT_TARGETS = ("gpu", "npu")  # targets whose files are checked for ops the accelerator lacks
 DEFAULT_CALIBRATION_SAMPLES = 300
+# Verification seconds per file: a file whose runtime would take longer over every held-out image
+# (int16x8's reference kernels: about 200 ms per image at 224 on x86) is verified on a class-balanced
+# sample of them that fits (never fewer than edgetl.export.verify.MIN_VERIFY_SAMPLES), recorded in its row.
+DEFAULT_VERIFY_SECONDS = 10.0
 MAX_CALIBRATION_SAMPLES = 100_000
 _EXT = {"tflite": ".tflite", "onnx": ".onnx", "ort": ".ort", "saved_model": ""}
 
@@ -37,6 +41,7 @@ class ExportOptions:
     allow_select_ops: bool = False  # TensorFlow (Flex) ops allowed in TFLite files
     max_drop: float | None = None  # fail a quantized file losing more accuracy than this fraction
     verify: bool = True  # open and measure every file in its runtime
+    verify_seconds: float | None = DEFAULT_VERIFY_SECONDS  # per file; None: every held-out image, however slow
     threads: int | None = None  # CPU threads for verification (default: up to 4)
     target: str | None = None  # cpu, gpu, edgetpu, npu, mcu: picks formats, modes and io type
     force: bool = False  # replace existing files
@@ -121,6 +126,10 @@ def make_plan(run: Run, opts: ExportOptions) -> Plan:
         if not 0 <= float(opts.max_drop) <= 1:
             raise UsageError(f"--max-drop {opts.max_drop} is out of range. Use an accuracy fraction 0..1 "
                              "(0.01 = 1 point).")
+    v = opts.verify_seconds
+    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
+        raise UsageError(f"verify_seconds {v} is out of range. Use seconds > 0, or None to verify on every "
+                         f"held-out image (default {DEFAULT_VERIFY_SECONDS:g}).")
     if opts.threads is not None and (isinstance(opts.threads, bool) or not 1 <= int(opts.threads) <= 1024):
         raise UsageError(f"--threads {opts.threads} is out of range. Use 1 or more.")
     out = Path(opts.output) if opts.output is not None else run.path / EXPORT_DIR

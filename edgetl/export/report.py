@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +54,53 @@ class ExportRow(Record):
     def line(self) -> str:
         """One progress line: format, mode, status, size, path."""
         size = f"{self.size_mb:.2f} MB" if self.size_mb is not None else "-"
-        return f"{self.format} {self.mode}: {self.status} ({size}) -> {self.path}"
+        sample = self.extra.get("verify_sample")
+        on = f", verified on {sample['samples']} of {sample['held_out']} images" if sample else ""
+        return f"{self.format} {self.mode}: {self.status} ({size}{on}) -> {self.path}"
+
+
+@dataclass
+class Phases:
+    """Wall seconds of each step of an export, in the order they ran (shared work, then per file)."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @contextmanager
+    def time(self, phase: str, file: str | None = None) -> Iterator[None]:
+        """Time the block as `phase` (of `file`, e.g. "tflite int8", for per-file steps)."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(phase, time.perf_counter() - t0, file)
+
+    def add(self, phase: str, seconds: float, file: str | None = None) -> None:
+        """Record `seconds` of `phase` (of `file`)."""
+        self.rows.append({"phase": phase, "file": file, "seconds": round(seconds, 2)})
+
+    def total(self) -> float:
+        """The seconds of every phase added up."""
+        return round(sum(r["seconds"] for r in self.rows), 2)
+
+    def by_phase(self) -> dict[str, float]:
+        """Seconds per phase name, over every file."""
+        out: dict[str, float] = {}
+        for r in self.rows:
+            out[r["phase"]] = round(out.get(r["phase"], 0.0) + r["seconds"], 2)
+        return out
+
+    def table(self) -> list[str]:
+        """The phases as aligned text lines for the log: one per step, then a total per phase name."""
+        width = max([len(self._label(r)) for r in self.rows] + [5])
+        lines = [f"{'phase':<{width}}  seconds"]
+        lines += [f"{self._label(r):<{width}}  {r['seconds']:7.2f}" for r in self.rows]
+        lines.append(f"{'total':<{width}}  {self.total():7.2f}  ("
+                     + ", ".join(f"{k} {v:.1f}" for k, v in self.by_phase().items()) + ")")
+        return lines
+
+    @staticmethod
+    def _label(row: dict[str, Any]) -> str:
+        return f"{row['phase']} {row['file']}" if row["file"] else str(row["phase"])
 
 
 @dataclass
@@ -66,6 +114,8 @@ class ExportReport:
     json_path: Path | None = None
     verify: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    phases: Phases = field(default_factory=Phases)
+    seconds: float | None = None  # the whole export's wall time
 
     @property
     def failed(self) -> list[ExportRow]:
@@ -73,7 +123,8 @@ class ExportReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"edgetl_export": 1, "run": str(self.run_dir), "output": str(self.output), "verify": self.verify,
-                "reference": self.reference, "rows": [r.to_dict() for r in self.rows], "warnings": self.warnings}
+                "reference": self.reference, "rows": [r.to_dict() for r in self.rows], "warnings": self.warnings,
+                "seconds": self.seconds, "phases": list(self.phases.rows), "phase_totals": self.phases.by_phase()}
 
 
 def write_beside(class_names: list[str], folder: Path, report: ExportReport) -> None:

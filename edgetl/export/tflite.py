@@ -41,14 +41,10 @@ def convert_tflite(model_or_savedmodel: Any, mode: str = "none", *,
     Raises:
         ExportError: the converter failed; ops that need Flex are named with the flag that allows them.
     """
-    import tensorflow as tf
 
     from edgetl.export.modes import apply_tflite
 
-    if isinstance(model_or_savedmodel, (str, os.PathLike)):
-        converter = tf.lite.TFLiteConverter.from_saved_model(os.fspath(model_or_savedmodel))
-    else:
-        converter = tf.lite.TFLiteConverter.from_keras_model(model_or_savedmodel)
+    converter = _converter(model_or_savedmodel)
     apply_tflite(converter, mode, representative=representative, io_type=io_type, allow_select_ops=allow_select_ops)
     try:
         with quiet_native_stderr():
@@ -57,6 +53,78 @@ def convert_tflite(model_or_savedmodel: Any, mode: str = "none", *,
         raise
     except Exception as exc:
         raise explain_error(exc, mode, allow_select_ops) from None
+
+
+def _converter(source: Any) -> Any:
+    """A TFLiteConverter for a SavedModel folder, a (frozen) concrete function, or a Keras model."""
+    import tensorflow as tf
+
+    if isinstance(source, (str, os.PathLike)):
+        return tf.lite.TFLiteConverter.from_saved_model(os.fspath(source))
+    if hasattr(source, "structured_input_signature"):  # a ConcreteFunction
+        return tf.lite.TFLiteConverter.from_concrete_functions([source])
+    return tf.lite.TFLiteConverter.from_keras_model(source)
+
+
+def calibrate_tflite(source: Any, representative: Callable[[], Iterable[list[Any]]]) -> bytes:
+    """The float model with the calibration ranges of every tensor: one calibration pass for every integer mode.
+
+    TFLiteConverter.convert() runs the float model over the representative set for each calibrated
+    file (int16x8 twice); calibrating once and quantizing this with `quantize_calibrated` gives the same
+    tensors, weights and quantization parameters (tests/test_export.py compares them) for int8, int8-full
+    (from a batch-1 source) and int16x8. This is how tf.lite.experimental.QuantizationDebugger works too.
+
+    Raises:
+        ExportError: the converter failed.
+    """
+    from edgetl.export.modes import apply_tflite
+
+    converter = _converter(source)
+    apply_tflite(converter, "int8", representative=representative)
+    converter._experimental_calibrate_only = True  # noqa: SLF001 - no public API; see the docstring
+    try:
+        with quiet_native_stderr():
+            return bytes(converter.convert())
+    except (UsageError, ExportError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        raise explain_error(exc, "int8", False) from None
+
+
+def quantize_calibrated(calibrated: bytes, mode: str, io_type: str | None = None) -> bytes:
+    """Quantize a `calibrate_tflite` model as TFLiteConverter does for `mode` (int8, int8-full, int16x8).
+
+    int8 and int8-full go through the converter's MLIR quantizer (float, or uint8/int8 input and output);
+    int16x8 through its older quantizer with int16 activations and int64 biases, as the converter does.
+
+    Raises:
+        ExportError: the quantizer failed.
+    """
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow.lite.python import convert as tflite_convert
+    from tensorflow.lite.python import lite
+    from tensorflow.lite.python.optimize import calibrator
+
+    from edgetl.export.modes import DEFAULT_IO_TYPE
+
+    try:
+        with quiet_native_stderr():
+            if mode in ("int8", "int8-full"):
+                io = {"uint8": tf.uint8, "int8": tf.int8}[io_type or DEFAULT_IO_TYPE] if mode == "int8-full" \
+                    else tf.float32
+                data = tflite_convert.mlir_quantize(calibrated, input_data_type=io, output_data_type=io)
+            elif mode == "int16x8":
+                f32, i16, i64 = (np.dtype(t).num for t in (np.float32, np.int16, np.int64))
+                wrapper = calibrator.Calibrator(calibrated)._calibrator  # noqa: SLF001 - see calibrate_tflite
+                data = wrapper.QuantizeModel(f32, f32, False, i16, i64, False, False)
+            else:
+                raise UsageError(f"--quantize {mode} is not a calibrated TFLite mode.")
+            return bytes(lite._deduplicate_readonly_buffers(data))  # noqa: SLF001 - as convert() ends
+    except (UsageError, ExportError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        raise explain_error(exc, mode, False) from None
 
 
 def explain_error(exc: Exception, mode: str, allow_select_ops: bool) -> ExportError:
@@ -82,22 +150,27 @@ def explain_error(exc: Exception, mode: str, allow_select_ops: bool) -> ExportEr
 def export_tflite(model_or_savedmodel: Any, path: str | os.PathLike[str], mode: str = "none", *,
                   meta: dict[str, Any] | None = None,
                   representative: Callable[[], Iterable[list[Any]]] | None = None, io_type: str | None = None,
-                  allow_select_ops: bool = False) -> Path:
+                  allow_select_ops: bool = False, calibrated: bytes | None = None) -> Path:
     """Convert, embed the metadata, and write `path` atomically.
 
     Args:
-        model_or_savedmodel: SavedModel folder or Keras model.
+        model_or_savedmodel: SavedModel folder, frozen concrete function or Keras model.
         path: the .tflite file to write.
         mode: TFLite quantization mode.
         meta: the edgetl metadata (edgetl.export.metadata.build_metadata), written as edgetl's entry and as
             the standard TFLite metadata app runtimes read; None writes neither.
         representative, io_type, allow_select_ops: see convert_tflite.
+        calibrated: for int8, int8-full and int16x8, the calibrate_tflite model to quantize instead of
+            converting and calibrating again (the source is then not read).
 
     Returns:
         The written path.
     """
-    data = convert_tflite(model_or_savedmodel, mode, representative=representative, io_type=io_type,
-                          allow_select_ops=allow_select_ops)
+    if calibrated is not None:
+        data = quantize_calibrated(calibrated, mode, io_type)
+    else:
+        data = convert_tflite(model_or_savedmodel, mode, representative=representative, io_type=io_type,
+                              allow_select_ops=allow_select_ops)
     if meta is not None:
         data = embed_tflite_metadata(data, meta)
     write_bytes(path, data)

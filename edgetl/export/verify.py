@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -10,15 +12,20 @@ import numpy as np
 
 from edgetl.core.errors import EdgetlError
 from edgetl.core.progress import Reporter
+from edgetl.export.images import balanced_order
 from edgetl.export.modes import get_mode
+from edgetl.export.plan import DEFAULT_VERIFY_SECONDS
 from edgetl.export.report import ExportRow
-from edgetl.runtime.measure import Reference, measure
+from edgetl.runtime.measure import Measurement, Reference, compare, top1_accuracy
 from edgetl.runtime.timing import median_ms
 
 if TYPE_CHECKING:
     import keras
 
     from edgetl.export.images import ExportImages
+    from edgetl.runtime.runner import Runner
+
+log = logging.getLogger("edgetl")
 
 # A float export must give the Keras model's probabilities within this (max abs difference over the
 # held-out images). Measured: TFLite float32 and ONNX float32 differ from Keras by < 1e-5.
@@ -30,6 +37,9 @@ CHECKED_METADATA = ("class_names", "quantization", "format", "image_size")
 # between them (normalisation, labels, colour order), not rounding.
 APP_AGREEMENT = 0.99
 _KERAS_BATCH = 64
+# A file verified on a capped sample (edgetl.export.plan.DEFAULT_VERIFY_SECONDS) gets at least this many images.
+MIN_VERIFY_SAMPLES = 50
+_PROBE = 4  # images timed (after one warm-up call of the same size) to estimate a file's cost per image
 
 
 @dataclass(frozen=True)
@@ -59,8 +69,11 @@ def keras_reference(model: keras.Model, images: ExportImages, reporter: Reporter
 
 
 def verify_file(row: ExportRow, path: Path, meta: dict[str, Any], ref: KerasReference, images: ExportImages,
-                max_drop: float | None, threads: int) -> None:
-    """Open `path` in its runtime, check its contract, measure it against `ref`, and set row.status."""
+                max_drop: float | None, threads: int, budget: float | None = DEFAULT_VERIFY_SECONDS) -> None:
+    """Open `path` in its runtime, check its contract, measure it against `ref`, and set row.status.
+
+    `budget`: seconds the held-out pass may take (None: all images whatever the time); see DEFAULT_VERIFY_SECONDS.
+    """
     from edgetl.runtime import open_model
 
     try:
@@ -86,14 +99,14 @@ def verify_file(row: ExportRow, path: Path, meta: dict[str, Any], ref: KerasRefe
             problems.append(f"input dtype is {runner.input_dtype}, not {want_dtype}")
         x, y, _ = images.held_out()
         try:
-            m = measure(runner, x, y, ref.reference)
+            m, idx = _measure_within(runner, row, x, y, ref.reference, budget)
         except EdgetlError as exc:  # the outputs do not have the reference's shape
             problems.append(str(exc))
-            m = None
+            m, idx = None, np.arange(len(x))
         if m is not None:
             row.max_abs_diff, row.agreement = m.max_abs_diff, m.agreement
             row.accuracy, row.drop, row.latency_ms = m.accuracy, m.drop, m.latency_ms
-        row.samples = int(len(x))
+        row.samples = int(len(idx))
     finally:
         runner.close()
     float_model = get_mode(row.mode).float_model
@@ -107,7 +120,41 @@ def verify_file(row: ExportRow, path: Path, meta: dict[str, Any], ref: KerasRefe
     else:
         row.status = "ok"
     if row.format == "tflite" and m is not None and not row.failed:
-        verify_in_app_runtime(row, path, x, y, m.probs, list(meta.get("class_names") or []))
+        verify_in_app_runtime(row, path, x[idx], y[idx] if y is not None else None, m.probs,
+                              list(meta.get("class_names") or []))
+
+
+def _measure_within(runner: Runner, row: ExportRow, x: np.ndarray, y: np.ndarray | None, reference: Reference,
+                    budget: float | None) -> tuple[Measurement, np.ndarray]:
+    """Measure `runner` on every held-out image, or on a balanced prefix when all would exceed `budget` seconds.
+
+    Returns the measurement and the indices of the images it ran on. A capped sample is recorded in
+    row.extra["verify_sample"] with the Keras accuracy on the same images (the drop is against that).
+    """
+    n = len(x)
+    order = balanced_order(y, n)
+    probe = order[:min(_PROBE, n)]
+    runner.predict(x[probe])  # warm-up: the first call of a size plans the kernels
+    t0 = time.perf_counter()
+    probe_probs = runner.predict(x[probe])
+    per_image = (time.perf_counter() - t0) / max(1, len(probe))
+    keep = n
+    if budget is not None and per_image * n > budget:
+        keep = min(n, max(MIN_VERIFY_SAMPLES, int(budget / per_image)))
+    if keep == n:
+        idx = np.arange(n)
+        probs, sub = runner.predict(x), reference
+    else:
+        idx = order[:keep]
+        probs = np.concatenate([probe_probs, runner.predict(x[idx[len(probe):]])])
+        sub_acc = top1_accuracy(reference.probs[idx], y[idx]) if y is not None else None
+        sub = Reference(probs=reference.probs[idx], accuracy=sub_acc)
+        row.extra["verify_sample"] = {"samples": keep, "held_out": n, "ms_per_image": round(per_image * 1000, 1),
+                                      "budget_seconds": budget, "keras_accuracy": sub_acc}
+        log.info("%s %s: verified on %d of %d held-out images (class-balanced; %.0f ms per image, budget %g s)",
+                 row.format, row.mode, keep, n, per_image * 1000, budget)
+    latency = median_ms(lambda: runner.predict(x[:1]))
+    return compare(probs, y[idx] if y is not None else None, sub, latency), idx
 
 
 def verify_in_app_runtime(row: ExportRow, path: Path, images: np.ndarray, labels: np.ndarray | None,
