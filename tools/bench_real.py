@@ -9,6 +9,8 @@ guide, which run as fresh processes timed whole, as a user waits for them.
     .venv/bin/python tools/bench_real.py --suite full --guide --benchmarks
     # edgetl train against the guide on all photos, bracketed, with edgetl's overhead ratio (issue #13):
     .venv/bin/python tools/bench_real.py --suite full --only-guide --bracket --json /tmp/guide.json
+    # edgetl alone, twice (the converted base's cache cold, then warm), with the overhead ratio:
+    .venv/bin/python tools/bench_real.py --suite full --only-guide --no-guide-run
     # re-record the CI figures that tests/test_realdata.py asserts (after an intended change):
     .venv/bin/python tools/bench_real.py --suite ci --record
 
@@ -292,53 +294,62 @@ def overhead(run: dict[str, Any], start: float) -> dict[str, Any]:
             "beyond": {k: round(v, 2) for k, v in beyond.items()}, "ratio": round(run["seconds"] / total, 3)}
 
 
-def guide_comparison(work: Path, suite: Suite, per: int, bracket: bool) -> dict[str, Any]:
+def guide_comparison(work: Path, suite: Suite, per: int, bracket: bool, with_guide: bool = True) -> dict[str, Any]:
     """edgetl train, then the guide, (then edgetl again when bracket), each a fresh process timed whole on the
-    same photos; a bare TensorFlow start timed before them; the speed-up and each edgetl run's overhead ratio."""
+    same photos; a bare TensorFlow start timed before them; the speed-up and each edgetl run's overhead ratio.
+
+    edgetl's converted-base cache starts empty (a folder of its own): the first run converts, a later one loads.
+    Without the guide: edgetl twice (that cold run, then a warm one).
+    """
+    os.environ["EDGETL_CACHE_DIR"] = str(work / "engine-cache")  # the timed processes inherit it
     gdata = make_subset(work / "guide", per, suite.seed)
     n = sum(1 for _ in gdata.rglob("*.jpg"))
     loads = [" ".join(f"{v:.2f}" for v in os.getloadavg())]
     starts = bare_start()
     start = sorted(starts)[len(starts) // 2]
     runs = [timed_train(gdata, work / "timed", suite)]
-    print(f"edgetl {runs[0]['seconds']} s; now the guide", file=sys.stderr, flush=True)
-    g_load = os.getloadavg()[0]
-    theirs = guide(gdata, suite)
-    theirs["load_1min"] = f"{g_load:.1f}-{os.getloadavg()[0]:.1f}"
-    print(f"guide {theirs['seconds']} s", file=sys.stderr, flush=True)
-    if bracket:
+    out: dict[str, Any] = {"images": n, "guide_images": n, "edgetl": runs[0], "bare_start_seconds": starts}
+    if with_guide:
+        print(f"edgetl {runs[0]['seconds']} s; now the guide", file=sys.stderr, flush=True)
+        g_load = os.getloadavg()[0]
+        theirs = guide(gdata, suite)
+        theirs["load_1min"] = f"{g_load:.1f}-{os.getloadavg()[0]:.1f}"
+        print(f"guide {theirs['seconds']} s", file=sys.stderr, flush=True)
+        out.update(guide=theirs, speedup=round(theirs["seconds"] / runs[0]["seconds"], 2))
+    if bracket or not with_guide:
         runs.append(timed_train(gdata, work / "timed-after", suite))
+        out["edgetl_after"] = runs[1]
+        if with_guide:
+            out["speedup_after"] = round(out["guide"]["seconds"] / runs[1]["seconds"], 2)
     loads.append(" ".join(f"{v:.2f}" for v in os.getloadavg()))
+    out["load_before_after"] = loads
     for run in runs:
         run["overhead"] = overhead(run, start)
-    out = {"images": n, "guide_images": n, "edgetl": runs[0], "guide": theirs, "bare_start_seconds": starts,
-           "speedup": round(theirs["seconds"] / runs[0]["seconds"], 2), "load_before_after": loads}
-    if bracket:
-        out["edgetl_after"] = runs[1]
-        out["speedup_after"] = round(theirs["seconds"] / runs[1]["seconds"], 2)
     if per:
         out["note"] = f" (on a seeded subset of {per} photos per class, not all)"
     return out
 
 
 def guide_table(g: dict[str, Any]) -> str:
-    """The guide comparison and the overhead ratio as Markdown."""
-    runs = [("edgetl train", g["edgetl"])] + ([("edgetl train, right after the guide", g["edgetl_after"])]
-                                              if "edgetl_after" in g else [])
-    lines = ["| fresh process, timed whole | photos | wall time (s) | val accuracy | 1-min load (start-end) |",
-             "| --- | ---: | ---: | ---: | --- |"]
-    lines += [f"| {name} | {g['images']} | {r['seconds']} | {r['val_accuracy']:.3f} | {r['load_1min']} |"
-              for name, r in runs]
-    t = g["guide"]
-    lines += [f"| Keras guide by hand | {g['guide_images']} | {t['seconds']} | {t['val_accuracy']:.3f} (best epoch; "
-              f"last {t['last_val_accuracy']:.3f}) | {t['load_1min']} |", "",
-              f"Speed-up {g['speedup']}x" + (f" (against the run after: {g['speedup_after']}x)" if "speedup_after" in g
-                                             else "") + f"; bare `import tensorflow` {g['bare_start_seconds']} s; "
-              f"load averages before/after {g['load_before_after']}.", ""]
+    """The guide comparison (when it ran) and the overhead ratios as Markdown."""
+    after = "edgetl train, right after the guide" if "guide" in g else "edgetl train again (cache warm)"
+    runs = [("edgetl train", g["edgetl"])] + ([(after, g["edgetl_after"])] if "edgetl_after" in g else [])
+    lines = ["| fresh process, timed whole | photos | wall time (s) | val accuracy | engine | 1-min load (start-end) |",
+             "| --- | ---: | ---: | ---: | --- | --- |"]
+    lines += [f"| {name} | {g['images']} | {r['seconds']} | {r['val_accuracy']:.3f} | {r['engine'].get('engine')}"
+              f"{' (cached)' if r['engine'].get('cached') else ''} | {r['load_1min']} |" for name, r in runs]
+    if "guide" in g:
+        t = g["guide"]
+        lines += [f"| Keras guide by hand | {g['guide_images']} | {t['seconds']} | {t['val_accuracy']:.3f} (best "
+                  f"epoch; last {t['last_val_accuracy']:.3f}) | TensorFlow | {t['load_1min']} |", "",
+                  f"Speed-up {g['speedup']}x" + (f" (against the run after: {g['speedup_after']}x)"
+                                                 if "speedup_after" in g else "") + "."]
+    lines += ["", f"Bare `import tensorflow`: {g['bare_start_seconds']} s; load averages before/after "
+              f"{g['load_before_after']}.", ""]
     for name, r in runs:
         o = r["overhead"]
         lines += [f"{name}: overhead ratio **{o['ratio']}** ({r['seconds']} s over {o['unavoidable_sum']} s "
-                  f"unavoidable); engine {r['engine'].get('engine')}.", "", "| part | seconds |", "| --- | ---: |"]
+                  "unavoidable).", "", "| part | seconds |", "| --- | ---: |"]
         lines += [f"| unavoidable: {k} | {v} |" for k, v in o["unavoidable"].items()]
         lines += [f"| beyond: {k} | {v} |" for k, v in o["beyond"].items()]
         lines.append("")
@@ -442,6 +453,8 @@ def main() -> None:
     ap.add_argument("--guide", action="store_true", help="also time edgetl train and the Keras guide by hand")
     ap.add_argument("--only-guide", action="store_true", help="only the guide comparison (implies --guide)")
     ap.add_argument("--bracket", action="store_true", help="time edgetl train again right after the guide")
+    ap.add_argument("--no-guide-run", action="store_true", help="with --only-guide: edgetl twice (cold, warm "
+                    "engine cache) and its overhead ratio, without the guide")
     ap.add_argument("--guide-per-class", type=int, default=None,
                     help="photos per class for the guide comparison (default: the suite's)")
     ap.add_argument("--benchmarks", action="store_true", help="insert the table into BENCHMARKS.md")
@@ -474,7 +487,7 @@ def main() -> None:
             result["figures"] = measure(suite, work, tuple(args.stages.split(",")))
         if args.guide or args.only_guide:
             per = args.guide_per_class if args.guide_per_class is not None else suite.per_class
-            result["vs_guide"] = guide_comparison(work, suite, per, args.bracket)
+            result["vs_guide"] = guide_comparison(work, suite, per, args.bracket, with_guide=not args.no_guide_run)
         if args.record:
             record(result["figures"], suite)
         section = guide_table(result["vs_guide"]) if args.only_guide else table(result)
