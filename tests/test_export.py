@@ -624,3 +624,115 @@ def test_onnx_int8_runs_integer_end_to_end(trained_run: Path, tmp_path: Path) ->
     assert in_file["Conv"] > 30 and in_file["Add"] > 5  # the test means something only on a residual net
     assert in_ort["QLinearConv"] == in_file["Conv"] and in_ort["QLinearAdd"] == in_file["Add"]
     assert in_ort["Conv"] == 0 and in_ort["Add"] == 0 and in_ort["Transpose"] <= 2
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared work and where the time goes (issue #13 part 3)
+
+
+def test_phases_are_timed_in_report_json_and_log(tiny_run: Path, tmp_path: Path) -> None:
+    from edgetl.core.progress import Reporter
+    from edgetl.export import export_run
+
+    class _Lines(Reporter):
+        def __init__(self) -> None:
+            self.lines: list[str] = []
+
+        def info(self, message: str) -> None:
+            self.lines.append(message)
+
+    lines = _Lines()
+    out = tmp_path / "phased"
+    report = export_run(tiny_run, formats=("tflite", "onnx"), quantize=("none", "int8", "int8-full", "int16x8"),
+                        output=out, calibration_samples=16, threads=1, reporter=lines)
+    names = [(p["phase"], p["file"]) for p in report.phases.rows]
+    for shared in ("load", "load model", "calibration images", "held-out images", "keras reference", "savedmodel"):
+        assert (shared, None) in names, names
+    # One calibration pass: int8 and int16x8 quantize the free-batch model, int8-full's batch-1 graph takes its ranges.
+    assert [f for p, f in names if p == "calibration"] == ["tflite free batch"]
+    assert [f for p, f in names if p == "calibration ranges"] == ["tflite batch 1"]
+    assert [p for p, _ in names].count("savedmodel") == 1
+    for r in report.rows:
+        assert ("convert", f"{r['format']} {r['mode']}") in names and ("verify", f"{r['format']} {r['mode']}") in names
+    doc = json.loads((out / "export_report.json").read_text())
+    # The JSON is written inside the last phase ("write report"), so it holds every phase before it.
+    assert doc["phases"] == report.phases.rows[:-1] and report.phases.rows[-1]["phase"] == "write report"
+    assert all(p["seconds"] >= 0 for p in doc["phases"])
+    assert set(doc["phase_totals"]) >= {"load", "convert", "verify", "calibration"}
+    assert doc["seconds"] >= doc["phase_totals"]["convert"]
+    assert doc["verify"]["seconds_per_file"] == 15.0 and all(p["peak_rss_mb"] > 0 for p in doc["phases"])
+    at = lines.lines.index("export phases (wall seconds):")
+    table = lines.lines[at + 1:]
+    assert any(line.split()[:3] == ["convert", "tflite", "int16x8"] for line in table)
+    assert table[-1].split()[0] == "total"
+
+
+def _tensors(data: bytes) -> list[tuple[Any, ...]]:
+    """Every tensor of a .tflite as (name, shape, dtype, weights, scales, zero points): what the file computes."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
+    out = []
+    for t in model.subgraphs[0].tensors:
+        buf = model.buffers[t.buffer].data
+        q = t.quantization
+        out.append((t.name, None if t.shape is None else list(t.shape), t.type, None if buf is None else bytes(buf),
+                    None if q is None or q.scale is None else list(q.scale),
+                    None if q is None or q.zeroPoint is None else list(q.zeroPoint)))
+    return out
+
+
+def test_one_calibration_gives_the_converters_own_files(tiny_run: Path) -> None:
+    from edgetl.core.progress import Reporter
+    from edgetl.export.images import ExportImages, representative
+    from edgetl.export.saved_model import frozen_forward
+    from edgetl.export.tflite import calibrate_tflite, convert_tflite, quantize_calibrated, with_ranges_of
+    from edgetl.rundir import load_run
+
+    run = load_run(tiny_run)
+    model = run.load_model()
+    rep = representative(ExportImages(run, 16, False).calibration(Reporter()))
+    free, one = frozen_forward(model), frozen_forward(model, batch=1)
+    shared = calibrate_tflite(free, rep)
+    ranged = with_ranges_of(calibrate_tflite(one, lambda: iter(list(rep())[:1])), shared)
+    assert ranged is not None
+    for mode, source, calibrated in (("int8", free, shared), ("int16x8", free, shared), ("int8-full", one, ranged)):
+        io = "uint8" if mode == "int8-full" else None
+        want = convert_tflite(source, mode, representative=rep, io_type=io)
+        got = quantize_calibrated(calibrated, mode, io)
+        assert _tensors(got) == _tensors(want), mode
+
+
+def test_slow_files_are_verified_on_a_recorded_balanced_sample(tiny_run: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgetl.export.verify as verify
+    from edgetl.core.errors import UsageError
+    from edgetl.export import export_run
+    from edgetl.export.images import balanced_order
+    from edgetl.runtime.measure import top1_accuracy
+
+    labels = np.array([0] * 10 + [1] * 3 + [2] * 7)
+    order = balanced_order(labels, len(labels))
+    assert sorted(order.tolist()) == list(range(20))
+    assert sorted(labels[order[:6]].tolist()) == [0, 0, 1, 1, 2, 2]  # every prefix keeps the classes in balance
+
+    monkeypatch.setattr(verify, "MIN_VERIFY_SAMPLES", 6)
+    x, y = _held_out(tiny_run)
+    report = export_run(tiny_run, quantize=("none", "int16x8"), output=tmp_path / "capped", calibration_samples=16,
+                        threads=1, verify_seconds=1e-6)
+    assert report.verify["seconds_per_file"] == 1e-6
+    for r in report.rows:
+        sample = r["verify_sample"]
+        assert r["samples"] == sample["samples"] == 6 and sample["held_out"] == len(x) > 6
+        assert sample["budget_cpu_seconds"] == 1e-6 and sample["cpu_ms_per_image"] >= 0
+        idx = balanced_order(y, len(y))[:6]
+        keras_acc = top1_accuracy(_keras_probs(tiny_run, x[idx]), y[idx])
+        assert sample["keras_accuracy"] == pytest.approx(keras_acc, abs=1e-4)
+        assert r["drop"] == pytest.approx(keras_acc - r["accuracy"], abs=2e-4)
+        assert "verified on 6 of" in r.line()
+        if "accuracy" in r.get("mediapipe", {}):
+            assert r["mediapipe"]["samples"] == 6
+    full = export_run(tiny_run, quantize=("none",), output=tmp_path / "full", threads=1, verify_seconds=None)
+    assert full.rows[0]["samples"] == len(x) and "verify_sample" not in full.rows[0].to_dict()
+    with pytest.raises(UsageError, match="verify_seconds"):
+        export_run(tiny_run, output=tmp_path / "bad", verify_seconds=0)

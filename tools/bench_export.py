@@ -12,10 +12,15 @@ and the 10th percentile of all calls are reported.
 Latency does not depend on weight values, so --weights none (random weights, no download) measures
 the same speed as ImageNet weights; accuracy goals are measured with --run on a trained run.
 
+With --whole RUN, `edgetl export RUN` in every TFLite and ONNX mode runs in a fresh process (TensorFlow
+import included) and the wall time, CPU time, peak RSS and export_report.json's per-phase seconds are
+reported (issue #13 part 3: the real-photo run exported and verified in every mode).
+
 Usage:
     .venv/bin/python tools/bench_export.py --backbones mobilenet_v2,resnet50 --threads 2 \
         --json bench_export.json
     .venv/bin/python tools/bench_export.py --run runs/demo --threads 2   # accuracy of a trained run
+    .venv/bin/python tools/bench_export.py --whole runs/flowers --threads 2   # the whole command, by phase
 """
 
 from __future__ import annotations
@@ -215,6 +220,45 @@ def bench_run(run_dir: str, threads: int, out: Path) -> dict[str, Any]:
                                             "max_abs_diff", "latency_ms", "status")} for r in report.rows]}
 
 
+EVERY_MODE = ["-f", "tflite", "-f", "onnx"] + [a for m in TFLITE_MODES for a in ("-q", m)]
+
+
+def bench_whole(run_dir: str, threads: int, out: Path) -> dict[str, Any]:
+    """`edgetl export RUN` in every mode in a fresh process: wall, CPU, peak RSS and the report's phases."""
+    import resource
+    import subprocess
+
+    cmd = [str(Path(sys.executable).parent / "edgetl"), "export", run_dir, *EVERY_MODE, "--force", "--threads",
+           str(threads), "-o", str(out), "--json"]
+    load = [round(v, 2) for v in os.getloadavg()]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise SystemExit(f"edgetl export failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
+    doc = json.loads((out / "export_report.json").read_text())
+    return {"command": " ".join(cmd), "wall_seconds": round(wall, 1),
+            "cpu_seconds": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 1),
+            "peak_rss_mb": round(after.ru_maxrss / 1024, 0), "loadavg_before": load,
+            "loadavg_after": [round(v, 2) for v in os.getloadavg()], "export_seconds": doc.get("seconds"),
+            "phases": doc.get("phases"), "phase_totals": doc.get("phase_totals"),
+            "rows": [{k: r.get(k) for k in ("format", "mode", "accuracy", "drop", "samples", "latency_ms", "status")}
+                     for r in doc["rows"]]}
+
+
+def _whole_markdown(r: dict[str, Any]) -> str:
+    lines = [f"wall {r['wall_seconds']} s (export {r['export_seconds']} s inside), CPU {r['cpu_seconds']} s, "
+             f"peak RSS {r['peak_rss_mb']:.0f} MB, load {r['loadavg_before']} -> {r['loadavg_after']}", "",
+             "| phase | file | seconds |", "| --- | --- | ---: |"]
+    lines += [f"| {p['phase']} | {p['file'] or ''} | {p['seconds']} |" for p in r["phases"]]
+    lines += ["", "| file | accuracy | drop | samples | status |", "| --- | ---: | ---: | ---: | --- |"]
+    lines += [f"| {x['format']} {x['mode']} | {x['accuracy']} | {x['drop']} | {x['samples']} | {x['status']} |"
+              for x in r["rows"]]
+    return "\n".join(lines)
+
+
 def _markdown(result: dict[str, Any]) -> str:
     alpha = f" alpha {result['alpha']}" if result["alpha"] else ""
     lines = [f"### {result['backbone']}{alpha} {result['size']}x{result['size']} ({result['weights']} weights)", "",
@@ -238,8 +282,16 @@ def main() -> None:
     ap.add_argument("--calibration", type=int, default=100)
     ap.add_argument("--modes", default=",".join(TFLITE_MODES))
     ap.add_argument("--run", help="also export this trained run and report accuracy of each file")
+    ap.add_argument("--whole", metavar="RUN", help="only time `edgetl export RUN` in every mode, by phase")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
+    if args.whole:
+        with tempfile.TemporaryDirectory(prefix="edgetl-bench-") as tmp:
+            whole = bench_whole(args.whole, args.threads, Path(tmp) / "export")
+        print(_whole_markdown(whole), flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(whole, indent=2, default=str) + "\n")
+        return
 
     from edgetl.cli.kit import load_tensorflow
 

@@ -198,11 +198,19 @@ def _frozen(job: _Job, batch: int | None) -> Any:
 
 def _calibrated(job: _Job, batch: int | None) -> bytes:
     """The float TFLite model with calibration ranges, once per batch kind: every integer mode quantizes it."""
-    from edgetl.export.tflite import calibrate_tflite
+    from edgetl.export.tflite import calibrate_tflite, with_ranges_of
 
     if batch not in job.calibrated:
         assert job.calib is not None
         source = _frozen(job, batch)
+        if batch is not None and job.calibrated.get(None) is not None:
+            # The free-batch model's ranges serve the batch-1 graph (with_ranges_of); calibrate only if they do not fit.
+            with job.phases.time("calibration ranges", "tflite batch 1"):
+                ranged = with_ranges_of(calibrate_tflite(source, representative(job.calib[:1])), job.calibrated[None])
+            if ranged is not None:
+                job.calibrated[batch] = ranged
+                return ranged
+            log.info("the batch-1 graph has other tensors than the free-batch one: calibrating it too")
         with job.phases.time("calibration", "tflite batch 1" if batch else "tflite free batch"):
             job.calibrated[batch] = calibrate_tflite(source, representative(job.calib))
     return job.calibrated[batch]

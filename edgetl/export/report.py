@@ -59,6 +59,15 @@ class ExportRow(Record):
         return f"{self.format} {self.mode}: {self.status} ({size}{on}) -> {self.path}"
 
 
+def _peak_rss_mb() -> int | None:
+    """The process's peak resident memory so far, in MB (None where the platform does not say)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)  # KB on Linux
+
+
 @dataclass
 class Phases:
     """Wall seconds of each step of an export, in the order they ran (shared work, then per file)."""
@@ -75,8 +84,8 @@ class Phases:
             self.add(phase, time.perf_counter() - t0, file)
 
     def add(self, phase: str, seconds: float, file: str | None = None) -> None:
-        """Record `seconds` of `phase` (of `file`)."""
-        self.rows.append({"phase": phase, "file": file, "seconds": round(seconds, 2)})
+        """Record `seconds` of `phase` (of `file`), with the process's peak RSS so far (MB)."""
+        self.rows.append({"phase": phase, "file": file, "seconds": round(seconds, 2), "peak_rss_mb": _peak_rss_mb()})
 
     def total(self) -> float:
         """The seconds of every phase added up."""
@@ -92,8 +101,8 @@ class Phases:
     def table(self) -> list[str]:
         """The phases as aligned text lines for the log: one per step, then a total per phase name."""
         width = max([len(self._label(r)) for r in self.rows] + [5])
-        lines = [f"{'phase':<{width}}  seconds"]
-        lines += [f"{self._label(r):<{width}}  {r['seconds']:7.2f}" for r in self.rows]
+        lines = [f"{'phase':<{width}}  seconds  peak RSS MB"]
+        lines += [f"{self._label(r):<{width}}  {r['seconds']:7.2f}  {r['peak_rss_mb'] or '-':>11}" for r in self.rows]
         lines.append(f"{'total':<{width}}  {self.total():7.2f}  ("
                      + ", ".join(f"{k} {v:.1f}" for k, v in self.by_phase().items()) + ")")
         return lines

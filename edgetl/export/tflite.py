@@ -91,6 +91,36 @@ def calibrate_tflite(source: Any, representative: Callable[[], Iterable[list[Any
         raise explain_error(exc, "int8", False) from None
 
 
+def with_ranges_of(calibrated: bytes, ranges_from: bytes) -> bytes | None:
+    """`calibrated` with each tensor's calibration range (min, max) taken from `ranges_from`, matched by name.
+
+    The batch-1 graph of int8-full computes the same tensors as the free-batch graph, image by image,
+    so its ranges over the calibration set are the same: copying them spares a second calibration
+    pass (the batch-1 model is calibrated on one image only to get its tensors). None when the two
+    models do not have the same calibrated tensors (one subgraph each, unique names): calibrate it then.
+    """
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    def ranged(model: Any) -> dict[str, Any] | None:
+        if len(model.subgraphs) != 1:
+            return None
+        tensors = model.subgraphs[0].tensors
+        names = [t.name for t in tensors]
+        if len(set(names)) != len(names):
+            return None
+        return {t.name: t.quantization for t in tensors
+                if t.quantization is not None and t.quantization.min is not None}
+
+    src = flatbuffer_utils.convert_bytearray_to_object(bytearray(ranges_from))
+    dst = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
+    have, want = ranged(src), ranged(dst)
+    if have is None or want is None or set(have) != set(want):
+        return None
+    for name, q in want.items():
+        q.min, q.max = list(have[name].min), list(have[name].max)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(dst))
+
+
 def quantize_calibrated(calibrated: bytes, mode: str, io_type: str | None = None) -> bytes:
     """Quantize a `calibrate_tflite` model as TFLiteConverter does for `mode` (int8, int8-full, int16x8).
 
