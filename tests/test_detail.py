@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +89,32 @@ def test_real_flowers_carry_about_32_px() -> None:
     # Stored at 128x128 but enlarged from thumbnails: their round trip through 32-48 px loses nothing visible.
     assert d is not None and d.stored_px == 128 and d.detail_px <= 48
     assert detail_advice(d, 224) is not None
+
+
+def test_train_reports_upscaled_photos_and_records_their_detail(tmp_path: Path) -> None:
+    from edgetl.core.progress import Reporter
+    from edgetl.train import train
+    from edgetl.train.config import TrainConfig
+
+    data = tmp_path / "data"
+    for c, cls in enumerate(("a", "b")):
+        (data / cls).mkdir(parents=True)
+        for i in range(8):
+            # Thumbnails of 16 px stored at 64: a 96 px model sees about 16 px of detail.
+            _upscaled(16, 64, seed=100 * c + i).save(data / cls / f"{i}.jpg", quality=90)
+
+    class Lines(Reporter):
+        def __init__(self) -> None:
+            self.lines: list[str] = []
+
+        def info(self, message: str) -> None:
+            self.lines.append(message)
+
+    lines = Lines()
+    cfg = TrainConfig(data=str(data), backbone="mobilenet_v2", alpha=0.35, weights="bundled", image_size=96,
+                      epochs=1, batch_size=8, seed=0, output=str(tmp_path / "run"))
+    train(cfg, lines)
+    advice = [m for m in lines.lines if "px of detail" in m]
+    assert len(advice) == 1 and "96 px input" in advice[0]
+    detail = json.loads((tmp_path / "run" / "manifest.json").read_text())["data"]["detail"]
+    assert detail["stored_px"] == 64 and detail["detail_px"] <= 32 and 8 <= detail["sampled"] <= 16  # train split

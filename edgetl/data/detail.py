@@ -18,9 +18,13 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    from edgetl.data.splits import DataSplits
 
 log = logging.getLogger("edgetl")
 
@@ -111,3 +115,11 @@ def detail_advice(detail: Detail, image_size: int) -> str | None:
             f"far less than the model's {image_size} px input: the base's features are weaker on such blurred "
             f"or upscaled photos and accuracy will be lower than on sharp ones. A smaller --image-size "
             f"trains faster for about the same accuracy; fine-tuning (--fine-tune-layers) adapts the base to them.")
+
+
+def split_detail(splits: DataSplits, image_size: int, n: int = DEFAULT_SAMPLE, seed: int = 0) -> Detail | None:
+    """measure_detail on a class-balanced sample of up to `n` training images of `splits`."""
+    from edgetl.data.sampling import balanced_sample
+
+    items = balanced_sample(splits.split("train"), n, seed)
+    return measure_detail([os.path.join(splits.root, *it.path.split("/")) for it in items], image_size)

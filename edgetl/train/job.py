@@ -127,6 +127,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
         rundir.prepare_output(output, force=False)
     splits = scan_folder(cfg.data, val_split=cfg.val_split, test_split=cfg.test_split, seed=cfg.seed,
                          max_bad_fraction=cfg.max_bad_fraction)  # it warns about each skipped file
+    detail = _photo_detail(splits, size, reporter)
     clock.part("scan")
     placement, clf = _place_and_build(cfg, spec, size, mode, len(splits.class_names), reporter)
     clock.part("build")
@@ -136,11 +137,24 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     else:
         run_path = Path(tempfile.mkdtemp(prefix="edgetl-worker-"))
     try:
-        return _train(cfg, spec, size, mode, splits, clf, placement, run_path, reporter, clock)
+        return _train(cfg, spec, size, mode, splits, clf, placement, run_path, reporter, clock, detail=detail)
     finally:
         if not placement.chief:
             shutil.rmtree(run_path, ignore_errors=True)
         _restore_policy(placement)
+
+
+def _photo_detail(splits: DataSplits, size: int, reporter: Reporter) -> dict[str, int | float] | None:
+    """The detail the training photos carry (edgetl.data.detail), logged when far below the model's input."""
+    from edgetl.data.detail import detail_advice, split_detail
+
+    detail = split_detail(splits, size)
+    if detail is None:
+        return None
+    advice = detail_advice(detail, size)
+    if advice:
+        reporter.info(advice)
+    return detail.to_dict()
 
 
 def _place_and_build(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, n_classes: int,
@@ -171,7 +185,7 @@ def _restore_policy(placement: Placement) -> None:
 
 def _train(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: DataSplits, clf: Classifier,
            placement: Placement, run_path: Path, reporter: Reporter, clock: Clock,
-           manifest: dict[str, Any] | None = None) -> TrainResult:
+           manifest: dict[str, Any] | None = None, detail: dict[str, int | float] | None = None) -> TrainResult:
     """The training proper, inside a prepared run directory (a resumed one when `manifest` is given).
 
     `clock` times each part (edgetl.train.walltime), from scan and build, which the caller timed.
@@ -193,6 +207,8 @@ def _train(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: D
             f"{n} {w:.3g}" for n, w in zip(splits.class_names, weighting.weights, strict=True)))
     if manifest is None:
         manifest = _manifest(cfg, spec, size, mode, splits, clf)
+        if detail is not None:
+            manifest["data"]["detail"] = detail
         manifest["class_weights"] = weighting.to_manifest(splits.class_names)
         rundir.start_run(run_path, manifest, splits.class_names)
     # TensorBoard logs per stage (RUN/logs/head, RUN/logs/fine_tune); the chief alone writes them.
