@@ -24,7 +24,7 @@ DEFAULT_CALIBRATION_SAMPLES = 300
 # more over every held-out image (int16x8's reference kernels: about 200 ms per image at 224 on x86) is
 # verified on a class-balanced sample that fits (never fewer than edgetl.export.verify.MIN_VERIFY_SAMPLES),
 # recorded in its row. CPU time, measured on a few images, does not grow with the machine's load.
-DEFAULT_VERIFY_SECONDS = 15.0
+DEFAULT_VERIFY_SECONDS = 20.0
 MAX_CALIBRATION_SAMPLES = 100_000
 _EXT = {"tflite": ".tflite", "onnx": ".onnx", "ort": ".ort", "saved_model": ""}
 
