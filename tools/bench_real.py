@@ -285,8 +285,9 @@ def overhead(run: dict[str, Any], start: float) -> dict[str, Any]:
     forward calls) and the head's fit; the rest of the run's recorded parts are what it spends beyond them."""
     ph = run["phases"]
     needed = {"start (bare import tensorflow)": start, "base pass": ph["features_base"], "head fit": ph["head"]}
+    steps = ("scan", "detail", "build", "setup", "evaluate", "save")
     beyond = {"start beyond a bare import": ph["start"] - start, "exit (after train() returned)":
-              run["seconds"] - ph["wall"], **{k: ph[k] for k in ("scan", "build", "setup", "evaluate", "save")},
+              run["seconds"] - ph["wall"], **{k: ph[k] for k in steps if k in ph},
               **{f"feature pass: {k}": ph[f"features_{k}"] for k in ("input", "trace", "wait", "convert", "check",
                                                                      "other", "save")}}
     total = sum(needed.values())

@@ -127,8 +127,9 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
         rundir.prepare_output(output, force=False)
     splits = scan_folder(cfg.data, val_split=cfg.val_split, test_split=cfg.test_split, seed=cfg.seed,
                          max_bad_fraction=cfg.max_bad_fraction)  # it warns about each skipped file
-    detail = _photo_detail(splits, size, reporter)
     clock.part("scan")
+    detail = _photo_detail(splits, size, reporter)
+    clock.part("detail")
     placement, clf = _place_and_build(cfg, spec, size, mode, len(splits.class_names), reporter)
     clock.part("build")
     # Only the chief writes the run directory; other workers train in a scratch folder they delete.

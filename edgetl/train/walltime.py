@@ -5,6 +5,7 @@ The parts (keys of the manifest's training.seconds, each rounded to 0.01 s):
     start     from the process's start to train()'s entry: interpreter start, imports, TensorFlow's
               import, option checks (for `edgetl train`; in a library call, whatever ran before)
     scan      option checks, listing and probing the data folder, splitting it
+    detail    measuring the detail a sample of the training photos carries (edgetl.data.detail)
     build     device placement, building the backbone and loading its weights, the classifier
     setup     the run directory, class weights, the manifest's first write
     features  the frozen base's pass over every image (the feature cache), its checkpoint included
@@ -33,7 +34,7 @@ from __future__ import annotations
 import os
 import time
 
-PARTS = ("scan", "build", "setup", "features", "head", "fine_tune", "evaluate", "save")
+PARTS = ("scan", "detail", "build", "setup", "features", "head", "fine_tune", "evaluate", "save")
 FEATURE_PARTS = ("input", "trace", "base", "wait", "convert", "check", "other", "save")
 
 
