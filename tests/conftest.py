@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from edgetl.core.progress import Reporter
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 IMAGE_SIZE = 48  # small enough for 2-core CI, large enough for MobileNetV2 to see shapes
@@ -47,3 +49,19 @@ def files(trained_run: Path) -> dict[str, Path]:
                verify=False, force=True)
     rows = json.loads((out / "export_report.json").read_text())["rows"]
     return {f"{r['format']}-{r['mode']}": Path(r["path"]) for r in rows}
+
+
+class LineReporter(Reporter):
+    """A Reporter that keeps every info line, for tests of what the log says."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def info(self, message: str) -> None:
+        self.lines.append(message)
+
+
+@pytest.fixture
+def line_reporter() -> type[LineReporter]:
+    """The LineReporter class (call it for each reporter a test needs)."""
+    return LineReporter

@@ -91,8 +91,7 @@ def test_real_flowers_carry_about_32_px() -> None:
     assert detail_advice(d, 224) is not None
 
 
-def test_train_reports_upscaled_photos_and_records_their_detail(tmp_path: Path) -> None:
-    from edgetl.core.progress import Reporter
+def test_train_reports_upscaled_photos_and_records_their_detail(tmp_path: Path, line_reporter: type) -> None:
     from edgetl.train import train
     from edgetl.train.config import TrainConfig
 
@@ -103,14 +102,7 @@ def test_train_reports_upscaled_photos_and_records_their_detail(tmp_path: Path) 
             # Thumbnails of 16 px stored at 64: a 96 px model sees about 16 px of detail.
             _upscaled(16, 64, seed=100 * c + i).save(data / cls / f"{i}.jpg", quality=90)
 
-    class Lines(Reporter):
-        def __init__(self) -> None:
-            self.lines: list[str] = []
-
-        def info(self, message: str) -> None:
-            self.lines.append(message)
-
-    lines = Lines()
+    lines = line_reporter()
     cfg = TrainConfig(data=str(data), backbone="mobilenet_v2", alpha=0.35, weights="bundled", image_size=96,
                       epochs=1, batch_size=8, seed=0, output=str(tmp_path / "run"))
     train(cfg, lines)

@@ -91,24 +91,17 @@ def test_tflite_extractor_converts_the_pass_s_traced_function(classifier) -> Non
     assert max_relative_diff(ref, got) <= FEATURE_TOLERANCE
 
 
-def test_feature_pass_engines_agree_and_say_which_ran(classifier, demo_dir: Path) -> None:  # noqa: ANN001
-    from edgetl.core.progress import Reporter
+def test_feature_pass_engines_agree_and_say_which_ran(classifier, demo_dir: Path,  # noqa: ANN001
+                                                      line_reporter: type) -> None:
     from edgetl.data.scan import scan_folder
     from edgetl.train.distribute import place
     from edgetl.train.features import extract_features
-
-    class Lines(Reporter):
-        def __init__(self) -> None:
-            self.lines: list[str] = []
-
-        def info(self, message: str) -> None:
-            self.lines.append(message)
 
     splits = scan_folder(demo_dir, val_split=0.2, test_split=0.1, seed=0)
     placement = place("default", "off")
     out = {}
     for engine in ("keras", "tflite"):
-        reporter, record = Lines(), {}
+        reporter, record = line_reporter(), {}
         out[engine] = extract_features(classifier, splits, ["train", "val"], SIZE, 16, reporter, placement,
                                        engine=engine, record=record)
         assert record["engine"] == engine

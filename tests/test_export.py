@@ -630,18 +630,10 @@ def test_onnx_int8_runs_integer_end_to_end(trained_run: Path, tmp_path: Path) ->
 # Shared work and where the time goes (issue #13 part 3)
 
 
-def test_phases_are_timed_in_report_json_and_log(tiny_run: Path, tmp_path: Path) -> None:
-    from edgetl.core.progress import Reporter
+def test_phases_are_timed_in_report_json_and_log(tiny_run: Path, tmp_path: Path, line_reporter: type) -> None:
     from edgetl.export import export_run
 
-    class _Lines(Reporter):
-        def __init__(self) -> None:
-            self.lines: list[str] = []
-
-        def info(self, message: str) -> None:
-            self.lines.append(message)
-
-    lines = _Lines()
+    lines = line_reporter()
     out = tmp_path / "phased"
     report = export_run(tiny_run, formats=("tflite", "onnx"), quantize=("none", "int8", "int8-full", "int16x8"),
                         output=out, calibration_samples=16, threads=1, reporter=lines)

@@ -336,9 +336,9 @@ def _check_target(job: _Job, row: ExportRow, path: Path) -> None:
         job.warnings.append(f"{what} ({Path(row.path).name})")
 
 
-def _qat_source(job: _Job, fmt: str, mode: str, meta: dict[str, Any]) -> Path | None:
-    """A QAT run's own SavedModel for int8 TFLite (its learned ranges), else None."""
-    if fmt == "tflite" and mode in ("int8", "int8-full"):
+def _qat_source(job: _Job, mode: str, meta: dict[str, Any]) -> Path | None:
+    """A QAT run's own SavedModel for an int8 TFLite file (its learned ranges), else None."""
+    if mode in ("int8", "int8-full"):
         qat = job.run.qat_saved_model()
         if qat is not None:
             meta["qat"] = True
@@ -350,7 +350,7 @@ def _qat_source(job: _Job, fmt: str, mode: str, meta: dict[str, Any]) -> Path | 
 def _tflite_source(job: _Job, mode: str, meta: dict[str, Any]) -> tuple[Any, bytes | None]:
     """What a TFLite file is converted from: (QAT SavedModel or frozen pass, the shared calibrated model or None)."""
     calibrated = get_mode(mode).calibrated
-    qat = _qat_source(job, "tflite", mode, meta)
+    qat = _qat_source(job, mode, meta)
     batch = 1 if mode == "int8-full" else None
     shared = calibrated and qat is None and not job.opts.allow_select_ops and job.calib is not None
     if shared:

@@ -7,10 +7,11 @@ standard TFLite metadata (labels, normalisation) after it, for MediaPipe Tasks a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +47,8 @@ def convert_tflite(model_or_savedmodel: Any, mode: str = "none", *,
 
     converter = _converter(model_or_savedmodel)
     apply_tflite(converter, mode, representative=representative, io_type=io_type, allow_select_ops=allow_select_ops)
-    try:
-        with quiet_native_stderr():
-            return bytes(converter.convert())
-    except (UsageError, ExportError, KeyboardInterrupt):
-        raise
-    except Exception as exc:
-        raise explain_error(exc, mode, allow_select_ops) from None
+    with _converting(mode, allow_select_ops):
+        return bytes(converter.convert())
 
 
 def _converter(source: Any) -> Any:
@@ -82,13 +78,8 @@ def calibrate_tflite(source: Any, representative: Callable[[], Iterable[list[Any
     converter = _converter(source)
     apply_tflite(converter, "int8", representative=representative)
     converter._experimental_calibrate_only = True  # noqa: SLF001 - no public API; see the docstring
-    try:
-        with quiet_native_stderr():
-            return bytes(converter.convert())
-    except (UsageError, ExportError, KeyboardInterrupt):
-        raise
-    except Exception as exc:
-        raise explain_error(exc, "int8", False) from None
+    with _converting("int8"):
+        return bytes(converter.convert())
 
 
 def with_ranges_of(calibrated: bytes, ranges_from: bytes) -> bytes | None:
@@ -138,23 +129,30 @@ def quantize_calibrated(calibrated: bytes, mode: str, io_type: str | None = None
 
     from edgetl.export.modes import DEFAULT_IO_TYPE
 
+    with _converting(mode):
+        if mode in ("int8", "int8-full"):
+            io = {"uint8": tf.uint8, "int8": tf.int8}[io_type or DEFAULT_IO_TYPE] if mode == "int8-full" \
+                else tf.float32
+            data = tflite_convert.mlir_quantize(calibrated, input_data_type=io, output_data_type=io)
+        elif mode == "int16x8":
+            f32, i16, i64 = (np.dtype(t).num for t in (np.float32, np.int16, np.int64))
+            wrapper = calibrator.Calibrator(calibrated)._calibrator  # noqa: SLF001 - see calibrate_tflite
+            data = wrapper.QuantizeModel(f32, f32, False, i16, i64, False, False)
+        else:
+            raise UsageError(f"--quantize {mode} is not a calibrated TFLite mode.")
+        return bytes(lite._deduplicate_readonly_buffers(data))  # noqa: SLF001 - as convert() ends
+
+
+@contextlib.contextmanager
+def _converting(mode: str, allow_select_ops: bool = False) -> Iterator[None]:
+    """Run the converter with its native logging quiet; its failures become one ExportError that says what to do."""
     try:
         with quiet_native_stderr():
-            if mode in ("int8", "int8-full"):
-                io = {"uint8": tf.uint8, "int8": tf.int8}[io_type or DEFAULT_IO_TYPE] if mode == "int8-full" \
-                    else tf.float32
-                data = tflite_convert.mlir_quantize(calibrated, input_data_type=io, output_data_type=io)
-            elif mode == "int16x8":
-                f32, i16, i64 = (np.dtype(t).num for t in (np.float32, np.int16, np.int64))
-                wrapper = calibrator.Calibrator(calibrated)._calibrator  # noqa: SLF001 - see calibrate_tflite
-                data = wrapper.QuantizeModel(f32, f32, False, i16, i64, False, False)
-            else:
-                raise UsageError(f"--quantize {mode} is not a calibrated TFLite mode.")
-            return bytes(lite._deduplicate_readonly_buffers(data))  # noqa: SLF001 - as convert() ends
+            yield
     except (UsageError, ExportError, KeyboardInterrupt):
         raise
     except Exception as exc:
-        raise explain_error(exc, mode, False) from None
+        raise explain_error(exc, mode, allow_select_ops) from None
 
 
 def explain_error(exc: Exception, mode: str, allow_select_ops: bool) -> ExportError:

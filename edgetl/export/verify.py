@@ -16,7 +16,7 @@ from edgetl.export.images import balanced_order
 from edgetl.export.modes import get_mode
 from edgetl.export.plan import DEFAULT_VERIFY_SECONDS
 from edgetl.export.report import ExportRow
-from edgetl.runtime.measure import Measurement, Reference, compare, top1_accuracy
+from edgetl.runtime.measure import Measurement, Reference, measure, top1_accuracy
 from edgetl.runtime.timing import median_ms
 
 if TYPE_CHECKING:
@@ -142,26 +142,22 @@ def _measure_within(runner: Runner, row: ExportRow, x: np.ndarray, y: np.ndarray
     # CPU seconds, not wall: the cost of a file's kernels, which other processes on the machine do not
     # change, so a fast file is not capped on a loaded machine. A .tflite runs twice (LiteRT, MediaPipe).
     t0 = time.process_time()
-    probe_probs = runner.predict(x[probe], batch_size=_VERIFY_BATCH)
+    runner.predict(x[probe], batch_size=_VERIFY_BATCH)
     per_image = (time.process_time() - t0) / max(1, len(probe))
     passes = 2 if row.format == "tflite" and _app_runtime_available() else 1
     keep = n
     if budget is not None and per_image * passes * n > budget:
         keep = min(n, max(MIN_VERIFY_SAMPLES, int(budget / (per_image * passes))))
     if keep == n:
-        idx = np.arange(n)
-        probs, sub = runner.predict(x, batch_size=_VERIFY_BATCH), reference
-    else:
-        idx = order[:keep]
-        probs = np.concatenate([probe_probs, runner.predict(x[idx[len(probe):]], batch_size=_VERIFY_BATCH)])
-        sub_acc = top1_accuracy(reference.probs[idx], y[idx]) if y is not None else None
-        sub = Reference(probs=reference.probs[idx], accuracy=sub_acc)
-        row.extra["verify_sample"] = {"samples": keep, "held_out": n, "cpu_ms_per_image": round(per_image * 1000, 1),
-                                      "passes": passes, "budget_cpu_seconds": budget, "keras_accuracy": sub_acc}
-        log.info("%s %s: verified on %d of %d held-out images (class-balanced; %.0f CPU ms per image and pass, "
-                 "%d pass(es), budget %g CPU s)", row.format, row.mode, keep, n, per_image * 1000, passes, budget)
-    latency = median_ms(lambda: runner.predict(x[:1]))
-    return compare(probs, y[idx] if y is not None else None, sub, latency), idx
+        return measure(runner, x, y, reference, batch_size=_VERIFY_BATCH), np.arange(n)
+    idx = order[:keep]
+    sub_acc = top1_accuracy(reference.probs[idx], y[idx]) if y is not None else None
+    sub = Reference(probs=reference.probs[idx], accuracy=sub_acc)
+    row.extra["verify_sample"] = {"samples": keep, "held_out": n, "cpu_ms_per_image": round(per_image * 1000, 1),
+                                  "passes": passes, "budget_cpu_seconds": budget, "keras_accuracy": sub_acc}
+    log.info("%s %s: verified on %d of %d held-out images (class-balanced; %.0f CPU ms per image and pass, "
+             "%d pass(es), budget %g CPU s)", row.format, row.mode, keep, n, per_image * 1000, passes, budget)
+    return measure(runner, x[idx], y[idx] if y is not None else None, sub, batch_size=_VERIFY_BATCH), idx
 
 
 def _app_runtime_available() -> bool:

@@ -67,8 +67,10 @@ def compare(probs: np.ndarray, labels: np.ndarray | None, reference: Reference |
 
 
 def measure(runner: Runner, images: np.ndarray, labels: np.ndarray | None = None,
-            reference: Reference | None = None, *, latency: bool = True) -> Measurement:
-    """Run `images` through `runner` and compare (see `compare`); time a batch-1 call when `latency`."""
-    probs = runner.predict(images)
+            reference: Reference | None = None, *, latency: bool = True,
+            batch_size: int | None = None) -> Measurement:
+    """Run `images` through `runner` (in batches of `batch_size`, None: the runner's) and compare (see
+    `compare`); time a batch-1 call when `latency`."""
+    probs = runner.predict(images, batch_size=batch_size)
     lat = median_ms(lambda: runner.predict(images[:1])) if latency and len(images) else None
     return compare(probs, labels, reference, lat)

@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgetl.core.errors import first_line
+
 if TYPE_CHECKING:
     from edgetl.model.classifier import Classifier
 
@@ -176,7 +178,7 @@ class TFLiteExtractor:
             os.utime(self.cache_path)  # most recently used: kept longest
         except Exception as exc:  # noqa: BLE001 - a damaged file: convert again (and overwrite it)
             log.info("feature pass: the cached TFLite base %s is unreadable (%s); converting again",
-                     self.cache_path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                     self.cache_path, first_line(exc))
             return None
         self.cached = True
         return interp
