@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edgetl")
 
-DETAIL_PSNR_DB = 38.0  # no visible loss; a sharp photo's round trip through 80% of its size scores about 30-35 dB
+DETAIL_PSNR_DB = 38.0  # no visible loss; sharp 1/f-noise pictures (photos' spectrum) stay under 35 dB at 80% size
 LADDER = (16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512)
 DEFAULT_SAMPLE = 32
 # Only a meaningful shortfall is reported: photos with at least half the model's input in detail are
@@ -114,7 +114,7 @@ def detail_advice(detail: Detail, image_size: int) -> str | None:
     return (f"the photos carry about {detail.detail_px} px of detail ({stored}; median of {detail.sampled}), "
             f"far less than the model's {image_size} px input: the base's features are weaker on such blurred "
             f"or upscaled photos and accuracy will be lower than on sharp ones. A smaller --image-size "
-            f"trains faster for about the same accuracy; fine-tuning (--fine-tune-layers) adapts the base to them.")
+            f"trains faster for little loss; fine-tuning (--fine-tune-layers) adapts the base to them.")
 
 
 def split_detail(splits: DataSplits, image_size: int, n: int = DEFAULT_SAMPLE, seed: int = 0) -> Detail | None:
