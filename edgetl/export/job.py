@@ -57,10 +57,10 @@ class _Job:
     ref: KerasReference | None = None
     float_onnx: Path | None = None  # the float ONNX file once written: ONNX int8 quantizes it
     warnings: list[str] = field(default_factory=list)  # for the report, from the files' checks
-    saved: Path | None = None  # the SavedModel, written once when a format needs one (ONNX, ORT, saved_model)
+    saved: Path | None = None  # the SavedModel, written once when the saved_model format is asked for
     work: Path | None = None
-    # TFLite files are converted from the loaded model's frozen forward pass (free batch; batch 1 for
-    # int8-full): no SavedModel to write and read back for them.
+    # TFLite and ONNX files are converted from the loaded model's frozen forward pass (free batch; batch 1
+    # for int8-full): no SavedModel to write and read back for them.
     frozen: dict[int | None, Any] = field(default_factory=dict)
     calibrated: dict[int | None, bytes] = field(default_factory=dict)  # calibrate_tflite models, by batch
 
@@ -175,7 +175,7 @@ def _prepare(job: _Job, needs_calibration: bool, report: ExportReport, reporter:
 
 
 def _saved_model(job: _Job) -> Path:
-    """The run's SavedModel (free batch), written on first use: ONNX, ORT and saved_model read it."""
+    """The run's SavedModel (free batch), written on first use by the saved_model format."""
     from edgetl.export.saved_model import save_serving
 
     if job.saved is None:
@@ -186,7 +186,7 @@ def _saved_model(job: _Job) -> Path:
 
 
 def _frozen(job: _Job, batch: int | None) -> Any:
-    """The loaded model's forward pass with its variables frozen, batch free or fixed: what TFLite converts."""
+    """The loaded model's forward pass with its variables frozen, batch free or fixed: what TFLite and ONNX convert."""
     from edgetl.export.saved_model import frozen_forward
 
     if batch not in job.frozen:
@@ -285,6 +285,8 @@ def _export_one(job: _Job, fmt: str, mode: str) -> ExportRow:
     try:
         # The shared inputs (a frozen pass, a calibrated model) are made on first use and timed as their own phases.
         source = _tflite_source(job, mode, meta) if fmt == "tflite" else None
+        if fmt in ("onnx", "ort"):
+            _frozen(job, None)
         t0 = time.perf_counter()
         _write(job, fmt, mode, io, staging, meta, source)
         row.export_seconds = round(time.perf_counter() - t0, 2)
@@ -371,7 +373,7 @@ def _write(job: _Job, fmt: str, mode: str, io: str | None, path: Path, meta: dic
     elif fmt == "onnx":
         from edgetl.export.onnx import export_onnx
 
-        export_onnx(_saved_model(job), path, mode, meta=meta, opset=job.opts.opset,
+        export_onnx(_frozen(job, None), path, mode, meta=meta, opset=job.opts.opset,
                     calibration=job.calib if mode == "int8" else None,
                     float_model=job.float_onnx if mode != "none" else None)
     elif fmt == "ort":
@@ -381,7 +383,7 @@ def _write(job: _Job, fmt: str, mode: str, io: str | None, path: Path, meta: dic
         # The ORT file is converted from an ONNX file of the same mode, written beside the staging file.
         onnx_path = path.with_name(path.name + ".onnx")
         try:
-            export_onnx(_saved_model(job), onnx_path, mode, meta=meta, opset=job.opts.opset,
+            export_onnx(_frozen(job, None), onnx_path, mode, meta=meta, opset=job.opts.opset,
                         calibration=job.calib if mode == "int8" else None,
                         float_model=job.float_onnx if mode != "none" else None)
             export_ort(onnx_path, path)

@@ -1,4 +1,4 @@
-"""ONNX export: SavedModel -> .onnx through tf2onnx, checked, optimised offline, optionally quantized.
+"""ONNX export: frozen forward pass or SavedModel -> .onnx (tf2onnx), checked, optimised offline, quantized.
 
 The graph takes the same input as every edgetl artifact: float32 RGB pixels 0..255, NHWC, with a
 dynamic batch axis named "batch"; it is named "image" and its output "probabilities". ONNX Runtime's
@@ -37,8 +37,12 @@ def check_opset(opset: int) -> int:
     return opset
 
 
-def convert_onnx(saved_model_dir: str | os.PathLike[str], *, opset: int = DEFAULT_OPSET) -> Any:
-    """Convert a SavedModel's serving signature to an ONNX ModelProto (float32, no metadata).
+def convert_onnx(source: Any, *, opset: int = DEFAULT_OPSET) -> Any:
+    """Convert a SavedModel's serving signature, or a frozen ConcreteFunction, to an ONNX ModelProto (float32).
+
+    `source`: a SavedModel folder, or edgetl.export.saved_model.frozen_forward's function. The function
+    is what the TFLite files convert from too; it spares writing a SavedModel and loading it back
+    (MobileNetV2 at 224: 2.0 s against 10 s, the same ONNX graph and outputs).
 
     Raises:
         ExportError: tf2onnx failed (the op it could not convert is named when it says so).
@@ -54,8 +58,13 @@ def convert_onnx(saved_model_dir: str | os.PathLike[str], *, opset: int = DEFAUL
                           "pinned versions (tf2onnx 1.17, onnx 1.23).") from None
     try:
         with quiet_native_stderr():
-            graph_def, inputs, outputs = tf_loader.from_saved_model(
-                os.fspath(saved_model_dir), None, None, tag="serve", signatures=["serving_default"])
+            if isinstance(source, (str, os.PathLike)):
+                graph_def, inputs, outputs = tf_loader.from_saved_model(
+                    os.fspath(source), None, None, tag="serve", signatures=["serving_default"])
+            else:
+                inputs = [t.name for t in source.inputs]  # frozen: no variable (resource) inputs left
+                outputs = [t.name for t in source.outputs]
+                graph_def = tf_loader.from_function(source, inputs, outputs)
             if len(inputs) != 1 or len(outputs) != 1:
                 raise ExportError(f"the SavedModel has {len(inputs)} inputs and {len(outputs)} outputs; edgetl "
                                   "exports single-input single-output classifiers.")
@@ -119,13 +128,13 @@ def check_model(model_or_path: Any) -> None:
                           "Try another --opset.") from None
 
 
-def export_onnx(saved_model_dir: str | os.PathLike[str], path: str | os.PathLike[str], mode: str = "none", *,
+def export_onnx(source: Any, path: str | os.PathLike[str], mode: str = "none", *,
                 meta: dict[str, Any] | None = None, opset: int = DEFAULT_OPSET, calibration: Any = None,
                 optimize: bool = True, float_model: str | os.PathLike[str] | None = None) -> Path:
     """Write `path` (atomically): float32 ("none") or quantized ("int8" static QDQ, "dynamic").
 
     Args:
-        saved_model_dir: SavedModel folder with a serving_default signature.
+        source: a SavedModel folder with a serving_default signature, or a frozen forward pass (convert_onnx).
         path: the .onnx file to write.
         mode: "none", "int8" or "dynamic".
         meta: the edgetl metadata; None writes none.
@@ -147,7 +156,7 @@ def export_onnx(saved_model_dir: str | os.PathLike[str], path: str | os.PathLike
         if float_model is not None:
             shutil.copyfile(float_model, base)
         else:
-            model = convert_onnx(saved_model_dir, opset=opset)
+            model = convert_onnx(source, opset=opset)
             onnx.save(model, str(base))
             if optimize:
                 opt = work / "opt.onnx"
