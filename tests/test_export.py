@@ -646,6 +646,10 @@ def test_phases_are_timed_in_report_json_and_log(tiny_run: Path, tmp_path: Path,
     # TFLite and ONNX convert the same frozen pass: traced once per batch kind, and no SavedModel written.
     assert [f for p, f in names if p == "freeze"] == ["free batch", "batch 1"]
     assert "savedmodel" not in [p for p, _ in names]
+    # ONNX converts first (tf2onnx's memory is then reused by the TFLite steps), yet the report keeps the asked order.
+    converted = [f.split()[0] for p, f in names if p == "convert"]
+    assert converted.index("tflite") > converted.index("onnx") and converted[-1] == "tflite"
+    assert [r.format for r in report.rows] == ["tflite"] * 4 + ["onnx"] * 2
     for r in report.rows:
         assert ("convert", f"{r['format']} {r['mode']}") in names and ("verify", f"{r['format']} {r['mode']}") in names
     doc = json.loads((out / "export_report.json").read_text())
