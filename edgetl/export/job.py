@@ -53,7 +53,7 @@ class _Job:
     threads: int
     phases: Phases
     model: keras.Model | None = None
-    calib: np.ndarray | None = None
+    calib: np.ndarray | None = None  # uint8 pixels; each consumer converts one image at a time
     ref: KerasReference | None = None
     float_onnx: Path | None = None  # the float ONNX file once written: ONNX int8 quantizes it
     warnings: list[str] = field(default_factory=list)  # for the report, from the files' checks
@@ -163,6 +163,7 @@ def _conversion_order(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 def _prepare(job: _Job, needs_calibration: bool, report: ExportReport, reporter: Reporter) -> None:
     """The work every file shares, done once: the model, calibration images, the Keras reference."""
+    import numpy
     run = job.run
     reporter.start("loading the model", None)
     with job.phases.time("load model"):
@@ -175,7 +176,7 @@ def _prepare(job: _Job, needs_calibration: bool, report: ExportReport, reporter:
     reporter.finish()
     if needs_calibration:
         with job.phases.time("calibration images"):
-            job.calib = job.images.calibration(reporter)
+            job.calib = job.images.calibration(reporter, numpy.uint8)
         report.verify["calibration_samples"] = job.images.calibration_used
     if job.opts.verify:
         with job.phases.time("held-out images"):

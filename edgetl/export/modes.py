@@ -223,7 +223,7 @@ def quantize_onnx(src: str, dst: str, mode: str, *, calibration: Any = None, inp
         mode: "int8" (static QDQ: int8 weights per channel, uint8 activations, calibrated with MinMax)
             or "dynamic" (int8 Conv kernels per channel, float Conv compute; MatMul/Gemm with uint8
             weights and activations quantized at run time; no calibration).
-        calibration: for int8, an (N, H, W, 3) float32 array of calibration images (pixels 0..255).
+        calibration: for int8, an (N, H, W, 3) array of calibration images (pixels 0..255, uint8 or float32).
         input_name: the model's input name.
     """
     from onnxruntime.quantization import (
@@ -253,6 +253,8 @@ def quantize_onnx(src: str, dst: str, mode: str, *, calibration: Any = None, inp
     if calibration is None or len(calibration) == 0:
         raise UsageError("--quantize int8 for onnx needs calibration images and none were given.")
 
+    import numpy as np
+
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
             self.i = 0
@@ -260,7 +262,7 @@ def quantize_onnx(src: str, dst: str, mode: str, *, calibration: Any = None, inp
         def get_next(self) -> dict[str, Any] | None:
             if self.i >= len(calibration):
                 return None
-            batch = calibration[self.i:self.i + 1]
+            batch = np.asarray(calibration[self.i:self.i + 1], dtype=np.float32)
             self.i += 1
             return {input_name: batch}
 
