@@ -165,7 +165,7 @@ def test_head_trained_on_tflite_features_scores_the_same(bench: ModuleType, suit
 def test_fine_tuned_and_optimized_runs_keep_their_accuracy(stage: str, stages: dict[str, Any],
                                                          expected: dict[str, Any]) -> None:
     rec, tol = expected["figures"][stage], expected["tolerance"]
-    acc_tol = tol["pruned_accuracy"] if stage == "prune" else tol["accuracy"]
+    acc_tol = {"prune": tol["pruned_accuracy"], "qat": tol["qat_accuracy"]}.get(stage, tol["accuracy"])
     _close(stages[stage]["test_accuracy"], rec["test_accuracy"], acc_tol, f"{stage} test accuracy")
     if "fake_quant_accuracy" in rec:
         _close(stages[stage]["fake_quant_accuracy"], rec["fake_quant_accuracy"], tol["accuracy"],
@@ -183,8 +183,11 @@ def test_exported_file_keeps_its_accuracy(key: str, files: dict[str, Any], expec
     if key in KNOWN_BAD:
         assert got["drop"] <= 0.1, f"{key}: drop {got['drop']:.4f}"
     acc_tol = tol["pruned_accuracy"] if key.startswith("prune/") else tol["accuracy"]
+    drop_tol = tol["accuracy"]
+    if key.startswith("qat/"):  # the QAT run's own accuracy varies between processes (realdata.json says why)
+        acc_tol = drop_tol = tol["qat_accuracy"]
     _close(got["accuracy"], rec["accuracy"], acc_tol, f"{key} accuracy")
-    _close(got["drop"], rec["drop"], tol["accuracy"], f"{key} drop")
+    _close(got["drop"], rec["drop"], drop_tol, f"{key} drop")
     assert got["agreement"] >= rec["agreement"] - tol["agreement"] - 1e-9, \
         f"{key}: agreement {got['agreement']:.4f}, recorded {rec['agreement']:.4f} (tolerance {tol['agreement']})"
     if key.endswith(("-none",)):
