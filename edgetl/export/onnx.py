@@ -66,7 +66,7 @@ def convert_onnx(source: Any, *, opset: int = DEFAULT_OPSET) -> Any:
                 outputs = [t.name for t in source.outputs]
                 graph_def = tf_loader.from_function(source, inputs, outputs)
             if len(inputs) != 1 or len(outputs) != 1:
-                raise ExportError(f"the SavedModel has {len(inputs)} inputs and {len(outputs)} outputs; edgetl "
+                raise ExportError(f"the model has {len(inputs)} inputs and {len(outputs)} outputs; edgetl "
                                   "exports single-input single-output classifiers.")
             model, _ = convert.from_graph_def(graph_def, input_names=inputs, output_names=outputs, opset=opset)
     except ExportError:
