@@ -9,8 +9,11 @@ are real-looking images (pixels 0..255 of generated pictures) as well as noise.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -643,6 +646,11 @@ def test_phases_are_timed_in_report_json_and_log(tiny_run: Path, tmp_path: Path,
     # One calibration pass: int8 and int16x8 quantize the free-batch model, int8-full's batch-1 graph takes its ranges.
     assert [f for p, f in names if p == "calibration"] == ["tflite free batch"]
     assert [f for p, f in names if p == "calibration ranges"] == ["tflite batch 1"]
+    # It ran in a child process beside the other files (a background phase, outside the totals); the files
+    # verified meanwhile had their latency timed once it had ended.
+    background = [p for p in report.phases.rows if p["phase"] == "calibration process"]
+    assert len(background) == 1 and background[0]["background"] is True and background[0]["file"] == "tflite free batch"
+    assert all(r.latency_ms is not None and r.latency_ms > 0 for r in report.rows)
     # TFLite and ONNX convert the same frozen pass: traced once per batch kind, and no SavedModel written.
     assert [f for p, f in names if p == "freeze"] == ["free batch", "batch 1"]
     assert "savedmodel" not in [p for p, _ in names]
@@ -699,6 +707,50 @@ def test_one_calibration_gives_the_converters_own_files(tiny_run: Path) -> None:
         want = convert_tflite(source, mode, representative=rep, io_type=io)
         got = quantize_calibrated(calibrated, mode, io)
         assert _tensors(got) == _tensors(want), mode
+
+
+def test_the_child_process_calibrates_byte_for_byte_as_tensorflow(tiny_run: Path, tmp_path: Path) -> None:
+    """What the export does (a graph calibrated on one image, the rest in a child process) is the converter's own."""
+    from edgetl.core.progress import Reporter
+    from edgetl.export.calibration import BackgroundCalibration, calibrate_in_process
+    from edgetl.export.images import ExportImages, representative
+    from edgetl.export.saved_model import frozen_forward
+    from edgetl.export.tflite import calibrate_tflite, convert_tflite, quantize_calibrated
+    from edgetl.rundir import load_run
+
+    run = load_run(tiny_run)
+    calib = ExportImages(run, 16, False).calibration(Reporter(), np.uint8)
+    free = frozen_forward(run.load_model())
+    graph = calibrate_tflite(free, representative(calib[:1]))
+    child = BackgroundCalibration(graph, calib, tmp_path / "child")
+    got = child.result()
+    assert got == calibrate_in_process(graph, representative(calib))
+    assert child.seconds is not None and child.seconds > 0
+    for mode in ("int8", "int16x8"):  # and the files quantized from it are the converter's own
+        want = convert_tflite(free, mode, representative=representative(calib))
+        assert _tensors(quantize_calibrated(got, mode)) == _tensors(want), mode
+    assert "tensorflow" not in subprocess.run(  # the child's module loads without TensorFlow
+        [sys.executable, "-c", "import sys, edgetl.export.calibration; print(sorted(sys.modules))"],
+        capture_output=True, text=True, check=True).stdout
+
+
+def test_a_failed_child_calibration_falls_back_to_this_process(tiny_run: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    import edgetl.export.calibration as calibration
+    from edgetl.export import export_run
+
+    bogus = tmp_path / "not-an-extension.so"
+    bogus.write_bytes(b"no")
+    monkeypatch.setattr(calibration, "wrapper_path", lambda: bogus)
+    with caplog.at_level(logging.WARNING, logger="edgetl"):
+        report = export_run(tiny_run, quantize=("int8",), output=tmp_path / "fallback", calibration_samples=8,
+                            threads=1)
+    assert [r.status for r in report.rows] == ["ok"]
+    assert any("calibration process failed" in m and "calibrating in this process" in m for m in caplog.messages)
+    child = calibration.BackgroundCalibration(b"x" * 100, np.zeros((400, 64, 64, 3), np.uint8), tmp_path / "c")
+    child.cancel()
+    assert child.done()
 
 
 def test_slow_files_are_verified_on_a_recorded_balanced_sample(tiny_run: Path, tmp_path: Path,

@@ -5,7 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 from collections.abc import Iterator
+
+# Descriptor 2 is the process's, not a thread's: blocks on several threads share one redirection, made by
+# the first to enter and undone by the last to leave (else one thread's exit would restore /dev/null).
+_lock = threading.Lock()
+_depth = 0
+_saved: int | None = None
 
 
 @contextlib.contextmanager
@@ -14,24 +21,46 @@ def quiet_native_stderr() -> Iterator[None]:
 
     TensorFlow, the TFLite converter, tf2onnx and LiteRT print absl logs, MLIR diagnostics and
     delegate notices from C++ straight to the descriptor, where no Python setting reaches them.
-    Their errors still arrive as Python exceptions, which callers turn into one line.
+    Their errors still arrive as Python exceptions, which callers turn into one line. Safe to nest
+    and to use from several threads at once.
     """
-    if os.environ.get("EDGETL_DEBUG"):
+    if os.environ.get("EDGETL_DEBUG") or not _enter():
         yield
         return
     try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no real descriptor (some test runners, embedded interpreters)
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
         yield
     finally:
-        with contextlib.suppress(OSError, ValueError):
-            sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+        _leave()
+
+
+def _enter() -> bool:
+    """Redirect descriptor 2 unless another block already has; False when there is no real descriptor."""
+    global _depth, _saved
+    with _lock:
+        if _depth == 0:
+            try:
+                sys.stderr.flush()
+                saved = os.dup(2)
+            except (OSError, ValueError):  # no real descriptor (some test runners, embedded interpreters)
+                return False
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, 2)
+            finally:
+                os.close(devnull)
+            _saved = saved
+        _depth += 1
+        return True
+
+
+def _leave() -> None:
+    """Undo one _enter; the last one restores descriptor 2."""
+    global _depth, _saved
+    with _lock:
+        _depth -= 1
+        if _depth == 0 and _saved is not None:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.flush()
+            os.dup2(_saved, 2)
+            os.close(_saved)
+            _saved = None

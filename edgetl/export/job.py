@@ -11,7 +11,6 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,44 +24,26 @@ from edgetl.export.plan import (
     DEFAULT_OPSET,
     DEFAULT_VERIFY_SECONDS,
     ExportOptions,
-    Plan,
     make_plan,
 )
-from edgetl.export.report import ExportReport, ExportRow, Phases, write_beside
-from edgetl.export.verify import FLOAT_TOLERANCE, KerasReference, keras_reference, verify_file
+from edgetl.export.report import ExportReport, ExportRow, write_beside
+from edgetl.export.shared import (
+    Job,
+    calibrated_model,
+    frozen_pass,
+    saved_model_of,
+    start_calibration,
+    stop_calibration,
+)
+from edgetl.export.verify import FLOAT_TOLERANCE, keras_reference, verify_file
 
 if TYPE_CHECKING:
-    import keras
-    import numpy as np
 
     from edgetl.rundir import Run
 
 log = logging.getLogger("edgetl")
 
 STAGING_PREFIX = ".edgetl-staging-"
-
-
-@dataclass
-class _Job:
-    """What every file of one export shares: the run, the plan, the images and the reference."""
-
-    run: Run
-    opts: ExportOptions
-    plan: Plan
-    images: ExportImages
-    threads: int
-    phases: Phases
-    model: keras.Model | None = None
-    calib: np.ndarray | None = None  # uint8 pixels; each consumer converts one image at a time
-    ref: KerasReference | None = None
-    float_onnx: Path | None = None  # the float ONNX file once written: ONNX int8 quantizes it
-    warnings: list[str] = field(default_factory=list)  # for the report, from the files' checks
-    saved: Path | None = None  # the SavedModel, written once when the saved_model format is asked for
-    work: Path | None = None
-    # TFLite and ONNX files are converted from the loaded model's frozen forward pass (free batch; batch 1
-    # for int8-full): no SavedModel to write and read back for them.
-    frozen: dict[int | None, Any] = field(default_factory=dict)
-    calibrated: dict[int | None, bytes] = field(default_factory=dict)  # calibrate_tflite models, by batch
 
 
 def export_run(run_dir: str | os.PathLike[str] | Run, *, formats: Any = (), quantize: Any = (),
@@ -113,7 +94,7 @@ def run_export(run: Run, opts: ExportOptions, reporter: Reporter | None = None) 
     t0 = time.perf_counter()
     with report.phases.time("load"):
         load_tensorflow()
-    job = _Job(run, opts, plan, images, opts.threads if opts.threads is not None else default_threads(),
+    job = Job(run, opts, plan, images, opts.threads if opts.threads is not None else default_threads(),
                report.phases)
     report.verify = {"enabled": opts.verify, "threads": job.threads, "batch_for_latency": 1,
                      "float_tolerance": FLOAT_TOLERANCE, "max_drop": opts.max_drop,
@@ -123,6 +104,7 @@ def run_export(run: Run, opts: ExportOptions, reporter: Reporter | None = None) 
     job.work = Path(tempfile.mkdtemp(prefix="edgetl-export-"))
     try:
         _prepare(job, needs_calibration, report, reporter)
+        start_calibration(job)
         for fmt, mode in _conversion_order(plan.pairs):
             reporter.start(f"exporting {fmt} {mode}", None)
             row = _export_one(job, fmt, mode)
@@ -130,7 +112,11 @@ def run_export(run: Run, opts: ExportOptions, reporter: Reporter | None = None) 
             if fmt == "onnx" and mode == "none" and row.status in ("ok", "unverified"):
                 job.float_onnx = plan.paths[(fmt, mode)]
             report.rows.append(row)
-            reporter.info(row.line())
+            if not any(r is row for r, _ in job.pending_latency):
+                reporter.info(row.line())
+            _time_pending_latency(job, reporter)
+        stop_calibration(job)
+        _time_pending_latency(job, reporter)
         report.rows.sort(key=lambda r: plan.pairs.index((r.format, r.mode)))  # the report keeps the asked order
         report.warnings.extend(job.warnings)
         with report.phases.time("write report"):
@@ -140,6 +126,7 @@ def run_export(run: Run, opts: ExportOptions, reporter: Reporter | None = None) 
         _log_phases(report, reporter)
     finally:
         reporter.finish()
+        stop_calibration(job)
         shutil.rmtree(job.work, ignore_errors=True)
     failed = report.failed
     if failed:
@@ -161,7 +148,7 @@ def _conversion_order(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return sorted(pairs, key=lambda pair: 0 if pair[0] in ("onnx", "ort") else 1)
 
 
-def _prepare(job: _Job, needs_calibration: bool, report: ExportReport, reporter: Reporter) -> None:
+def _prepare(job: Job, needs_calibration: bool, report: ExportReport, reporter: Reporter) -> None:
     """The work every file shares, done once: the model, calibration images, the Keras reference."""
     import numpy
     run = job.run
@@ -186,46 +173,20 @@ def _prepare(job: _Job, needs_calibration: bool, report: ExportReport, reporter:
         report.reference = dict(job.ref.summary)
 
 
-def _saved_model(job: _Job) -> Path:
-    """The run's SavedModel (free batch), written on first use by the saved_model format."""
-    from edgetl.export.saved_model import save_serving
+def _time_pending_latency(job: Job, reporter: Reporter) -> None:
+    """Time the batch-1 latency of the files verified while the child ran, once it no longer does."""
+    from edgetl.export.verify import measure_latency
 
-    if job.saved is None:
-        assert job.model is not None and job.work is not None
-        with job.phases.time("savedmodel"):
-            job.saved = save_serving(job.model, job.work / "saved_model")
-    return job.saved
-
-
-def _frozen(job: _Job, batch: int | None) -> Any:
-    """The loaded model's forward pass with its variables frozen, batch free or fixed: what TFLite and ONNX convert."""
-    from edgetl.export.saved_model import frozen_forward
-
-    if batch not in job.frozen:
-        assert job.model is not None
-        with job.phases.time("freeze", "batch 1" if batch else "free batch"):
-            job.frozen[batch] = frozen_forward(job.model, batch=batch)
-    return job.frozen[batch]
-
-
-def _calibrated(job: _Job, batch: int | None) -> bytes:
-    """The float TFLite model with calibration ranges, once per batch kind: every integer mode quantizes it."""
-    from edgetl.export.tflite import calibrate_tflite, with_ranges_of
-
-    if batch not in job.calibrated:
-        assert job.calib is not None
-        source = _frozen(job, batch)
-        if batch is not None and job.calibrated.get(None) is not None:
-            # The free-batch model's ranges serve the batch-1 graph (with_ranges_of); calibrate only if they do not fit.
-            with job.phases.time("calibration ranges", "tflite batch 1"):
-                ranged = with_ranges_of(calibrate_tflite(source, representative(job.calib[:1])), job.calibrated[None])
-            if ranged is not None:
-                job.calibrated[batch] = ranged
-                return ranged
-            log.info("the batch-1 graph has other tensors than the free-batch one: calibrating it too")
-        with job.phases.time("calibration", "tflite batch 1" if batch else "tflite free batch"):
-            job.calibrated[batch] = calibrate_tflite(source, representative(job.calib))
-    return job.calibrated[batch]
+    if not job.pending_latency or (job.background is not None and not job.background.done()):
+        return
+    pending, job.pending_latency = job.pending_latency, []
+    for row, path in pending:
+        with job.phases.time("latency", f"{row.format} {row.mode}"):
+            try:
+                measure_latency(row, path, job.images, job.threads)
+            except EdgetlError as exc:  # it opened and ran moments ago: report, do not fail the file
+                log.warning("%s %s: latency not measured (%s)", row.format, row.mode, exc)
+        reporter.info(row.line())
 
 
 def _log_phases(report: ExportReport, reporter: Reporter) -> None:
@@ -281,7 +242,7 @@ def staging_path(final: Path) -> Path:
     return final.parent / f"{STAGING_PREFIX}{os.getpid()}-{final.name}"
 
 
-def _export_one(job: _Job, fmt: str, mode: str) -> ExportRow:
+def _export_one(job: Job, fmt: str, mode: str) -> ExportRow:
     """Write one file to a staging name, verify it, and move it into place only when it passes."""
     from edgetl.export.metadata import build_metadata
 
@@ -298,16 +259,18 @@ def _export_one(job: _Job, fmt: str, mode: str) -> ExportRow:
         # The shared inputs (a frozen pass, a calibrated model) are made on first use and timed as their own phases.
         source = _tflite_source(job, mode, meta) if fmt == "tflite" else None
         if fmt in ("onnx", "ort"):
-            _frozen(job, None)
+            frozen_pass(job, None)
         t0 = time.perf_counter()
         _write(job, fmt, mode, io, staging, meta, source)
         row.export_seconds = round(time.perf_counter() - t0, 2)
         job.phases.add("convert", row.export_seconds, name)
         row.size_mb = round(_size(staging) / 1e6, 3)
+        # While the child calibrates on one core, a latency taken now would be slowed by it: timed later instead.
+        defer = job.background is not None and not job.background.done()
         if job.opts.verify and job.ref is not None:
             with job.phases.time("verify", name):
                 verify_file(row, staging, meta, job.ref, job.images, job.opts.max_drop, job.threads,
-                            job.opts.verify_seconds)
+                            job.opts.verify_seconds, latency=not defer)
         else:
             row.status = "unverified"
         if fmt == "tflite" and job.opts.target in COMPAT_TARGETS and not row.failed:
@@ -319,6 +282,8 @@ def _export_one(job: _Job, fmt: str, mode: str) -> ExportRow:
             shutil.rmtree(final)
         os.replace(staging, final)
         row.written = True
+        if defer and row.latency_ms is None and row.agreement is not None:
+            job.pending_latency.append((row, final))
     except (UsageError, DataError):
         raise
     except ExportError as exc:
@@ -332,7 +297,7 @@ def _export_one(job: _Job, fmt: str, mode: str) -> ExportRow:
     return row
 
 
-def _check_target(job: _Job, row: ExportRow, path: Path) -> None:
+def _check_target(job: Job, row: ExportRow, path: Path) -> None:
     """--target gpu/npu: the ops the accelerator lacks (edgetl.runtime.compat); --strict fails the file on them."""
     from edgetl.runtime.compat import gpu_compatibility, npu_compatibility
 
@@ -350,7 +315,7 @@ def _check_target(job: _Job, row: ExportRow, path: Path) -> None:
         job.warnings.append(f"{what} ({Path(row.path).name})")
 
 
-def _qat_source(job: _Job, mode: str, meta: dict[str, Any]) -> Path | None:
+def _qat_source(job: Job, mode: str, meta: dict[str, Any]) -> Path | None:
     """A QAT run's own SavedModel for an int8 TFLite file (its learned ranges), else None."""
     if mode in ("int8", "int8-full"):
         qat = job.run.qat_saved_model()
@@ -361,18 +326,18 @@ def _qat_source(job: _Job, mode: str, meta: dict[str, Any]) -> Path | None:
     return None
 
 
-def _tflite_source(job: _Job, mode: str, meta: dict[str, Any]) -> tuple[Any, bytes | None]:
+def _tflite_source(job: Job, mode: str, meta: dict[str, Any]) -> tuple[Any, bytes | None]:
     """What a TFLite file is converted from: (QAT SavedModel or frozen pass, the shared calibrated model or None)."""
     calibrated = get_mode(mode).calibrated
     qat = _qat_source(job, mode, meta)
     batch = 1 if mode == "int8-full" else None
     shared = calibrated and qat is None and not job.opts.allow_select_ops and job.calib is not None
     if shared:
-        return None, _calibrated(job, batch)
-    return (qat if qat is not None else _frozen(job, batch)), None
+        return None, calibrated_model(job, batch)
+    return (qat if qat is not None else frozen_pass(job, batch)), None
 
 
-def _write(job: _Job, fmt: str, mode: str, io: str | None, path: Path, meta: dict[str, Any],
+def _write(job: Job, fmt: str, mode: str, io: str | None, path: Path, meta: dict[str, Any],
            source: tuple[Any, bytes | None] | None) -> None:
     """Dispatch to the format's one entry function."""
     if fmt == "tflite":
@@ -385,7 +350,7 @@ def _write(job: _Job, fmt: str, mode: str, io: str | None, path: Path, meta: dic
     elif fmt == "onnx":
         from edgetl.export.onnx import export_onnx
 
-        export_onnx(_frozen(job, None), path, mode, meta=meta, opset=job.opts.opset,
+        export_onnx(frozen_pass(job, None), path, mode, meta=meta, opset=job.opts.opset,
                     calibration=job.calib if mode == "int8" else None,
                     float_model=job.float_onnx if mode != "none" else None)
     elif fmt == "ort":
@@ -395,7 +360,7 @@ def _write(job: _Job, fmt: str, mode: str, io: str | None, path: Path, meta: dic
         # The ORT file is converted from an ONNX file of the same mode, written beside the staging file.
         onnx_path = path.with_name(path.name + ".onnx")
         try:
-            export_onnx(_frozen(job, None), onnx_path, mode, meta=meta, opset=job.opts.opset,
+            export_onnx(frozen_pass(job, None), onnx_path, mode, meta=meta, opset=job.opts.opset,
                         calibration=job.calib if mode == "int8" else None,
                         float_model=job.float_onnx if mode != "none" else None)
             export_ort(onnx_path, path)
@@ -404,7 +369,7 @@ def _write(job: _Job, fmt: str, mode: str, io: str | None, path: Path, meta: dic
     else:
         from edgetl.export.saved_model import export_saved_model
 
-        export_saved_model(_saved_model(job), path, meta=meta)
+        export_saved_model(saved_model_of(job), path, meta=meta)
 
 
 def _size(p: Path) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,13 +17,14 @@ from edgetl.export.images import balanced_order
 from edgetl.export.modes import get_mode
 from edgetl.export.plan import DEFAULT_VERIFY_SECONDS
 from edgetl.export.report import ExportRow
-from edgetl.runtime.measure import Measurement, Reference, measure, top1_accuracy
+from edgetl.runtime.measure import Reference, measure, top1_accuracy
 from edgetl.runtime.timing import median_ms
 
 if TYPE_CHECKING:
     import keras
 
     from edgetl.export.images import ExportImages
+    from edgetl.runtime.app_runtime import AppResult
     from edgetl.runtime.runner import Runner
 
 log = logging.getLogger("edgetl")
@@ -72,11 +74,13 @@ def keras_reference(model: keras.Model, images: ExportImages, reporter: Reporter
 
 
 def verify_file(row: ExportRow, path: Path, meta: dict[str, Any], ref: KerasReference, images: ExportImages,
-                max_drop: float | None, threads: int, budget: float | None = DEFAULT_VERIFY_SECONDS) -> None:
+                max_drop: float | None, threads: int, budget: float | None = DEFAULT_VERIFY_SECONDS, *,
+                latency: bool = True) -> None:
     """Open `path` in its runtime, check its contract, measure it against `ref`, and set row.status.
 
     `budget`: CPU seconds the held-out passes may take (None: all images whatever the cost); see
-    edgetl.export.plan.DEFAULT_VERIFY_SECONDS.
+    edgetl.export.plan.DEFAULT_VERIFY_SECONDS. `latency`: time a batch-1 call (False leaves
+    row.latency_ms for measure_latency, when the machine is quiet again).
     """
     from edgetl.runtime import open_model
 
@@ -102,14 +106,21 @@ def verify_file(row: ExportRow, path: Path, meta: dict[str, Any], ref: KerasRefe
         if runner.input_dtype != want_dtype:
             problems.append(f"input dtype is {runner.input_dtype}, not {want_dtype}")
         x, y, _ = images.held_out()
+        idx, sub = _sample(runner, row, x, y, ref.reference, budget)
+        app = _AppPass(path, x[idx]) if row.format == "tflite" and _app_pass_applies(row) else None
         try:
-            m, idx = _measure_within(runner, row, x, y, ref.reference, budget)
+            m = measure(runner, x[idx], y[idx] if y is not None else None, sub, batch_size=_VERIFY_BATCH,
+                        latency=False)
         except EdgetlError as exc:  # the outputs do not have the reference's shape
             problems.append(str(exc))
-            m, idx = None, np.arange(len(x))
+            m = None
+        if app is not None:
+            app.join()  # before timing: the latency is taken with nothing else running in the process
         if m is not None:
             row.max_abs_diff, row.agreement = m.max_abs_diff, m.agreement
-            row.accuracy, row.drop, row.latency_ms = m.accuracy, m.drop, m.latency_ms
+            row.accuracy, row.drop = m.accuracy, m.drop
+            if latency:
+                row.latency_ms = median_ms(lambda: runner.predict(x[idx[:1]]))
         row.samples = int(len(idx))
     finally:
         runner.close()
@@ -125,14 +136,62 @@ def verify_file(row: ExportRow, path: Path, meta: dict[str, Any], ref: KerasRefe
         row.status = "ok"
     if row.format == "tflite" and m is not None and not row.failed:
         verify_in_app_runtime(row, path, x[idx], y[idx] if y is not None else None, m.probs,
-                              list(meta.get("class_names") or []))
+                              list(meta.get("class_names") or []), app)
 
 
-def _measure_within(runner: Runner, row: ExportRow, x: np.ndarray, y: np.ndarray | None, reference: Reference,
-                    budget: float | None) -> tuple[Measurement, np.ndarray]:
-    """Measure `runner` on every held-out image, or on a balanced prefix when all would exceed `budget` seconds.
+def measure_latency(row: ExportRow, path: Path, images: ExportImages, threads: int) -> None:
+    """Time `path`'s batch-1 call as verify_file does (row.latency_ms), for a row verified with latency=False."""
+    from edgetl.runtime import open_model
 
-    Returns the measurement and the indices of the images it ran on. A capped sample is recorded in
+    x, _, _ = images.held_out()
+    runner = open_model(path, threads=None if row.format == "saved_model" else threads)
+    try:
+        row.latency_ms = median_ms(lambda: runner.predict(x[:1]))
+    finally:
+        runner.close()
+
+
+class _AppPass:
+    """MediaPipe's pass over the images on its own thread, beside LiteRT's (both release the GIL while they
+    run: the two passes of a single-threaded int16x8 file took 6.1 s together against 12.2 s one after
+    the other, measured)."""
+
+    def __init__(self, path: Path, images: np.ndarray) -> None:
+        self.result: AppResult | None = None
+        self.error: EdgetlError | None = None
+        self._thread = threading.Thread(target=self._run, args=(path, images), name="edgetl-mediapipe", daemon=True)
+        self._thread.start()
+
+    def _run(self, path: Path, images: np.ndarray) -> None:
+        from edgetl.runtime import app_runtime
+
+        try:
+            self.result = app_runtime.classify(path, images)
+        except EdgetlError as exc:
+            self.error = exc
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def get(self) -> AppResult:
+        """The pass's result (joining the thread first). Raises its EdgetlError."""
+        self.join()
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
+def _app_pass_applies(row: ExportRow) -> bool:
+    """Whether verify_in_app_runtime will run MediaPipe on the file (installed, and not an int8-input file)."""
+    return _app_runtime_available() and row.input_dtype != "int8"
+
+
+def _sample(runner: Runner, row: ExportRow, x: np.ndarray, y: np.ndarray | None, reference: Reference,
+            budget: float | None) -> tuple[np.ndarray, Reference]:
+    """The held-out images to measure `runner` on: all, or a balanced prefix when all would exceed `budget` seconds.
+
+    Returns their indices and the reference on them. A capped sample is recorded in
     row.extra["verify_sample"] with the Keras accuracy on the same images (the drop is against that).
     """
     n = len(x)
@@ -149,7 +208,7 @@ def _measure_within(runner: Runner, row: ExportRow, x: np.ndarray, y: np.ndarray
     if budget is not None and per_image * passes * n > budget:
         keep = min(n, max(MIN_VERIFY_SAMPLES, int(budget / (per_image * passes))))
     if keep == n:
-        return measure(runner, x, y, reference, batch_size=_VERIFY_BATCH), np.arange(n)
+        return np.arange(n), reference
     idx = order[:keep]
     sub_acc = top1_accuracy(reference.probs[idx], y[idx]) if y is not None else None
     sub = Reference(probs=reference.probs[idx], accuracy=sub_acc)
@@ -157,7 +216,7 @@ def _measure_within(runner: Runner, row: ExportRow, x: np.ndarray, y: np.ndarray
                                   "passes": passes, "budget_cpu_seconds": budget, "keras_accuracy": sub_acc}
     log.info("%s %s: verified on %d of %d held-out images (class-balanced; %.0f CPU ms per image and pass, "
              "%d pass(es), budget %g CPU s)", row.format, row.mode, keep, n, per_image * 1000, passes, budget)
-    return measure(runner, x[idx], y[idx] if y is not None else None, sub, batch_size=_VERIFY_BATCH), idx
+    return idx, sub
 
 
 def _app_runtime_available() -> bool:
@@ -167,8 +226,10 @@ def _app_runtime_available() -> bool:
 
 
 def verify_in_app_runtime(row: ExportRow, path: Path, images: np.ndarray, labels: np.ndarray | None,
-                          litert_probs: np.ndarray, class_names: list[str]) -> None:
+                          litert_probs: np.ndarray, class_names: list[str], started: _AppPass | None = None) -> None:
     """Run a .tflite through MediaPipe Tasks' ImageClassifier: accuracy by label name, top-1 agreement with LiteRT.
+
+    `started`: the same pass already running on a thread (verify_file starts it beside LiteRT's).
 
     Sets row.extra["mediapipe"]; fails the row (kind "app_runtime") when MediaPipe refuses the file or
     agrees with LiteRT on less than APP_AGREEMENT of the images. An int8-input file is reported, not
@@ -183,7 +244,7 @@ def verify_in_app_runtime(row: ExportRow, path: Path, images: np.ndarray, labels
         row.extra["mediapipe"] = {"status": "n/a: MediaPipe takes uint8 or float32 input, not int8"}
         return
     try:
-        result = app_runtime.classify(path, images)
+        result = started.get() if started is not None else app_runtime.classify(path, images)
     except EdgetlError as exc:
         row.extra["mediapipe"] = {"status": f"failed: {exc}"}
         row.fail(str(exc), "app_runtime")
