@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgetl.core.errors import DataError, EdgetlError, ExportError, GateFailure, ModelError, UsageError
+from edgetl.core.native import release_free_memory
 from edgetl.core.progress import Reporter
 from edgetl.export.images import ExportImages, representative
 from edgetl.export.modes import get_mode
@@ -104,14 +105,19 @@ def run_export(run: Run, opts: ExportOptions, reporter: Reporter | None = None) 
     job.work = Path(tempfile.mkdtemp(prefix="edgetl-export-"))
     try:
         _prepare(job, needs_calibration, report, reporter)
-        start_calibration(job)
+        release_free_memory()
         for fmt, mode in _conversion_order(plan.pairs):
+            if fmt not in ("onnx", "ort"):
+                # After the ONNX files: tf2onnx's freed memory then serves the converter's graph, and ONNX
+                # Runtime's calibration (its threads spin against a busy core: 11.6 -> 23-29 s) runs alone.
+                start_calibration(job)
             reporter.start(f"exporting {fmt} {mode}", None)
             row = _export_one(job, fmt, mode)
             reporter.finish()
             if fmt == "onnx" and mode == "none" and row.status in ("ok", "unverified"):
                 job.float_onnx = plan.paths[(fmt, mode)]
             report.rows.append(row)
+            release_free_memory()
             if not any(r is row for r, _ in job.pending_latency):
                 reporter.info(row.line())
             _time_pending_latency(job, reporter)
@@ -265,11 +271,12 @@ def _export_one(job: Job, fmt: str, mode: str) -> ExportRow:
         row.export_seconds = round(time.perf_counter() - t0, 2)
         job.phases.add("convert", row.export_seconds, name)
         row.size_mb = round(_size(staging) / 1e6, 3)
-        # While the child calibrates on one core, a latency taken now would be slowed by it: timed later instead.
+        # While the child calibrates on one core, the file runs on the other: one thread (more would only spin
+        # against the child, 40 CPU s more and slower, measured), and its latency is timed after the child ends.
         defer = job.background is not None and not job.background.done()
         if job.opts.verify and job.ref is not None:
             with job.phases.time("verify", name):
-                verify_file(row, staging, meta, job.ref, job.images, job.opts.max_drop, job.threads,
+                verify_file(row, staging, meta, job.ref, job.images, job.opts.max_drop, 1 if defer else job.threads,
                             job.opts.verify_seconds, latency=not defer)
         else:
             row.status = "unverified"

@@ -49,6 +49,7 @@ class Job:
     graphs: dict[int | None, bytes] = field(default_factory=dict)  # the same, calibrated on one image only
     background: BackgroundCalibration | None = None  # the calibration running in a child process
     background_batch: int | None = None  # the batch kind it calibrates
+    calibration_started: bool = False  # start_calibration has run (it runs once)
     # Files verified while the child ran, their batch-1 latency still to time (the child takes a core).
     pending_latency: list[tuple[ExportRow, Path]] = field(default_factory=list)
 
@@ -123,10 +124,14 @@ def shares_calibration(job: Job, fmt: str, mode: str) -> bool:
 def start_calibration(job: Job) -> None:
     """Start the shared calibration in a child process, so that it runs beside the files that do not need it.
 
-    On any failure here the files' own steps calibrate in this process (and report the same error, if any).
+    Once per job (later calls return at once). On any failure here the files' own steps calibrate in this
+    process (and report the same error, if any).
     """
     from edgetl.export.calibration import BackgroundCalibration
 
+    if job.calibration_started:
+        return
+    job.calibration_started = True
     batches = {1 if mode == "int8-full" else None
                for fmt, mode in job.plan.pairs if shares_calibration(job, fmt, mode)}
     if not batches or job.calib is None or job.work is None:
