@@ -651,6 +651,7 @@ def test_phases_are_timed_in_report_json_and_log(tiny_run: Path, tmp_path: Path,
     background = [p for p in report.phases.rows if p["phase"] == "calibration process"]
     assert len(background) == 1 and background[0]["background"] is True and background[0]["file"] == "tflite free batch"
     assert all(r.latency_ms is not None and r.latency_ms > 0 for r in report.rows)
+    assert report.verify["calibrated_in"] == "child process"
     # TFLite and ONNX convert the same frozen pass: traced once per batch kind, and no SavedModel written.
     assert [f for p, f in names if p == "freeze"] == ["free batch", "batch 1"]
     assert "savedmodel" not in [p for p, _ in names]
@@ -746,7 +747,7 @@ def test_a_failed_child_calibration_falls_back_to_this_process(tiny_run: Path, t
     with caplog.at_level(logging.WARNING, logger="edgetl"):
         report = export_run(tiny_run, quantize=("int8",), output=tmp_path / "fallback", calibration_samples=8,
                             threads=1)
-    assert [r.status for r in report.rows] == ["ok"]
+    assert [r.status for r in report.rows] == ["ok"] and report.verify["calibrated_in"] == "this process"
     assert any("calibration process failed" in m and "calibrating in this process" in m for m in caplog.messages)
     child = calibration.BackgroundCalibration(b"x" * 100, np.zeros((400, 64, 64, 3), np.uint8), tmp_path / "c")
     child.cancel()

@@ -122,10 +122,21 @@ class BackgroundCalibration:
 
 
 def calibrate_in_process(model: bytes, representative: Callable[[], Iterable[list[np.ndarray]]]) -> bytes:
-    """The same calibration through tf.lite's Calibrator, in this process (when no child can run)."""
+    """The same calibration through tf.lite's Calibrator, in this process (when no child can run).
+
+    Raises:
+        ExportError: the calibrator failed (its message, on one line).
+    """
     from tensorflow.lite.python.optimize import calibrator
 
-    return bytes(calibrator.Calibrator(model).calibrate(representative))
+    from edgetl.core.errors import first_line
+    from edgetl.core.native import quiet_native_stderr
+
+    try:
+        with quiet_native_stderr():
+            return bytes(calibrator.Calibrator(model).calibrate(representative))
+    except Exception as exc:
+        raise ExportError(f"TFLite calibration failed: {first_line(exc)}. Try --quantize dynamic or float16.") from None
 
 
 def main(argv: list[str]) -> int:

@@ -123,6 +123,8 @@ def run_export(run: Run, opts: ExportOptions, reporter: Reporter | None = None) 
             _time_pending_latency(job, reporter)
         stop_calibration(job)
         _time_pending_latency(job, reporter)
+        if job.calibrated_where is not None:
+            report.verify["calibrated_in"] = job.calibrated_where
         report.rows.sort(key=lambda r: plan.pairs.index((r.format, r.mode)))  # the report keeps the asked order
         report.warnings.extend(job.warnings)
         with report.phases.time("write report"):

@@ -50,6 +50,7 @@ class Job:
     background: BackgroundCalibration | None = None  # the calibration running in a child process
     background_batch: int | None = None  # the batch kind it calibrates
     calibration_started: bool = False  # start_calibration has run (it runs once)
+    calibrated_where: str | None = None  # "child process" or "this process", for the report
     # Files verified while the child ran, their batch-1 latency still to time (the child takes a core).
     pending_latency: list[tuple[ExportRow, Path]] = field(default_factory=list)
 
@@ -98,6 +99,7 @@ def calibrated_model(job: Job, batch: int | None) -> bytes:
             log.info("the batch-1 graph has other tensors than the free-batch one: calibrating it too")
         with job.phases.time("calibration", label):
             job.calibrated[batch] = calibrate_in_process(graph, representative(job.calib))
+        job.calibrated_where = job.calibrated_where or "this process"
     return job.calibrated[batch]
 
 
@@ -157,9 +159,11 @@ def _background_result(job: Job, label: str) -> bytes:
     with job.phases.time("calibration", label):
         try:
             data = background.result()
+            job.calibrated_where = "child process"
         except ExportError as exc:
             log.warning("%s; calibrating in this process", exc)
             data = calibrate_in_process(job.graphs[job.background_batch], representative(job.calib))
+            job.calibrated_where = "this process"
     if background.seconds is not None:
         job.phases.add("calibration process", background.seconds, label, background=True)
     return data
