@@ -74,17 +74,12 @@ def release_free_memory() -> None:
     (measured). The export calls this between its steps to keep its peak down.
     """
     import ctypes
-    import ctypes.util
     import gc
 
     gc.collect()
-    name = ctypes.util.find_library("c")
-    if not name or not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux"):
         return
-    try:
-        libc = ctypes.CDLL(name)
-        trim = getattr(libc, "malloc_trim", None)
-        if trim is not None:
-            trim(0)
-    except OSError:  # not glibc (musl has no malloc_trim)
-        return
+    # The process's own symbols include the C library's: no library lookup (find_library runs ldconfig).
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # absent outside glibc (musl)
+    if trim is not None:
+        trim(0)

@@ -2,7 +2,7 @@
 
 Calibration (the float model run over the calibration images, every tensor's range recorded) is the
 export's longest single step: 300 images at 224 px took 15.5 s on one core of this machine. TensorFlow's
-calibration wrapper holds the GIL for each image (a Python thread beside it ran at 2% of its speed,
+calibration wrapper holds the GIL for each image (a Python thread beside it ran at 5% of its speed,
 measured), so a thread would stall the export instead of overlapping it. Its extension loads on its
 own, without TensorFlow (0.01 s, about 100 MB), so a child process runs it on another core with
 TensorFlow's own kernels: the ranges are byte-identical to the converter's (tests/test_export.py).
@@ -27,7 +27,7 @@ from types import ModuleType
 
 import numpy as np
 
-from edgetl.core.errors import ExportError
+from edgetl.core.errors import ExportError, first_line
 
 _WRAPPER = "_pywrap_tensorflow_lite_calibration_wrapper"
 
@@ -90,14 +90,18 @@ class BackgroundCalibration:
         np.save(self._images, np.ascontiguousarray(images))
         self._t0 = time.perf_counter()
         self.seconds: float | None = None  # the child's wall seconds, once it has ended
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "edgetl.export.calibration", str(self._model), str(self._images), str(self._out),
-             str(wrapper)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+             str(wrapper)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def done(self) -> bool:
         """Whether the child has ended (result() then returns at once)."""
         return self._proc.poll() is not None
+
+    @property
+    def returncode(self) -> int | None:
+        """The child's exit status once it has ended (negative: killed by that signal), else None."""
+        return self._proc.poll()
 
     def result(self) -> bytes:
         """Wait for the child; the calibrated model.
@@ -129,7 +133,6 @@ def calibrate_in_process(model: bytes, representative: Callable[[], Iterable[lis
     """
     from tensorflow.lite.python.optimize import calibrator
 
-    from edgetl.core.errors import first_line
     from edgetl.core.native import quiet_native_stderr
 
     try:
@@ -151,8 +154,7 @@ def main(argv: list[str]) -> int:
         tmp.write_bytes(data)
         os.replace(tmp, out)
     except Exception as exc:  # the parent reads this line and falls back to calibrating itself
-        print(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
-              file=sys.stderr)
+        print(f"{type(exc).__name__}: {first_line(exc)}", file=sys.stderr)
         return 1
     return 0
 

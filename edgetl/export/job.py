@@ -33,6 +33,7 @@ from edgetl.export.shared import (
     calibrated_model,
     frozen_pass,
     saved_model_of,
+    shares_calibration,
     start_calibration,
     stop_calibration,
 )
@@ -337,11 +338,9 @@ def _qat_source(job: Job, mode: str, meta: dict[str, Any]) -> Path | None:
 
 def _tflite_source(job: Job, mode: str, meta: dict[str, Any]) -> tuple[Any, bytes | None]:
     """What a TFLite file is converted from: (QAT SavedModel or frozen pass, the shared calibrated model or None)."""
-    calibrated = get_mode(mode).calibrated
     qat = _qat_source(job, mode, meta)
     batch = 1 if mode == "int8-full" else None
-    shared = calibrated and qat is None and not job.opts.allow_select_ops and job.calib is not None
-    if shared:
+    if qat is None and shares_calibration(job, "tflite", mode):
         return None, calibrated_model(job, batch)
     return (qat if qat is not None else frozen_pass(job, batch)), None
 

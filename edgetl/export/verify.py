@@ -120,7 +120,7 @@ def verify_file(row: ExportRow, path: Path, meta: dict[str, Any], ref: KerasRefe
             row.max_abs_diff, row.agreement = m.max_abs_diff, m.agreement
             row.accuracy, row.drop = m.accuracy, m.drop
             if latency:
-                row.latency_ms = median_ms(lambda: runner.predict(x[idx[:1]]))
+                row.latency_ms = _batch1_ms(runner, x[idx[:1]])
         row.samples = int(len(idx))
     finally:
         runner.close()
@@ -146,9 +146,14 @@ def measure_latency(row: ExportRow, path: Path, images: ExportImages, threads: i
     x, _, _ = images.held_out()
     runner = open_model(path, threads=None if row.format == "saved_model" else threads)
     try:
-        row.latency_ms = median_ms(lambda: runner.predict(x[:1]))
+        row.latency_ms = _batch1_ms(runner, x[:1])
     finally:
         runner.close()
+
+
+def _batch1_ms(runner: Runner, image: np.ndarray) -> float:
+    """The reported latency: median milliseconds of one batch-1 call (edgetl.runtime.timing.median_ms)."""
+    return median_ms(lambda: runner.predict(image))
 
 
 class _AppPass:
