@@ -25,7 +25,7 @@ demo: install
 		--reference $(DEMO)/run --max-drop 0.03 --min-accuracy 0.5 --plots $(DEMO)/plots
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 lint: install
 	$(BIN)/ruff check edgetl tests tools

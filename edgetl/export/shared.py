@@ -143,10 +143,15 @@ def start_calibration(job: Job) -> None:
         graph = calibration_graph(job, batch)
         job.background = BackgroundCalibration(graph, job.calib, job.work / "calibration")
         job.background_batch = batch
-        if batch is None and 1 in batches:
-            calibration_graph(job, 1)  # converted while the child calibrates
     except (ExportError, OSError) as exc:
         log.info("calibrating in this process instead of a child process: %s", exc)
+        return
+    if batch is None and 1 in batches:
+        try:
+            calibration_graph(job, 1)  # converted while the child calibrates
+        except ExportError as exc:
+            # The child goes on: int8-full converts its batch-1 graph again in its own step and reports this there.
+            log.debug("the batch-1 graph for int8-full did not convert yet: %s", exc)
 
 
 def _background_result(job: Job, label: str) -> bytes:
