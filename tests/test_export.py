@@ -784,7 +784,13 @@ def test_slow_files_are_verified_on_a_recorded_balanced_sample(tiny_run: Path, t
         assert "verified on 6 of" in r.line()
         if "accuracy" in r.get("mediapipe", {}):
             assert r["mediapipe"]["samples"] == 6
+    monkeypatch.setattr(verify, "APP_SAMPLES", 5)  # MediaPipe checks the contract on a balanced few
     full = export_run(tiny_run, quantize=("none",), output=tmp_path / "full", threads=1, verify_seconds=None)
     assert full.rows[0]["samples"] == len(x) and "verify_sample" not in full.rows[0].to_dict()
+    if "accuracy" in full.rows[0].get("mediapipe", {}):
+        assert full.rows[0]["mediapipe"]["samples"] == 5 and full.rows[0]["mediapipe"]["agreement"] == 1.0
+    pos = verify.app_sample(y, len(y), 8)
+    assert list(pos) == sorted(set(pos)) and len(pos) == 8 and len(set(y[pos].tolist())) == len(set(y.tolist()))
+    assert list(verify.app_sample(y, 4, 8)) == [0, 1, 2, 3]
     with pytest.raises(UsageError, match="verify_seconds"):
         export_run(tiny_run, output=tmp_path / "bad", verify_seconds=0)

@@ -160,9 +160,11 @@ def _show(report: ExportReport, as_json: bool) -> None:
         title += (f" (verified on {ref.get('samples')} {ref.get('split')} images; latency: batch 1, "
                   f"{v.get('threads')} threads, median)")
     print_table(title, ["format", "mode", "MB", "acc", "drop", "agree", "app agree", "max diff", "ms", "status"], rows)
-    if any(r.get("mediapipe") for r in report.rows):
+    app_samples = [r["mediapipe"]["samples"] for r in report.rows if "samples" in (r.get("mediapipe") or {})]
+    if app_samples:
         out_console().print("app agree: top-1 of MediaPipe Tasks' ImageClassifier (what Android, iOS and web apps "
-                            "run) against LiteRT's, on the same images", soft_wrap=True)
+                            f"run) against LiteRT's, on up to {max(app_samples)} of those images (class-balanced)",
+                            soft_wrap=True)
     if report.json_path:
         out_console().print(f"report: {report.json_path}", soft_wrap=True)
     written = [r["path"] for r in report.rows if r.get("written")]
