@@ -112,7 +112,7 @@ def verify_file(row: ExportRow, path: Path, meta: dict[str, Any], ref: KerasRefe
         x, y, _ = images.held_out()
         idx, sub = _sample(runner, row, x, y, ref.reference, budget)
         on_app = app_sample(y[idx] if y is not None else None, len(idx))  # positions in idx
-        app = _AppPass(path, x[idx[on_app]]) if row.format == "tflite" and _app_pass_applies(row) else None
+        app = _AppPass(path, x[idx[on_app]]) if _app_pass_applies(row) else None
         try:
             m = measure(runner, x[idx], y[idx] if y is not None else None, sub, batch_size=_VERIFY_BATCH,
                         latency=False)
@@ -194,8 +194,10 @@ class _AppPass:
 
 
 def _app_pass_applies(row: ExportRow) -> bool:
-    """Whether verify_in_app_runtime will run MediaPipe on the file (installed, and not an int8-input file)."""
-    return _app_runtime_available() and row.input_dtype != "int8"
+    """Whether verify_in_app_runtime will run MediaPipe on the file (a .tflite without int8 input; installed).
+
+    One rule for starting MediaPipe's pass and for counting it in the verification budget."""
+    return row.format == "tflite" and row.input_dtype != "int8" and _app_runtime_available()
 
 
 def _sample(runner: Runner, row: ExportRow, x: np.ndarray, y: np.ndarray | None, reference: Reference,
@@ -214,7 +216,7 @@ def _sample(runner: Runner, row: ExportRow, x: np.ndarray, y: np.ndarray | None,
     t0 = time.process_time()
     runner.predict(x[probe], batch_size=_VERIFY_BATCH)
     per_image = (time.process_time() - t0) / max(1, len(probe))
-    app = row.format == "tflite" and _app_runtime_available()
+    app = _app_pass_applies(row)
     keep = n
     if budget is not None and per_image * (n + (min(n, APP_SAMPLES) if app else 0)) > budget:
         passes = budget / max(per_image, 1e-12)  # image passes the budget pays for, both runtimes' together
