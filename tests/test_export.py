@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -591,8 +590,6 @@ def test_help_names_every_mode_and_target() -> None:
 
 def test_no_tensorflow_for_bad_options(tmp_path: Path) -> None:
     """Option errors come before the slow imports (a fresh interpreter, to see sys.modules)."""
-    import subprocess
-    import sys
 
     code = ("import sys\nfrom click.testing import CliRunner\nfrom edgetl.cli import main\n"
             f"r = CliRunner().invoke(main, ['export', {str(tmp_path)!r}, '-f', 'onnx', '-q', 'float16'])\n"
@@ -647,12 +644,9 @@ def test_phases_are_timed_in_report_json_and_log(tiny_run: Path, tmp_path: Path,
     # One calibration pass: int8 and int16x8 quantize the free-batch model, int8-full's batch-1 graph takes its ranges.
     assert [f for p, f in names if p == "calibration"] == ["tflite free batch"]
     assert [f for p, f in names if p == "calibration ranges"] == ["tflite batch 1"]
-    # It ran in a child process beside the other files (a background phase, outside the totals); the files
-    # verified meanwhile had their latency timed once it had ended.
-    background = [p for p in report.phases.rows if p["phase"] == "calibration process"]
-    assert len(background) == 1 and background[0]["background"] is True and background[0]["file"] == "tflite free batch"
+    # LiteRT measured the ranges, on every calibration image, and the report says so.
+    assert report.verify["calibration"]["engine"] == "litert" and report.verify["calibration"]["images"] == 16
     assert all(r.latency_ms is not None and r.latency_ms > 0 for r in report.rows)
-    assert report.verify["calibrated_in"] == "child process"
     # TFLite and ONNX convert the same frozen pass: traced once per batch kind, and no SavedModel written.
     assert [f for p, f in names if p == "freeze"] == ["free batch", "batch 1"]
     assert "savedmodel" not in [p for p, _ in names]
@@ -711,48 +705,96 @@ def test_one_calibration_gives_the_converters_own_files(tiny_run: Path) -> None:
         assert _tensors(got) == _tensors(want), mode
 
 
-def test_the_child_process_calibrates_byte_for_byte_as_tensorflow(tiny_run: Path, tmp_path: Path) -> None:
-    """What the export does (a graph calibrated on one image, the rest in a child process) is the converter's own."""
+def _true_ranges(graph: bytes, images: np.ndarray) -> dict[str, tuple[float, float]]:
+    """Every float tensor's (min, max) over `images`, one image per call, every tensor kept (no XNNPACK, no reuse)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    it = Interpreter(model_content=graph, experimental_preserve_all_tensors=True,
+                     experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    inp = it.get_input_details()[0]
+    it.resize_tensor_input(inp["index"], [1, *images.shape[1:]])
+    it.allocate_tensors()
+    out: dict[str, tuple[float, float]] = {}
+    for image in images:
+        it.set_tensor(inp["index"], image[None].astype(np.float32))
+        it.invoke()
+        for d in it.get_tensor_details():
+            try:
+                t = it.get_tensor(d["index"])
+            except ValueError:  # tensors without data
+                continue
+            if t.dtype == np.float32 and t.size:
+                lo, hi = out.get(d["name"], (np.inf, -np.inf))
+                out[d["name"]] = (min(lo, float(t.min())), max(hi, float(t.max())))
+    return out
+
+
+def _ranges(data: bytes) -> dict[str, tuple[float, float]]:
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
+    return {t.name.decode(): (float(t.quantization.min[0]), float(t.quantization.max[0]))
+            for t in model.subgraphs[0].tensors if t.quantization is not None and t.quantization.min is not None}
+
+
+def test_litert_calibration_records_each_tensors_own_range(tiny_run: Path) -> None:
+    """The export's calibration: LiteRT's ranges are each tensor's true min and max, where tf.lite's are at least as
+    wide (it logs in-place ops' inputs after they were overwritten); the rest of the graph is the converter's."""
     from edgetl.core.progress import Reporter
-    from edgetl.export.calibration import BackgroundCalibration, calibrate_in_process
+    from edgetl.export.calibration import calibrate, calibrate_with_tensorflow
     from edgetl.export.images import ExportImages, representative
     from edgetl.export.saved_model import frozen_forward
-    from edgetl.export.tflite import calibrate_tflite, convert_tflite, quantize_calibrated
+    from edgetl.export.tflite import calibrate_tflite, quantize_calibrated
     from edgetl.rundir import load_run
 
     run = load_run(tiny_run)
     calib = ExportImages(run, 16, False).calibration(Reporter(), np.uint8)
-    free = frozen_forward(run.load_model())
-    graph = calibrate_tflite(free, representative(calib[:1]))
-    child = BackgroundCalibration(graph, calib, tmp_path / "child")
-    got = child.result()
-    assert got == calibrate_in_process(graph, representative(calib))
-    assert child.seconds is not None and child.seconds > 0
-    for mode in ("int8", "int16x8"):  # and the files quantized from it are the converter's own
-        want = convert_tflite(free, mode, representative=representative(calib))
-        assert _tensors(quantize_calibrated(got, mode)) == _tensors(want), mode
-    assert "tensorflow" not in subprocess.run(  # the child's module loads without TensorFlow
-        [sys.executable, "-c", "import sys, edgetl.export.calibration; print(sorted(sys.modules))"],
-        capture_output=True, text=True, check=True).stdout
+    graph = calibrate_tflite(frozen_forward(run.load_model()), representative(calib[:1]))
+    got = _ranges(calibrate(graph, calib, 2))
+    tf_ranges = _ranges(calibrate_with_tensorflow(graph, representative(calib)))
+    truth = _true_ranges(graph, calib)
+    assert set(got) == set(tf_ranges) and len(got) >= 10
+    for name, (lo, hi) in got.items():
+        span = max(truth[name][1] - truth[name][0], 1e-6)
+        assert abs(lo - truth[name][0]) <= 1e-4 * span and abs(hi - truth[name][1]) <= 1e-4 * span, name
+        assert lo >= tf_ranges[name][0] - 1e-4 * span and hi <= tf_ranges[name][1] + 1e-4 * span, name
+    # Only the ranges changed: same tensors, same weights, and every integer mode quantizes it.
+    assert [t[:4] for t in _tensors(calibrate(graph, calib, 1))] == [t[:4] for t in _tensors(graph)]
+    for mode in ("int8", "int16x8"):
+        assert quantize_calibrated(calibrate(graph, calib, 1), mode)
 
 
-def test_a_failed_child_calibration_falls_back_to_this_process(tiny_run: Path, tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch,
-                                                               caplog: pytest.LogCaptureFixture) -> None:
+def test_calibration_falls_back_to_tflites_calibrator(tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
     import edgetl.export.calibration as calibration
     from edgetl.export import export_run
 
-    bogus = tmp_path / "not-an-extension.so"
-    bogus.write_bytes(b"no")
-    monkeypatch.setattr(calibration, "wrapper_path", lambda: bogus)
-    with caplog.at_level(logging.WARNING, logger="edgetl"):
+    def unsupported(*args: Any, **kwargs: Any) -> Any:
+        raise calibration.CalibrationUnsupported("the model has 2 subgraphs")
+
+    monkeypatch.setattr(calibration, "collect_ranges", unsupported)
+    with caplog.at_level(logging.INFO, logger="edgetl"):
         report = export_run(tiny_run, quantize=("int8",), output=tmp_path / "fallback", calibration_samples=8,
                             threads=1)
-    assert [r.status for r in report.rows] == ["ok"] and report.verify["calibrated_in"] == "this process"
-    assert any("calibration process failed" in m and "calibrating in this process" in m for m in caplog.messages)
-    child = calibration.BackgroundCalibration(b"x" * 100, np.zeros((400, 64, 64, 3), np.uint8), tmp_path / "c")
-    child.cancel()  # at once: before the child has even imported numpy, so it is killed, not ended by its error
-    assert child.done() and child.returncode == -signal.SIGKILL
+    assert [r.status for r in report.rows] == ["ok"]
+    assert report.verify["calibration"]["engine"] == "tensorflow"
+    assert "2 subgraphs" in report.verify["calibration"]["reason"]
+    assert any("calibrating with tf.lite's Calibrator: the model has 2 subgraphs" in m for m in caplog.messages)
+
+
+def test_graphs_litert_cannot_calibrate_are_named() -> None:
+    from ai_edge_litert import schema_py_generated as schema
+
+    from edgetl.export.calibration import CalibrationUnsupported, calibrated_tensors
+
+    model = schema.ModelT()
+    model.subgraphs = [schema.SubGraphT(), schema.SubGraphT()]
+    with pytest.raises(CalibrationUnsupported, match="2 subgraphs"):
+        calibrated_tensors(model)
+    model.subgraphs = [schema.SubGraphT()]
+    model.subgraphs[0].tensors = [schema.TensorT()]
+    with pytest.raises(CalibrationUnsupported, match="no calibrated tensors"):
+        calibrated_tensors(model)
 
 
 def test_slow_files_are_verified_on_a_recorded_balanced_sample(tiny_run: Path, tmp_path: Path,

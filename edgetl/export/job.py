@@ -34,8 +34,6 @@ from edgetl.export.shared import (
     frozen_pass,
     saved_model_of,
     shares_calibration,
-    start_calibration,
-    stop_calibration,
 )
 from edgetl.export.verify import FLOAT_TOLERANCE, keras_reference, verify_file
 
@@ -108,10 +106,6 @@ def run_export(run: Run, opts: ExportOptions, reporter: Reporter | None = None) 
         _prepare(job, needs_calibration, report, reporter)
         release_free_memory()
         for fmt, mode in _conversion_order(plan.pairs):
-            if fmt not in ("onnx", "ort"):
-                # After the ONNX files: tf2onnx's freed memory then serves the converter's graph, and ONNX
-                # Runtime's calibration (its threads spin against a busy core: 11.6 -> 23-29 s) runs alone.
-                start_calibration(job)
             reporter.start(f"exporting {fmt} {mode}", None)
             row = _export_one(job, fmt, mode)
             reporter.finish()
@@ -119,13 +113,9 @@ def run_export(run: Run, opts: ExportOptions, reporter: Reporter | None = None) 
                 job.float_onnx = plan.paths[(fmt, mode)]
             report.rows.append(row)
             release_free_memory()
-            if not any(r is row for r, _ in job.pending_latency):
-                reporter.info(row.line())
-            _time_pending_latency(job, reporter)
-        stop_calibration(job)
-        _time_pending_latency(job, reporter)
-        if job.calibrated_where is not None:
-            report.verify["calibrated_in"] = job.calibrated_where
+            reporter.info(row.line())
+        if job.calibration is not None:
+            report.verify["calibration"] = job.calibration
         report.rows.sort(key=lambda r: plan.pairs.index((r.format, r.mode)))  # the report keeps the asked order
         report.warnings.extend(job.warnings)
         with report.phases.time("write report"):
@@ -135,7 +125,6 @@ def run_export(run: Run, opts: ExportOptions, reporter: Reporter | None = None) 
         _log_phases(report, reporter)
     finally:
         reporter.finish()
-        stop_calibration(job)
         shutil.rmtree(job.work, ignore_errors=True)
     failed = report.failed
     if failed:
@@ -180,22 +169,6 @@ def _prepare(job: Job, needs_calibration: bool, report: ExportReport, reporter: 
         with job.phases.time("keras reference"):
             job.ref = keras_reference(model, job.images, reporter)
         report.reference = dict(job.ref.summary)
-
-
-def _time_pending_latency(job: Job, reporter: Reporter) -> None:
-    """Time the batch-1 latency of the files verified while the child ran, once it no longer does."""
-    from edgetl.export.verify import measure_latency
-
-    if not job.pending_latency or (job.background is not None and not job.background.done()):
-        return
-    pending, job.pending_latency = job.pending_latency, []
-    for row, path in pending:
-        with job.phases.time("latency", f"{row.format} {row.mode}"):
-            try:
-                measure_latency(row, path, job.images, job.threads)
-            except EdgetlError as exc:  # it opened and ran moments ago: report, do not fail the file
-                log.warning("%s %s: latency not measured (%s)", row.format, row.mode, exc)
-        reporter.info(row.line())
 
 
 def _log_phases(report: ExportReport, reporter: Reporter) -> None:
@@ -274,13 +247,10 @@ def _export_one(job: Job, fmt: str, mode: str) -> ExportRow:
         row.export_seconds = round(time.perf_counter() - t0, 2)
         job.phases.add("convert", row.export_seconds, name)
         row.size_mb = round(_size(staging) / 1e6, 3)
-        # While the child calibrates on one core, the file runs on the other: one thread (more would only spin
-        # against the child, 40 CPU s more and slower, measured), and its latency is timed after the child ends.
-        defer = job.background is not None and not job.background.done()
         if job.opts.verify and job.ref is not None:
             with job.phases.time("verify", name):
-                verify_file(row, staging, meta, job.ref, job.images, job.opts.max_drop, 1 if defer else job.threads,
-                            job.opts.verify_seconds, latency=not defer)
+                verify_file(row, staging, meta, job.ref, job.images, job.opts.max_drop, job.threads,
+                            job.opts.verify_seconds)
         else:
             row.status = "unverified"
         if fmt == "tflite" and job.opts.target in COMPAT_TARGETS and not row.failed:
@@ -292,8 +262,6 @@ def _export_one(job: Job, fmt: str, mode: str) -> ExportRow:
             shutil.rmtree(final)
         os.replace(staging, final)
         row.written = True
-        if defer and row.latency_ms is None and row.agreement is not None:
-            job.pending_latency.append((row, final))
     except (UsageError, DataError):
         raise
     except ExportError as exc:

@@ -83,28 +83,19 @@ class Phases:
         finally:
             self.add(phase, time.perf_counter() - t0, file)
 
-    def add(self, phase: str, seconds: float, file: str | None = None, *, background: bool = False) -> None:
-        """Record `seconds` of `phase` (of `file`), with the process's peak RSS so far (MB).
-
-        `background`: the phase ran in a child process beside the others (its seconds overlap theirs and are
-        left out of the totals).
-        """
-        row: dict[str, Any] = {"phase": phase, "file": file, "seconds": round(seconds, 2),
-                               "peak_rss_mb": _peak_rss_mb()}
-        if background:
-            row["background"] = True
-        self.rows.append(row)
+    def add(self, phase: str, seconds: float, file: str | None = None) -> None:
+        """Record `seconds` of `phase` (of `file`), with the process's peak RSS so far (MB)."""
+        self.rows.append({"phase": phase, "file": file, "seconds": round(seconds, 2), "peak_rss_mb": _peak_rss_mb()})
 
     def total(self) -> float:
-        """The seconds of every phase of this process added up."""
-        return round(sum(r["seconds"] for r in self.rows if not r.get("background")), 2)
+        """The seconds of every phase added up."""
+        return round(sum(r["seconds"] for r in self.rows), 2)
 
     def by_phase(self) -> dict[str, float]:
-        """Seconds per phase name, over every file (background phases left out)."""
+        """Seconds per phase name, over every file."""
         out: dict[str, float] = {}
         for r in self.rows:
-            if not r.get("background"):
-                out[r["phase"]] = round(out.get(r["phase"], 0.0) + r["seconds"], 2)
+            out[r["phase"]] = round(out.get(r["phase"], 0.0) + r["seconds"], 2)
         return out
 
     def table(self) -> list[str]:
@@ -118,8 +109,7 @@ class Phases:
 
     @staticmethod
     def _label(row: dict[str, Any]) -> str:
-        label = f"{row['phase']} {row['file']}" if row["file"] else str(row["phase"])
-        return label + " (beside the rest)" if row.get("background") else label
+        return f"{row['phase']} {row['file']}" if row["file"] else str(row["phase"])
 
 
 @dataclass

@@ -78,13 +78,11 @@ def keras_reference(model: keras.Model, images: ExportImages, reporter: Reporter
 
 
 def verify_file(row: ExportRow, path: Path, meta: dict[str, Any], ref: KerasReference, images: ExportImages,
-                max_drop: float | None, threads: int, budget: float | None = DEFAULT_VERIFY_SECONDS, *,
-                latency: bool = True) -> None:
+                max_drop: float | None, threads: int, budget: float | None = DEFAULT_VERIFY_SECONDS) -> None:
     """Open `path` in its runtime, check its contract, measure it against `ref`, and set row.status.
 
     `budget`: CPU seconds the held-out passes may take (None: all images whatever the cost); see
-    edgetl.export.plan.DEFAULT_VERIFY_SECONDS. `latency`: time a batch-1 call (False leaves
-    row.latency_ms for measure_latency, when the machine is quiet again).
+    edgetl.export.plan.DEFAULT_VERIFY_SECONDS.
     """
     from edgetl.runtime import open_model
 
@@ -124,8 +122,7 @@ def verify_file(row: ExportRow, path: Path, meta: dict[str, Any], ref: KerasRefe
         if m is not None:
             row.max_abs_diff, row.agreement = m.max_abs_diff, m.agreement
             row.accuracy, row.drop = m.accuracy, m.drop
-            if latency:
-                row.latency_ms = _batch1_ms(runner, x[idx[:1]])
+            row.latency_ms = _batch1_ms(runner, x[idx[:1]])
         row.samples = int(len(idx))
     finally:
         runner.close()
@@ -143,18 +140,6 @@ def verify_file(row: ExportRow, path: Path, meta: dict[str, Any], ref: KerasRefe
         app_idx = idx[on_app]
         verify_in_app_runtime(row, path, x[app_idx], y[app_idx] if y is not None else None, m.probs[on_app],
                               list(meta.get("class_names") or []), app)
-
-
-def measure_latency(row: ExportRow, path: Path, images: ExportImages, threads: int) -> None:
-    """Time `path`'s batch-1 call as verify_file does (row.latency_ms), for a row verified with latency=False."""
-    from edgetl.runtime import open_model
-
-    x, _, _ = images.held_out()
-    runner = open_model(path, threads=None if row.format == "saved_model" else threads)
-    try:
-        row.latency_ms = _batch1_ms(runner, x[:1])
-    finally:
-        runner.close()
 
 
 def _batch1_ms(runner: Runner, image: np.ndarray) -> float:
