@@ -651,7 +651,11 @@ def test_phases_are_timed_in_report_json_and_log(tiny_run: Path, tmp_path: Path,
     assert [f for p, f in names if p == "freeze"] == ["free batch", "batch 1"]
     assert "savedmodel" not in [p for p, _ in names]
     # ONNX converts first (tf2onnx's memory is then reused by the TFLite steps), yet the report keeps the asked order.
-    converted = [f.split()[0] for p, f in names if p == "convert"]
+    # The float32 TFLite graph is converted once, before the reference pass: the `tflite none` file and the
+    # reference's LiteRT pass share it.
+    assert [p for p, f in names if f == "tflite float32 graph"] == ["convert"]
+    assert report.reference["engine"] == "litert" and report.reference["keras_check"]["samples"] == 32
+    converted = [f.split()[0] for p, f in names if p == "convert" and f != "tflite float32 graph"]
     assert converted.index("tflite") > converted.index("onnx") and converted[-1] == "tflite"
     assert [r.format for r in report.rows] == ["tflite"] * 4 + ["onnx"] * 2
     for r in report.rows:
@@ -659,11 +663,11 @@ def test_phases_are_timed_in_report_json_and_log(tiny_run: Path, tmp_path: Path,
     doc = json.loads((out / "export_report.json").read_text())
     # The JSON is written inside the last phase ("write report"), so it holds every phase before it.
     assert doc["phases"] == report.phases.rows[:-1] and report.phases.rows[-1]["phase"] == "write report"
-    assert all(p["seconds"] >= 0 for p in doc["phases"])
+    assert all(p["seconds"] >= 0 and p["cpu_seconds"] >= 0 for p in doc["phases"])
     assert set(doc["phase_totals"]) >= {"load", "convert", "verify", "calibration"}
     assert doc["seconds"] >= doc["phase_totals"]["convert"]
     assert doc["verify"]["seconds_per_file"] == 20.0 and all(p["peak_rss_mb"] > 0 for p in doc["phases"])
-    at = lines.lines.index("export phases (wall seconds):")
+    at = lines.lines.index("export phases (wall and CPU seconds):")
     table = lines.lines[at + 1:]
     assert any(line.split()[:3] == ["convert", "tflite", "int16x8"] for line in table)
     assert table[-1].split()[0] == "total"
@@ -797,6 +801,51 @@ def test_graphs_litert_cannot_calibrate_are_named() -> None:
         calibrated_tensors(model)
 
 
+def _reference_inputs(run: Path) -> tuple[Any, Any, bytes]:
+    """The run's model, its ExportImages (held-out only) and its float32 TFLite graph."""
+    from edgetl.export.images import ExportImages
+    from edgetl.export.saved_model import frozen_forward
+    from edgetl.export.tflite import convert_tflite
+    from edgetl.rundir import load_run
+
+    loaded = load_run(run)
+    model = loaded.load_model()
+    return model, ExportImages(loaded, 0, True), convert_tflite(frozen_forward(model), "none")
+
+
+def test_the_reference_runs_in_litert_only_where_it_matches_keras(tiny_run: Path) -> None:
+    from edgetl.core.progress import Reporter
+    from edgetl.export.reference import FLOAT_TOLERANCE, KERAS_CHECK, keras_reference, reference_pass
+    from edgetl.export.tflite import convert_tflite
+
+    model, images, data = _reference_inputs(tiny_run)
+    keras = keras_reference(model, images, Reporter())
+    assert keras.summary["engine"] == "keras" and len(keras.reference.probs) > KERAS_CHECK
+    fast = reference_pass(model, images, Reporter(), float_tflite=lambda: data, shared=True, threads=1)
+    check = fast.summary["keras_check"]
+    assert fast.summary["engine"] == "litert" and check["samples"] == KERAS_CHECK
+    assert 0 <= check["max_abs_diff"] <= FLOAT_TOLERANCE
+    diff = np.abs(fast.reference.probs - keras.reference.probs).max(axis=1)
+    assert diff.max() <= FLOAT_TOLERANCE and int((diff == 0).sum()) >= KERAS_CHECK  # the checked images are Keras's
+    assert fast.reference.accuracy == keras.reference.accuracy and fast.summary["latency_ms"] > 0
+
+    # A graph that does not give Keras's outputs (here: dynamic-range int8 weights) is not used: Keras runs on all.
+    from edgetl.export.saved_model import frozen_forward
+
+    other = convert_tflite(frozen_forward(model), "dynamic")
+    wrong = reference_pass(model, images, Reporter(), float_tflite=lambda: other, shared=True, threads=1)
+    assert wrong.summary["engine"] == "keras" and "differs from Keras" in wrong.summary["reason"]
+    assert wrong.summary["keras_check"]["max_abs_diff"] > FLOAT_TOLERANCE
+    np.testing.assert_allclose(wrong.reference.probs, keras.reference.probs, atol=1e-6)
+    # No graph, or one not worth converting for the few images left: Keras, and the report says why.
+    none = reference_pass(model, images, Reporter(), float_tflite=lambda: None, shared=True)
+    assert none.summary["engine"] == "keras" and "no float TFLite" in none.summary["reason"]
+    asked: list[bool] = []
+    cheap = reference_pass(model, images, Reporter(), float_tflite=lambda: asked.append(True) or data, shared=False)
+    assert cheap.summary["engine"] == "keras" and "Keras pass takes about" in cheap.summary["reason"] and not asked
+    np.testing.assert_allclose(cheap.reference.probs, keras.reference.probs, atol=1e-6)
+
+
 def test_slow_files_are_verified_on_a_recorded_balanced_sample(tiny_run: Path, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     import edgetl.export.verify as verify
@@ -836,3 +885,22 @@ def test_slow_files_are_verified_on_a_recorded_balanced_sample(tiny_run: Path, t
     assert list(verify.app_sample(y, 4, 8)) == [0, 1, 2, 3]
     with pytest.raises(UsageError, match="verify_seconds"):
         export_run(tiny_run, output=tmp_path / "bad", verify_seconds=0)
+
+
+def test_single_threaded_kernels_are_verified_on_interpreters_side_by_side(tiny_run: Path, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgetl.export.verify as verify
+    from edgetl.export import export_run
+
+    monkeypatch.setattr(verify, "SINGLE_THREADED_CORES", 0.0)  # no runtime counts as single-threaded
+    one = export_run(tiny_run, quantize=("int16x8",), output=tmp_path / "one", calibration_samples=16, threads=2,
+                     verify_seconds=None)
+    monkeypatch.setattr(verify, "SINGLE_THREADED_CORES", 1e9)  # every runtime counts as single-threaded
+    two = export_run(tiny_run, quantize=("int16x8",), output=tmp_path / "two", calibration_samples=16, threads=2,
+                     verify_seconds=None)
+    a, b = one.rows[0], two.rows[0]
+    assert b["verify_runners"] == 2 and a.extra.get("verify_runners") is None
+    # The same images in the same order: the two interpreters' halves put together give the one's figures.
+    assert (b["samples"], b["accuracy"], b["agreement"], b["max_abs_diff"]) == \
+        (a["samples"], a["accuracy"], a["agreement"], a["max_abs_diff"])
+    assert b["status"] == a["status"] == "ok"

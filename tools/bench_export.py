@@ -251,8 +251,9 @@ def bench_whole(run_dir: str, threads: int, out: Path) -> dict[str, Any]:
 def _whole_markdown(r: dict[str, Any]) -> str:
     lines = [f"wall {r['wall_seconds']} s (export {r['export_seconds']} s inside), CPU {r['cpu_seconds']} s, "
              f"peak RSS {r['peak_rss_mb']:.0f} MB, load {r['loadavg_before']} -> {r['loadavg_after']}", "",
-             "| phase | file | seconds |", "| --- | --- | ---: |"]
-    lines += [f"| {p['phase']} | {p['file'] or ''} | {p['seconds']} |" for p in r["phases"]]
+             "| phase | file | seconds | CPU s |", "| --- | --- | ---: | ---: |"]
+    lines += [f"| {p['phase']} | {p['file'] or ''} | {p['seconds']} | {p.get('cpu_seconds', '-')} |"
+              for p in r["phases"]]
     lines += ["", "| file | accuracy | drop | samples | status |", "| --- | ---: | ---: | ---: | --- |"]
     lines += [f"| {x['format']} {x['mode']} | {x['accuracy']} | {x['drop']} | {x['samples']} | {x['status']} |"
               for x in r["rows"]]

@@ -35,9 +35,9 @@ def measure_run(run_dir: Path, files: tuple[str, ...], calibration_samples: int 
     from edgetl.export.bias_correction import correct_int8_bias
     from edgetl.export.images import ExportImages, representative
     from edgetl.export.onnx import export_onnx
+    from edgetl.export.reference import keras_reference
     from edgetl.export.saved_model import save_serving
     from edgetl.export.tflite import export_tflite
-    from edgetl.export.verify import keras_reference
     from edgetl.rundir import load_run
     from edgetl.runtime import open_model
     from edgetl.runtime.measure import measure

@@ -14,5 +14,5 @@ from edgetl.export.plan import (  # noqa: F401
     file_stem,
     resolve_request,
 )
+from edgetl.export.reference import FLOAT_TOLERANCE  # noqa: F401
 from edgetl.export.report import COLUMNS, LABELS_FILE, REPORT_FILE, ExportReport, ExportRow  # noqa: F401
-from edgetl.export.verify import FLOAT_TOLERANCE  # noqa: F401

@@ -99,8 +99,8 @@ def search_int8(run_dir: str | os.PathLike[str], *, max_drop: float, calibration
     from edgetl.core.tf import load_tensorflow
     from edgetl.export.images import ExportImages, representative
     from edgetl.export.modes import IO_TYPES
+    from edgetl.export.reference import keras_reference
     from edgetl.export.saved_model import save_serving
-    from edgetl.export.verify import keras_reference
     from edgetl.rundir import load_run
     from edgetl.runtime import open_model
     from edgetl.runtime.measure import measure

@@ -27,15 +27,18 @@ from edgetl.export.plan import (
     ExportOptions,
     make_plan,
 )
+from edgetl.export.reference import FLOAT_TOLERANCE, reference_pass
 from edgetl.export.report import ExportReport, ExportRow, write_beside
 from edgetl.export.shared import (
     Job,
     calibrated_model,
+    float_tflite,
     frozen_pass,
+    plans_float_tflite,
     saved_model_of,
     shares_calibration,
 )
-from edgetl.export.verify import FLOAT_TOLERANCE, keras_reference, verify_file
+from edgetl.export.verify import verify_file
 
 if TYPE_CHECKING:
 
@@ -166,16 +169,27 @@ def _prepare(job: Job, needs_calibration: bool, report: ExportReport, reporter: 
     if job.opts.verify:
         with job.phases.time("held-out images"):
             job.images.held_out(reporter)
+        # The reference may run in LiteRT on the float TFLite graph (edgetl.export.reference): what it needs
+        # is made first, as its own phases, when the export makes it anyway.
+        converts = any(fmt in ("tflite", "onnx", "ort") for fmt in job.plan.formats)
+        shared = plans_float_tflite(job)
+        if converts:
+            frozen_pass(job, None)
+        if shared:
+            with job.phases.time("convert", "tflite float32 graph"):
+                float_tflite(job)
         with job.phases.time("keras reference"):
-            job.ref = keras_reference(model, job.images, reporter)
+            job.ref = reference_pass(model, job.images, reporter,
+                                     float_tflite=(lambda: float_tflite(job)) if converts else None,
+                                     shared=shared, threads=job.threads)
         report.reference = dict(job.ref.summary)
 
 
 def _log_phases(report: ExportReport, reporter: Reporter) -> None:
     """The per-phase seconds table, on the progress output and in the log."""
     lines = report.phases.table()
-    log.info("export phases (wall seconds):\n%s", "\n".join(lines))
-    reporter.info("export phases (wall seconds):")
+    log.info("export phases (wall and CPU seconds):\n%s", "\n".join(lines))
+    reporter.info("export phases (wall and CPU seconds):")
     for line in lines:
         reporter.info("  " + line)
 
@@ -242,10 +256,10 @@ def _export_one(job: Job, fmt: str, mode: str) -> ExportRow:
         source = _tflite_source(job, mode, meta) if fmt == "tflite" else None
         if fmt in ("onnx", "ort"):
             frozen_pass(job, None)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         _write(job, fmt, mode, io, staging, meta, source)
         row.export_seconds = round(time.perf_counter() - t0, 2)
-        job.phases.add("convert", row.export_seconds, name)
+        job.phases.add("convert", row.export_seconds, name, cpu=time.process_time() - c0)
         row.size_mb = round(_size(staging) / 1e6, 3)
         if job.opts.verify and job.ref is not None:
             with job.phases.time("verify", name):
@@ -321,8 +335,9 @@ def _write(job: Job, fmt: str, mode: str, io: str | None, path: Path, meta: dict
 
         assert source is not None
         rep = representative(job.calib) if job.calib is not None and get_mode(mode).calibrated else None
+        converted = float_tflite(job) if mode == "none" else None  # shared with the reference pass
         export_tflite(source[0], path, mode, meta=meta, representative=rep, io_type=io,
-                      allow_select_ops=job.opts.allow_select_ops, calibrated=source[1])
+                      allow_select_ops=job.opts.allow_select_ops, calibrated=source[1], converted=converted)
     elif fmt == "onnx":
         from edgetl.export.onnx import export_onnx
 

@@ -59,6 +59,10 @@ class ExportRow(Record):
         return f"{self.format} {self.mode}: {self.status} ({size}{on}) -> {self.path}"
 
 
+def _cpu(row: dict[str, Any]) -> str:
+    return f"{row['cpu_seconds']:.1f}" if row.get("cpu_seconds") is not None else "-"
+
+
 def _peak_rss_mb() -> int | None:
     """The process's peak resident memory so far, in MB (None where the platform does not say)."""
     try:
@@ -70,22 +74,26 @@ def _peak_rss_mb() -> int | None:
 
 @dataclass
 class Phases:
-    """Wall seconds of each step of an export, in the order they ran (shared work, then per file)."""
+    """Wall and CPU seconds of each step of an export, in the order they ran (shared work, then per file).
+
+    CPU seconds are the whole process's (every thread): above the wall seconds, the step used several cores;
+    below, it waited (on the disk, or on other processes of a loaded machine)."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
 
     @contextmanager
     def time(self, phase: str, file: str | None = None) -> Iterator[None]:
         """Time the block as `phase` (of `file`, e.g. "tflite int8", for per-file steps)."""
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             yield
         finally:
-            self.add(phase, time.perf_counter() - t0, file)
+            self.add(phase, time.perf_counter() - t0, file, cpu=time.process_time() - c0)
 
-    def add(self, phase: str, seconds: float, file: str | None = None) -> None:
-        """Record `seconds` of `phase` (of `file`), with the process's peak RSS so far (MB)."""
-        self.rows.append({"phase": phase, "file": file, "seconds": round(seconds, 2), "peak_rss_mb": _peak_rss_mb()})
+    def add(self, phase: str, seconds: float, file: str | None = None, cpu: float | None = None) -> None:
+        """Record `seconds` (wall) and `cpu` seconds of `phase` (of `file`), with the process's peak RSS so far (MB)."""
+        self.rows.append({"phase": phase, "file": file, "seconds": round(seconds, 2),
+                          "cpu_seconds": round(cpu, 2) if cpu is not None else None, "peak_rss_mb": _peak_rss_mb()})
 
     def total(self) -> float:
         """The seconds of every phase added up."""
@@ -101,9 +109,11 @@ class Phases:
     def table(self) -> list[str]:
         """The phases as aligned text lines for the log: one per step, then a total per phase name."""
         width = max([len(self._label(r)) for r in self.rows] + [5])
-        lines = [f"{'phase':<{width}}  seconds  peak RSS MB"]
-        lines += [f"{self._label(r):<{width}}  {r['seconds']:7.2f}  {r['peak_rss_mb'] or '-':>11}" for r in self.rows]
-        lines.append(f"{'total':<{width}}  {self.total():7.2f}  ("
+        lines = [f"{'phase':<{width}}  seconds  CPU s  peak RSS MB"]
+        lines += [f"{self._label(r):<{width}}  {r['seconds']:7.2f}  {_cpu(r):>5}  {r['peak_rss_mb'] or '-':>11}"
+                  for r in self.rows]
+        cpu = sum(r["cpu_seconds"] or 0.0 for r in self.rows)
+        lines.append(f"{'total':<{width}}  {self.total():7.2f}  {cpu:5.1f}  ("
                      + ", ".join(f"{k} {v:.1f}" for k, v in self.by_phase().items()) + ")")
         return lines
 

@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgetl.core.errors import ExportError
 from edgetl.export.images import ExportImages, representative
 from edgetl.export.modes import get_mode
 from edgetl.export.plan import ExportOptions, Plan
+from edgetl.export.reference import KerasReference
 from edgetl.export.report import Phases
-from edgetl.export.verify import KerasReference
 
 if TYPE_CHECKING:
     import keras
@@ -47,6 +48,9 @@ class Job:
     calibrated: dict[int | None, bytes] = field(default_factory=dict)  # calibrate_tflite models, by batch
     graphs: dict[int | None, bytes] = field(default_factory=dict)  # the same, calibrated on one image only
     calibration: dict[str, Any] | None = None  # how the shared calibration ran, for the report
+    # The free-batch frozen pass as float32 TFLite (no metadata): the `tflite none` file and the reference's
+    # LiteRT pass. b"" once its conversion failed (the `tflite none` file then reports why).
+    float_tflite: bytes | None = None
 
 
 def saved_model_of(job: Job) -> Path:
@@ -69,6 +73,25 @@ def frozen_pass(job: Job, batch: int | None) -> Any:
         with job.phases.time("freeze", "batch 1" if batch else "free batch"):
             job.frozen[batch] = frozen_forward(job.model, batch=batch)
     return job.frozen[batch]
+
+
+def float_tflite(job: Job) -> bytes | None:
+    """The free-batch frozen pass converted to float32 TFLite once (None when it cannot be converted)."""
+    from edgetl.export.tflite import convert_tflite
+
+    if job.float_tflite is None:
+        source = frozen_pass(job, None)
+        try:
+            job.float_tflite = convert_tflite(source, "none", allow_select_ops=job.opts.allow_select_ops)
+        except ExportError as exc:
+            log.debug("no float TFLite graph: %s", exc)
+            job.float_tflite = b""
+    return job.float_tflite or None
+
+
+def plans_float_tflite(job: Job) -> bool:
+    """Whether a `tflite none` file is planned (converted from the frozen pass, so float_tflite is shared)."""
+    return ("tflite", "none") in job.plan.pairs
 
 
 def calibrated_model(job: Job, batch: int | None) -> bytes:

@@ -178,7 +178,8 @@ def explain_error(exc: Exception, mode: str, allow_select_ops: bool) -> ExportEr
 def export_tflite(model_or_savedmodel: Any, path: str | os.PathLike[str], mode: str = "none", *,
                   meta: dict[str, Any] | None = None,
                   representative: Callable[[], Iterable[list[Any]]] | None = None, io_type: str | None = None,
-                  allow_select_ops: bool = False, calibrated: bytes | None = None) -> Path:
+                  allow_select_ops: bool = False, calibrated: bytes | None = None,
+                  converted: bytes | None = None) -> Path:
     """Convert, embed the metadata, and write `path` atomically.
 
     Args:
@@ -190,11 +191,14 @@ def export_tflite(model_or_savedmodel: Any, path: str | os.PathLike[str], mode: 
         representative, io_type, allow_select_ops: see convert_tflite.
         calibrated: for int8, int8-full and int16x8, the calibrate_tflite model to quantize instead of
             converting and calibrating again (the source is then not read).
+        converted: the file's flatbuffer already converted (convert_tflite, same mode), to embed the metadata in.
 
     Returns:
         The written path.
     """
-    if calibrated is not None:
+    if converted is not None:
+        data = converted
+    elif calibrated is not None:
         data = quantize_calibrated(calibrated, mode, io_type)
     else:
         data = convert_tflite(model_or_savedmodel, mode, representative=representative, io_type=io_type,

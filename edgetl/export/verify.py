@@ -1,37 +1,31 @@
-"""Verification: every exported file opened in its own runtime and measured against the Keras model."""
+"""Verification: every exported file opened in its own runtime and measured against the Keras model's reference."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgetl.core.errors import EdgetlError
-from edgetl.core.progress import Reporter
 from edgetl.export.images import balanced_order
 from edgetl.export.modes import get_mode
 from edgetl.export.plan import DEFAULT_VERIFY_SECONDS
+from edgetl.export.reference import FLOAT_TOLERANCE, KerasReference
 from edgetl.export.report import ExportRow
-from edgetl.runtime.measure import Reference, measure, top1_accuracy
+from edgetl.runtime.measure import Reference, compare, top1_accuracy
 from edgetl.runtime.timing import median_ms
 
 if TYPE_CHECKING:
-    import keras
-
     from edgetl.export.images import ExportImages
     from edgetl.runtime.app_runtime import AppResult
     from edgetl.runtime.runner import Runner
 
 log = logging.getLogger("edgetl")
 
-# A float export must give the Keras model's probabilities within this (max abs difference over the
-# held-out images). Measured: TFLite float32 and ONNX float32 differ from Keras by < 1e-5.
-FLOAT_TOLERANCE = 1e-4
 # Metadata every file must read back as it was written.
 CHECKED_METADATA = ("class_names", "quantization", "format", "image_size")
 # MediaPipe Tasks' ImageClassifier (what apps run) must give LiteRT's top-1 on at least this share of the
@@ -42,39 +36,18 @@ APP_AGREEMENT = 0.99
 # normalisation, labels, colour order: a break shows on any images as chance-level agreement) on a
 # class-balanced sample of at most this many: its pass cost a 9-file export 19 s of 149 s and 56 of 253 CPU s.
 APP_SAMPLES = 100
-# Batches of the held-out passes: TensorFlow keeps the arena of its largest batch (MobileNetV2 at 224: batch 64
-# raised the export's peak RSS by 680 MB), and LiteRT and ONNX Runtime run 8 images as fast per image as 32.
-_KERAS_BATCH = 16
+# ...and on this many (class-balanced) when the file itself is verified on a capped sample: such a file is slow
+# in both runtimes (int16x8's reference kernels: MediaPipe's 50 images cost 10 of its 20 CPU s), and a broken
+# contract still shows on 20 images as chance-level agreement.
+APP_SAMPLES_CAPPED = 20
+# Batch of the held-out passes: LiteRT and ONNX Runtime run 8 images as fast per image as 32.
 _VERIFY_BATCH = 8
 # A file verified on a capped sample (edgetl.export.plan.DEFAULT_VERIFY_SECONDS) gets at least this many images.
 MIN_VERIFY_SAMPLES = 50
+# A runtime that kept fewer cores than this busy on the probe runs its kernels on one thread whatever it is
+# given (int16x8's reference kernels: 1.0 with 2 threads, where XNNPACK's float kernels keep 1.8-2.0 busy).
+SINGLE_THREADED_CORES = 1.3
 _PROBE = 4  # images timed (after one warm-up call of the same size) to estimate a file's cost per image
-
-
-@dataclass(frozen=True)
-class KerasReference:
-    """The Keras model on the held-out images: what every file is compared with."""
-
-    reference: Reference
-    summary: dict[str, Any]  # format, mode, path, size_mb, accuracy, latency_ms, samples, split (for the report)
-
-
-def keras_reference(model: keras.Model, images: ExportImages, reporter: Reporter) -> KerasReference:
-    """Run the Keras model once over the held-out images: probabilities, accuracy, latency."""
-    import tensorflow as tf
-
-    x, y, split = images.held_out(reporter)
-    reporter.start("running the Keras model", None)
-    fn = tf.function(lambda t: model(t, training=False), reduce_retracing=True)
-    probs = np.concatenate([np.asarray(fn(tf.constant(x[i:i + _KERAS_BATCH].astype(np.float32))))
-                            for i in range(0, len(x), _KERAS_BATCH)])
-    latency = median_ms(lambda: fn(tf.constant(x[:1].astype(np.float32))))
-    reporter.finish()
-    acc = float((probs.argmax(1) == y).mean()) if y is not None else None
-    path = images.run.model_path
-    summary = {"format": "keras", "mode": "-", "path": str(path), "size_mb": round(path.stat().st_size / 1e6, 3),
-               "accuracy": acc, "latency_ms": latency, "samples": int(len(x)), "split": split}
-    return KerasReference(Reference(probs=probs, accuracy=acc), summary)
 
 
 def verify_file(row: ExportRow, path: Path, meta: dict[str, Any], ref: KerasReference, images: ExportImages,
@@ -108,12 +81,19 @@ def verify_file(row: ExportRow, path: Path, meta: dict[str, Any], ref: KerasRefe
         if runner.input_dtype != want_dtype:
             problems.append(f"input dtype is {runner.input_dtype}, not {want_dtype}")
         x, y, _ = images.held_out()
-        idx, sub = _sample(runner, row, x, y, ref.reference, budget)
-        on_app = app_sample(y[idx] if y is not None else None, len(idx))  # positions in idx
+        idx, sub, cores = _sample(runner, row, x, y, ref.reference, budget)
+        capped = "verify_sample" in row.extra  # over the budget: MediaPipe checks fewer images too
+        on_app = app_sample(y[idx] if y is not None else None, len(idx),  # positions in idx
+                            APP_SAMPLES_CAPPED if capped else None)
         app = _AppPass(path, x[idx[on_app]]) if _app_pass_applies(row) else None
         try:
-            m = measure(runner, x[idx], y[idx] if y is not None else None, sub, batch_size=_VERIFY_BATCH,
-                        latency=False)
+            split = threads if row.format == "tflite" and threads > 1 and cores < SINGLE_THREADED_CORES \
+                and len(idx) >= 2 * _VERIFY_BATCH else 1
+            if split > 1:
+                row.extra["verify_runners"] = split
+                log.info("%s %s: its kernels run on one thread; %d interpreters verify it side by side",
+                         row.format, row.mode, split)
+            m = compare(_predict(runner, path, x[idx], split), y[idx] if y is not None else None, sub, None)
         except EdgetlError as exc:  # the outputs do not have the reference's shape
             problems.append(str(exc))
             m = None
@@ -140,6 +120,41 @@ def verify_file(row: ExportRow, path: Path, meta: dict[str, Any], ref: KerasRefe
         app_idx = idx[on_app]
         verify_in_app_runtime(row, path, x[app_idx], y[app_idx] if y is not None else None, m.probs[on_app],
                               list(meta.get("class_names") or []), app)
+
+
+def _predict(runner: Runner, path: Path, images: np.ndarray, split: int) -> np.ndarray:
+    """`runner`'s outputs on `images`; with split > 1, on that many interpreters of the file side by side, each
+    on its share of the images (for kernels that use one thread whatever they are given; LiteRT releases the
+    GIL while it runs)."""
+    if split <= 1:
+        return runner.predict(images, batch_size=_VERIFY_BATCH)
+    from edgetl.runtime import open_model
+
+    parts = np.array_split(np.arange(len(images)), split)
+    others = [open_model(path, threads=1) for _ in range(split - 1)]
+    results: list[np.ndarray | None] = [None] * split
+    errors: list[EdgetlError] = []
+
+    def run(i: int, r: Runner) -> None:
+        try:
+            results[i] = r.predict(images[parts[i]], batch_size=_VERIFY_BATCH)
+        except EdgetlError as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=run, args=(i + 1, r), name="edgetl-verify", daemon=True)
+               for i, r in enumerate(others)]
+    try:
+        for w in workers:
+            w.start()
+        run(0, runner)
+        for w in workers:
+            w.join()
+    finally:
+        for r in others:
+            r.close()
+    if errors:
+        raise errors[0]
+    return np.concatenate([r for r in results if r is not None])
 
 
 def _batch1_ms(runner: Runner, image: np.ndarray) -> float:
@@ -186,11 +201,12 @@ def _app_pass_applies(row: ExportRow) -> bool:
 
 
 def _sample(runner: Runner, row: ExportRow, x: np.ndarray, y: np.ndarray | None, reference: Reference,
-            budget: float | None) -> tuple[np.ndarray, Reference]:
+            budget: float | None) -> tuple[np.ndarray, Reference, float]:
     """The held-out images to measure `runner` on: all, or a balanced prefix when all would exceed `budget` seconds.
 
-    Returns their indices and the reference on them. A capped sample is recorded in
-    row.extra["verify_sample"] with the Keras accuracy on the same images (the drop is against that).
+    Returns their indices, the reference on them, and the cores the runtime kept busy on the probe (CPU over
+    wall seconds). A capped sample is recorded in row.extra["verify_sample"] with the Keras accuracy on the
+    same images (the drop is against that).
     """
     n = len(x)
     order = balanced_order(y, n)
@@ -198,27 +214,30 @@ def _sample(runner: Runner, row: ExportRow, x: np.ndarray, y: np.ndarray | None,
     runner.predict(x[probe], batch_size=_VERIFY_BATCH)  # warm-up: the first call of a size plans the kernels
     # CPU seconds, not wall: the cost of a file's kernels, which other processes on the machine do not
     # change, so a fast file is not capped on a loaded machine. MediaPipe's pass (up to APP_SAMPLES) counts too.
-    t0 = time.process_time()
+    t0, w0 = time.process_time(), time.perf_counter()
     runner.predict(x[probe], batch_size=_VERIFY_BATCH)
-    per_image = (time.process_time() - t0) / max(1, len(probe))
+    cpu = time.process_time() - t0
+    cores = cpu / max(time.perf_counter() - w0, 1e-9)
+    per_image = cpu / max(1, len(probe))
     app = _app_pass_applies(row)
     keep = n
-    if budget is not None and per_image * (n + (min(n, APP_SAMPLES) if app else 0)) > budget:
+    over = budget is not None and per_image * (n + (min(n, APP_SAMPLES) if app else 0)) > budget
+    if over:
         passes = budget / max(per_image, 1e-12)  # image passes the budget pays for, both runtimes' together
-        if app:  # k LiteRT images cost k + min(k, APP_SAMPLES) passes
-            passes = passes - APP_SAMPLES if passes >= 2 * APP_SAMPLES else passes / 2
+        if app:  # k LiteRT images of a capped file cost k + min(k, APP_SAMPLES_CAPPED) passes
+            passes = passes - APP_SAMPLES_CAPPED if passes >= 2 * APP_SAMPLES_CAPPED else passes / 2
         keep = min(n, max(MIN_VERIFY_SAMPLES, int(passes)))
-    if keep == n:
-        return np.arange(n), reference
+    if not over:
+        return np.arange(n), reference, cores
     idx = order[:keep]
     sub_acc = top1_accuracy(reference.probs[idx], y[idx]) if y is not None else None
     sub = Reference(probs=reference.probs[idx], accuracy=sub_acc)
     row.extra["verify_sample"] = {"samples": keep, "held_out": n, "cpu_ms_per_image": round(per_image * 1000, 1),
-                                  "app_samples": min(keep, APP_SAMPLES) if app else 0, "budget_cpu_seconds": budget,
-                                  "keras_accuracy": sub_acc}
+                                  "app_samples": min(keep, APP_SAMPLES_CAPPED) if app else 0,
+                                  "budget_cpu_seconds": budget, "keras_accuracy": sub_acc}
     log.info("%s %s: verified on %d of %d held-out images (class-balanced; %.0f CPU ms per image and pass, "
              "budget %g CPU s)", row.format, row.mode, keep, n, per_image * 1000, budget)
-    return idx, sub
+    return idx, sub, cores
 
 
 def app_sample(labels: np.ndarray | None, n: int, limit: int | None = None) -> np.ndarray:

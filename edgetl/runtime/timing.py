@@ -7,9 +7,11 @@ import time
 from collections.abc import Callable, Sequence
 
 # Export verification, --auto and optimize --compare time each file this way: 30 batch-1 calls after
-# warm-up, or fewer (at least 5) when a file is so slow that 30 calls would take over 5 seconds.
+# warm-up, or fewer (at least 5) when a file is so slow that 30 calls would take over 2 seconds (an int16x8
+# file's reference kernels at 224: about 13 calls of 150 ms; at 5 s this was a fifth of its verification).
+# `edgetl benchmark` times at length instead.
 QUICK_RUNS = 30
-QUICK_SECONDS = 5.0
+QUICK_SECONDS = 2.0
 
 
 def time_calls(fn: Callable[[], object], *, warmup: int = 2, min_runs: int = 5, max_runs: int | None = None,
