@@ -51,6 +51,9 @@ _TARGET_HELP = "; ".join(f"{name}: {t['help']}" for name, t in TARGETS.items())
               "Keras model's by more than this fraction (0.01 = 1 point).")
 @click.option("--auto", is_flag=True, help="With --max-drop: post-training int8-full first; if it loses more, keep "
               "the layers that lose most in float, then try int16x8; write the first file that meets the budget.")
+@click.option("--bias-correction/--no-bias-correction", default=True, show_default=True,
+              help="Integer TFLite files (int8, int8-full, int16x8): take the mean shift each kernel's int8 rounding "
+                   "causes off its bias, measured on the calibration images (the quantizer's own file otherwise).")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Open each file in its runtime and compare it with the Keras model on the held-out images.")
 @threads_option("CPU threads for verification and latency (default: up to 4).")
@@ -59,8 +62,8 @@ _TARGET_HELP = "; ".join(f"{name}: {t['help']}" for name, t in TARGETS.items())
 @handle_errors
 def export(run_dir: str, formats: tuple[str, ...], quantize: tuple[str, ...], target: str | None, strict: bool,
            output: str | None, calibration_samples: int, io_type: str | None, opset: int | None,
-           allow_select_ops: bool, max_drop: float | None, auto: bool, verify: bool, threads: int | None,
-           force: bool, as_json: bool) -> None:
+           allow_select_ops: bool, max_drop: float | None, auto: bool, bias_correction: bool, verify: bool,
+           threads: int | None, force: bool, as_json: bool) -> None:
     """Export the trained model of RUN_DIR to TFLite, ONNX and/or SavedModel.
 
     Files are named backbone-size-mode (e.g. mobilenet_v2_a0.35-96-int8-full-uint8.tflite), carry
@@ -91,7 +94,8 @@ def export(run_dir: str, formats: tuple[str, ...], quantize: tuple[str, ...], ta
                             calibration_samples=calibration_samples, io_type=io_type,
                             opset=DEFAULT_OPSET if opset is None else opset,
                             allow_select_ops=allow_select_ops, max_drop=max_drop, verify=verify, threads=threads,
-                            target=target, force=force, strict=strict, reporter=reporter)
+                            target=target, force=force, strict=strict, bias_correction=bias_correction,
+                            reporter=reporter)
     except Exception as exc:
         reporter.close()
         partial = getattr(exc, "report", None)
@@ -164,6 +168,11 @@ def _show(report: ExportReport, as_json: bool) -> None:
     if app_samples:
         out_console().print("app agree: top-1 of MediaPipe Tasks' ImageClassifier (what Android, iOS and web apps "
                             f"run) against LiteRT's, on up to {max(app_samples)} of those images (class-balanced)",
+                            soft_wrap=True)
+    corrected = [r for r in report.rows if r.get("bias_corrected")]
+    if corrected:
+        out_console().print(f"bias correction: {len(corrected)} integer TFLite file(s), up to "
+                            f"{max(r['bias_corrected'] for r in corrected)} kernels each (--no-bias-correction: off)",
                             soft_wrap=True)
     if report.json_path:
         out_console().print(f"report: {report.json_path}", soft_wrap=True)

@@ -15,7 +15,8 @@ names and order), so the converter's quantizers read them as their own (edgetl.e
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -72,11 +73,32 @@ def calibrated_tensors(model: ModelT) -> list[int]:
     return found
 
 
+@dataclass
+class Statistics:
+    """What one pass over the calibration images measured."""
+
+    ranges: dict[int, tuple[float, float]]  # each calibrated tensor's (min, max), by index
+    means: dict[str, np.ndarray] = field(default_factory=dict)  # asked-for tensors averaged over the images, by name
+
+
 def collect_ranges(graph: bytes, images: np.ndarray, threads: int | None,
                    reporter: Reporter | None = None) -> dict[int, tuple[float, float]]:
     """Each calibrated tensor of `graph` (the converter's, calibrated on one image): its (min, max) over `images`.
 
     `images`: (N, H, W, 3), any dtype, fed as float32 as the calibrator feeds them.
+
+    Raises:
+        CalibrationUnsupported: LiteRT cannot run the graph with its calibrated tensors as outputs.
+    """
+    return collect_statistics(graph, images, threads, reporter).ranges
+
+
+def collect_statistics(graph: bytes, images: np.ndarray, threads: int | None, reporter: Reporter | None = None,
+                       means_of: Mapping[int, str] | None = None) -> Statistics:
+    """collect_ranges, and in the same pass the tensors `means_of` names averaged over the images (batch axis).
+
+    The means are what bias correction needs (edgetl.export.tflite_bias); a tensor that is neither
+    calibrated nor the input has no mean.
 
     Raises:
         CalibrationUnsupported: LiteRT cannot run the graph with its calibrated tensors as outputs.
@@ -109,6 +131,8 @@ def collect_ranges(graph: bytes, images: np.ndarray, threads: int | None,
     views = [(int(d["index"]), interpreter.tensor(int(d["index"]))) for d in details]
     low = {i: np.inf for i in wanted}
     high = {i: -np.inf for i in wanted}
+    means_of = {i: n for i, n in (means_of or {}).items() if i in inputs or i in outputs}
+    sums: dict[int, np.ndarray] = {}
     shape: tuple[int, ...] | None = None
     if reporter is not None:
         reporter.start("calibrating", len(images))
@@ -124,8 +148,12 @@ def collect_ranges(graph: bytes, images: np.ndarray, threads: int | None,
             for i in inputs:
                 if i in low:
                     low[i], high[i] = min(low[i], float(x.min())), max(high[i], float(x.max()))
+                if i in means_of:
+                    _add(sums, i, x)
             for i, view in views:
                 _extend(view, i, low, high)
+                if i in means_of:
+                    _add(sums, i, view())
             if reporter is not None:
                 reporter.advance(len(x))
     except (RuntimeError, ValueError) as exc:
@@ -135,7 +163,14 @@ def collect_ranges(graph: bytes, images: np.ndarray, threads: int | None,
             reporter.finish()
     if not len(images):
         raise ExportError("no calibration images to calibrate with.")
-    return {i: (low[i], high[i]) for i in wanted}
+    return Statistics({i: (low[i], high[i]) for i in wanted},
+                      {means_of[i]: (total / len(images)).astype(np.float32) for i, total in sums.items()})
+
+
+def _add(sums: dict[int, np.ndarray], index: int, values: np.ndarray) -> None:
+    """Add a batch of one tensor's values to its running sum over images (float64: hundreds of images)."""
+    total = values.sum(axis=0, dtype=np.float64)
+    sums[index] = sums[index] + total if index in sums else total
 
 
 def _dims(shape: np.ndarray | list[int] | None) -> list[int]:

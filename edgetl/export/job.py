@@ -35,6 +35,7 @@ from edgetl.export.shared import (
     float_tflite,
     frozen_pass,
     plans_float_tflite,
+    quantize_shared,
     saved_model_of,
     shares_calibration,
 )
@@ -55,7 +56,7 @@ def export_run(run_dir: str | os.PathLike[str] | Run, *, formats: Any = (), quan
                opset: int = DEFAULT_OPSET, allow_select_ops: bool = False, max_drop: float | None = None,
                verify: bool = True, verify_seconds: float | None = DEFAULT_VERIFY_SECONDS, threads: int | None = None,
                target: str | None = None, force: bool = False, strict: bool = False,
-               reporter: Reporter | None = None) -> ExportReport:
+               bias_correction: bool = True, reporter: Reporter | None = None) -> ExportReport:
     """Export a trained run to TFLite, ONNX and/or SavedModel, quantized as asked, and verify each file.
 
     Each (format, mode) pair that exists is written (see edgetl.export.modes.plan_pairs), named
@@ -79,7 +80,8 @@ def export_run(run_dir: str | os.PathLike[str] | Run, *, formats: Any = (), quan
                          output=Path(output) if output is not None else None,
                          calibration_samples=calibration_samples, io_type=io_type, opset=opset,
                          allow_select_ops=allow_select_ops, max_drop=max_drop, verify=verify,
-                         verify_seconds=verify_seconds, threads=threads, target=target, force=force, strict=strict)
+                         verify_seconds=verify_seconds, threads=threads, target=target, force=force, strict=strict,
+                         bias_correction=bias_correction)
     return run_export(run_dir if isinstance(run_dir, Run) else load_run(run_dir), opts, reporter)
 
 
@@ -257,7 +259,7 @@ def _export_one(job: Job, fmt: str, mode: str) -> ExportRow:
         if fmt in ("onnx", "ort"):
             frozen_pass(job, None)
         t0, c0 = time.perf_counter(), time.process_time()
-        _write(job, fmt, mode, io, staging, meta, source)
+        row.extra.update(_write(job, fmt, mode, io, staging, meta, source))
         row.export_seconds = round(time.perf_counter() - t0, 2)
         job.phases.add("convert", row.export_seconds, name, cpu=time.process_time() - c0)
         row.size_mb = round(_size(staging) / 1e6, 3)
@@ -328,14 +330,18 @@ def _tflite_source(job: Job, mode: str, meta: dict[str, Any]) -> tuple[Any, byte
 
 
 def _write(job: Job, fmt: str, mode: str, io: str | None, path: Path, meta: dict[str, Any],
-           source: tuple[Any, bytes | None] | None) -> None:
-    """Dispatch to the format's one entry function."""
+           source: tuple[Any, bytes | None] | None) -> dict[str, Any]:
+    """Dispatch to the format's one entry function. Returns figures for the file's row (bias correction)."""
+    extra: dict[str, Any] = {}
     if fmt == "tflite":
         from edgetl.export.tflite import export_tflite
 
         assert source is not None
         rep = representative(job.calib) if job.calib is not None and get_mode(mode).calibrated else None
         converted = float_tflite(job) if mode == "none" else None  # shared with the reference pass
+        if source[1] is not None:
+            converted, corrected = quantize_shared(job, mode, io, source[1])
+            extra["bias_corrected"] = len(corrected)
         export_tflite(source[0], path, mode, meta=meta, representative=rep, io_type=io,
                       allow_select_ops=job.opts.allow_select_ops, calibrated=source[1], converted=converted)
     elif fmt == "onnx":
@@ -361,6 +367,7 @@ def _write(job: Job, fmt: str, mode: str, io: str | None, path: Path, meta: dict
         from edgetl.export.saved_model import export_saved_model
 
         export_saved_model(saved_model_of(job), path, meta=meta)
+    return extra
 
 
 def _size(p: Path) -> int:

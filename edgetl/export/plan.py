@@ -47,6 +47,9 @@ class ExportOptions:
     target: str | None = None  # cpu, gpu, edgetpu, npu, mcu: picks formats, modes and io type
     force: bool = False  # replace existing files
     strict: bool = False  # with target gpu or npu: fail a file with ops the accelerator lacks (else a warning)
+    # Integer TFLite files (int8, int8-full, int16x8): each kernel's int8 rounding shift taken off its bias
+    # (edgetl.export.tflite_bias), measured in the calibration pass. False: the quantizer's file as it is.
+    bias_correction: bool = True
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,8 @@ class Job:
     calibrated: dict[int | None, bytes] = field(default_factory=dict)  # calibrate_tflite models, by batch
     graphs: dict[int | None, bytes] = field(default_factory=dict)  # the same, calibrated on one image only
     calibration: dict[str, Any] | None = None  # how the shared calibration ran, for the report
+    # Each kernel op's mean input over the calibration images, by tensor name (bias correction); None: not measured.
+    means: dict[str, np.ndarray] | None = None
     # The free-batch frozen pass as float32 TFLite (no metadata): the `tflite none` file and the reference's
     # LiteRT pass. b"" once its conversion failed (the `tflite none` file then reports why).
     float_tflite: bytes | None = None
@@ -119,21 +121,49 @@ def calibrated_model(job: Job, batch: int | None) -> bytes:
 
 
 def _calibrate(job: Job, graph: bytes) -> bytes:
-    """Ranges measured in LiteRT (edgetl.export.calibration); tf.lite's Calibrator where LiteRT cannot."""
-    from edgetl.export.calibration import CalibrationUnsupported, calibrate, calibrate_with_tensorflow
+    """Ranges measured in LiteRT (edgetl.export.calibration), with the kernels' mean inputs bias correction
+    needs in the same pass; tf.lite's Calibrator where LiteRT cannot (no correction then)."""
+    from edgetl.export.calibration import (
+        CalibrationUnsupported,
+        calibrate_with_tensorflow,
+        collect_statistics,
+        with_ranges,
+    )
+    from edgetl.export.tflite_bias import kernel_inputs
 
     assert job.calib is not None
     t0 = time.perf_counter()
     try:
-        data = calibrate(graph, job.calib, job.threads)
+        wanted = kernel_inputs(graph) if job.opts.bias_correction else None
+        stats = collect_statistics(graph, job.calib, job.threads, means_of=wanted)
+        data = with_ranges(graph, stats.ranges)
+        if wanted is not None and job.means is None:
+            job.means = stats.means
         engine = {"engine": "litert", "threads": job.threads}
     except CalibrationUnsupported as exc:
         log.info("calibrating with tf.lite's Calibrator: %s", exc)
+        if job.opts.bias_correction:
+            log.info("no bias correction: it needs the kernels' mean inputs from LiteRT's calibration pass")
         data = calibrate_with_tensorflow(graph, representative(job.calib))
         engine = {"engine": "tensorflow", "reason": str(exc)}
     job.calibration = job.calibration or {**engine, "images": len(job.calib),
                                           "seconds": round(time.perf_counter() - t0, 2)}
     return data
+
+
+def quantize_shared(job: Job, mode: str, io_type: str | None, calibrated: bytes) -> tuple[bytes, list[str]]:
+    """A calibrated TFLite mode quantized from the shared calibrated model, bias-corrected when asked and measured.
+
+    Returns:
+        The file's flatbuffer (no metadata) and the output names of the kernel ops whose bias was corrected.
+    """
+    from edgetl.export.tflite import quantize_calibrated
+    from edgetl.export.tflite_bias import correct_bias
+
+    data = quantize_calibrated(calibrated, mode, io_type)
+    if not job.opts.bias_correction or not job.means:
+        return data, []
+    return correct_bias(data, calibrated, job.means)
 
 
 def calibration_graph(job: Job, batch: int | None) -> bytes:
