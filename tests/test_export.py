@@ -576,6 +576,31 @@ def test_cli_export_json_and_table(tiny_run: Path, tmp_path: Path) -> None:
     assert (out / f"tiny_cnn-{SIZE}-float32.onnx").is_file()
 
 
+def test_integer_tflite_files_are_bias_corrected_unless_asked_not(tiny_run: Path, tmp_path: Path) -> None:
+    """On by default: the rows say how many kernels; --no-bias-correction gives the quantizer's own file, which
+    differs from the corrected one in its integer biases only."""
+    from ai_edge_litert.schema_py_generated import TensorType
+
+    from edgetl.export import export_run
+
+    on = export_run(tiny_run, quantize=("int8", "int8-full", "int16x8"), output=tmp_path / "on",
+                    calibration_samples=16, threads=1)
+    assert all(r["status"] == "ok" and r["bias_corrected"] >= 1 for r in on.rows), [r.to_dict() for r in on.rows]
+    result = _cli(str(tiny_run), "-q", "int8", "-q", "int8-full", "--no-bias-correction", "--calibration-samples",
+                  "16", "--output", str(tmp_path / "off"), "--json", "--threads", "1")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output[result.output.index("{"):])["rows"]
+    assert [r["bias_corrected"] for r in rows] == [0, 0]
+    for row in rows:
+        corrected = next(r for r in on.rows if r.mode == row["mode"])
+        before, after = _tensors(Path(row["path"]).read_bytes()), _tensors(Path(corrected.path).read_bytes())
+        assert [t[:3] for t in before] == [t[:3] for t in after]  # the same graph
+        differ = [b for b, a in zip(before, after, strict=True) if b[3] != a[3]]
+        assert differ and all(b[2] in (TensorType.INT32, TensorType.INT64) and len(b[1] or []) == 1
+                              for b in differ), row["mode"]  # 1-D integer tensors: the biases
+        assert all(b[4:] == a[4:] for b, a in zip(before, after, strict=True))  # every scale and zero point kept
+
+
 def test_help_names_every_mode_and_target() -> None:
     from edgetl.export.modes import MODES, TARGETS
 
@@ -776,7 +801,7 @@ def test_calibration_falls_back_to_tflites_calibrator(tiny_run: Path, tmp_path: 
     def unsupported(*args: Any, **kwargs: Any) -> Any:
         raise calibration.CalibrationUnsupported("the model has 2 subgraphs")
 
-    monkeypatch.setattr(calibration, "collect_ranges", unsupported)
+    monkeypatch.setattr(calibration, "collect_statistics", unsupported)
     with caplog.at_level(logging.INFO, logger="edgetl"):
         report = export_run(tiny_run, quantize=("int8",), output=tmp_path / "fallback", calibration_samples=8,
                             threads=1)
@@ -784,6 +809,9 @@ def test_calibration_falls_back_to_tflites_calibrator(tiny_run: Path, tmp_path: 
     assert report.verify["calibration"]["engine"] == "tensorflow"
     assert "2 subgraphs" in report.verify["calibration"]["reason"]
     assert any("calibrating with tf.lite's Calibrator: the model has 2 subgraphs" in m for m in caplog.messages)
+    # Bias correction needs LiteRT's pass: the file is the quantizer's own, and the log says why.
+    assert report.rows[0]["bias_corrected"] == 0
+    assert any("no bias correction" in m for m in caplog.messages)
 
 
 def test_graphs_litert_cannot_calibrate_are_named() -> None:

@@ -223,3 +223,128 @@ def test_tflite_int8_keeps_the_corrected_kernels_exactly() -> None:
     got = it.get_tensor(det["index"]).astype(np.float32) * scales.reshape(-1, 1, 1, 1)
     step = np.abs(expected).reshape(16, -1).max(axis=1) / 127
     assert np.abs(got - expected).max() <= 1e-3 * step.min()
+
+
+# ----------------------------------------------------------------------------------------------
+# Bias correction in the quantized TFLite file (edgetl.export.tflite_bias): what `edgetl export` does
+
+
+def _conv_options(kind: str, padding: str, stride: int, dilation: int) -> Any:
+    from ai_edge_litert.schema_py_generated import Conv2DOptionsT, DepthwiseConv2DOptionsT, Padding
+
+    options = Conv2DOptionsT() if kind == "conv" else DepthwiseConv2DOptionsT()
+    options.padding = Padding.SAME if padding == "SAME" else Padding.VALID
+    options.strideH = options.strideW = stride
+    options.dilationHFactor = options.dilationWFactor = dilation
+    return options
+
+
+@pytest.mark.parametrize("kind,padding,stride,dilation,multiplier", [
+    ("conv", "SAME", 2, 1, 1), ("conv", "VALID", 1, 2, 1), ("conv", "SAME", 1, 1, 1),
+    ("depthwise", "SAME", 2, 1, 2), ("depthwise", "VALID", 1, 1, 1), ("depthwise", "SAME", 1, 2, 1)])
+def test_tflite_mean_shift_is_the_convolutions_own(kind: str, padding: str, stride: int, dilation: int,
+                                                   multiplier: int) -> None:
+    """The shift from per-tap averages equals the mean output of TensorFlow's convolution of the mean input."""
+    import tensorflow as tf
+
+    from edgetl.export.tflite_bias import mean_shift
+
+    rng = np.random.default_rng(5)
+    mean = rng.uniform(0, 6, (9, 11, 4))  # a ReLU6 output's mean map; odd sizes test the padding split
+    if kind == "conv":
+        delta = rng.normal(0, 0.01, (6, 3, 3, 4))  # TFLite OHWI
+        want = tf.nn.conv2d(mean[None], np.transpose(delta, (1, 2, 3, 0)), stride, padding, dilations=dilation)
+    else:
+        delta = rng.normal(0, 0.01, (1, 3, 3, 4 * multiplier))  # TFLite 1HW(C*M)
+        kernel = delta[0].reshape(3, 3, 4, multiplier)
+        want = tf.nn.depthwise_conv2d(mean[None], kernel, (1, stride, stride, 1), padding,
+                                      dilations=(dilation, dilation))
+    got = mean_shift(kind, delta, mean, _conv_options(kind, padding, stride, dilation))
+    np.testing.assert_allclose(got, np.asarray(want).mean(axis=(0, 1, 2)), rtol=1e-9, atol=1e-12)
+
+
+def test_tflite_mean_shift_of_a_dense_layer() -> None:
+    from edgetl.export.tflite_bias import mean_shift
+
+    rng = np.random.default_rng(6)
+    delta, mean = rng.normal(size=(5, 8)), rng.uniform(0, 1, (3, 8))  # a rank-3 input averages its leading axes
+    np.testing.assert_allclose(mean_shift("dense", delta, mean, None), delta @ mean.mean(axis=0))
+
+
+def _tflite_probs(data: bytes, x: np.ndarray) -> np.ndarray:
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=data)
+    it.resize_tensor_input(it.get_input_details()[0]["index"], list(x.shape))
+    it.allocate_tensors()
+    it.set_tensor(it.get_input_details()[0]["index"], x.astype(np.float32))
+    it.invoke()
+    return np.asarray(it.get_tensor(it.get_output_details()[0]["index"]))
+
+
+@pytest.fixture(scope="module")
+def corrected_tflite() -> dict[str, Any]:
+    """The trap model quantized from one LiteRT calibration pass, as `edgetl export` does, plain and corrected."""
+    from edgetl.export.calibration import collect_statistics, with_ranges
+    from edgetl.export.images import representative
+    from edgetl.export.saved_model import frozen_forward
+    from edgetl.export.tflite import calibrate_tflite, quantize_calibrated
+    from edgetl.export.tflite_bias import correct_bias, kernel_inputs
+
+    model = _trap_model()
+    calib = _images(48, seed=2)
+    graph = calibrate_tflite(frozen_forward(model), representative(calib[:1]))
+    wanted = kernel_inputs(graph)
+    stats = collect_statistics(graph, calib, 1, means_of=wanted)
+    calibrated = with_ranges(graph, stats.ranges)
+    out: dict[str, Any] = {"model": model, "wanted": wanted, "means": stats.means, "calib": calib}
+    for mode in ("int8", "int16x8"):
+        plain = quantize_calibrated(calibrated, mode)
+        out[mode] = (plain, *correct_bias(plain, calibrated, stats.means))
+    return out
+
+
+def test_tflite_bias_correction_measures_every_kernels_input(corrected_tflite: dict[str, Any]) -> None:
+    """The stem, the depthwise kernel and the classifier: three inputs, their means from the same pass."""
+    import keras
+
+    model, means = corrected_tflite["model"], corrected_tflite["means"]
+    assert len(corrected_tflite["wanted"]) == 3 and set(means) == set(corrected_tflite["wanted"].values())
+    # The depthwise kernel reads the stem's ReLU6 output: its mean map is Keras's, averaged over the images.
+    relu = next(layer for layer in model.layers if isinstance(layer, keras.layers.ReLU))
+    want = np.asarray(keras.Model(model.input, relu.output)(corrected_tflite["calib"], training=False)).mean(axis=0)
+    errors = [np.abs(m - want).max() for m in means.values() if m.shape == want.shape]  # it, and the classifier's
+    assert len(errors) == 2 and min(errors) < 1e-4 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("mode", ["int8", "int16x8"])
+def test_tflite_bias_correction_brings_the_file_closer_to_float(corrected_tflite: dict[str, Any], mode: str) -> None:
+    """Only the quantized biases change, and the outputs on other pictures move toward the float model's."""
+    plain, corrected, names = corrected_tflite[mode]
+    assert len(names) == 3
+    before, after = _tensors(plain), _tensors(corrected)
+    changed = {name for name, b in before.items() if after[name] != b}
+    assert changed and all(before[name][0] in ("INT32", "INT64") for name in changed), changed
+    assert all(after[name][:3] == before[name][:3] for name in before)  # types, shapes and scales as they were
+    x = _images(64, seed=9)
+    ref = np.asarray(corrected_tflite["model"](x, training=False))
+    err_plain = np.abs(_tflite_probs(plain, x) - ref).mean()
+    err_corrected = np.abs(_tflite_probs(corrected, x) - ref).mean()
+    assert err_corrected < 0.8 * err_plain, (err_plain, err_corrected)
+
+
+def _tensors(data: bytes) -> dict[str, tuple[Any, ...]]:
+    """Each constant tensor of a .tflite by name: (type, shape, scales, values)."""
+    from ai_edge_litert.schema_py_generated import ModelT, TensorType
+
+    kinds = {v: k for k, v in vars(TensorType).items() if not k.startswith("_")}
+    model = ModelT.InitFromPackedBuf(bytearray(data), 0)
+    out = {}
+    for t in model.subgraphs[0].tensors:
+        data_ = model.buffers[t.buffer].data
+        if data_ is None or len(data_) == 0:
+            continue
+        scales = None if t.quantization is None or t.quantization.scale is None else list(t.quantization.scale)
+        out[t.name.decode() if isinstance(t.name, bytes) else t.name] = (
+            kinds[t.type], list(t.shape if t.shape is not None else []), scales, bytes(np.asarray(data_, np.uint8)))
+    return out

@@ -25,11 +25,14 @@ ONNX modes (onnxruntime.quantization), also for "ort" (ONNX Runtime Mobile's for
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from edgetl.core.errors import UsageError, did_you_mean
+
+log = logging.getLogger("edgetl")
 
 IO_TYPES = ("uint8", "int8")
 DEFAULT_IO_TYPE = "uint8"
@@ -215,7 +218,8 @@ def apply_tflite(converter: Any, mode: str, *, representative: Callable[[], Iter
 # ONNX Runtime quantization
 
 
-def quantize_onnx(src: str, dst: str, mode: str, *, calibration: Any = None, input_name: str = "image") -> None:
+def quantize_onnx(src: str, dst: str, mode: str, *, calibration: Any = None, input_name: str = "image",
+                  bias_correction: bool = True) -> None:
     """Quantize the float ONNX model `src` into `dst` with onnxruntime.quantization.
 
     Args:
@@ -225,6 +229,8 @@ def quantize_onnx(src: str, dst: str, mode: str, *, calibration: Any = None, inp
             weights and activations quantized at run time; no calibration).
         calibration: for int8, an (N, H, W, 3) array of calibration images (pixels 0..255, uint8 or float32).
         input_name: the model's input name.
+        bias_correction: for int8, take each int8 kernel's mean output shift off its int32 bias
+            (edgetl.export.onnx_bias), the means measured in the calibration pass; False: ORT's file as it is.
     """
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -255,6 +261,17 @@ def quantize_onnx(src: str, dst: str, mode: str, *, calibration: Any = None, inp
 
     import numpy as np
 
+    # uint8 activations: ORT's x86 and ARM kernels are U8S8. With int8 activations ORT converts to uint8
+    # itself but not at branch points, where Conv and Add fall back to float between Dequantize,
+    # Quantize and Transposes: MobileNetV2 224 ran 2.04 ms against 1.01 ms (BENCHMARKS.md).
+    recipe: dict[str, Any] = {
+        "quant_format": QuantFormat.QDQ, "per_channel": True, "activation_type": QuantType.QUInt8,
+        "weight_type": QuantType.QInt8, "calibrate_method": CalibrationMethod.MinMax,
+        "extra_options": {"ActivationSymmetric": False, "WeightSymmetric": True}}
+    if bias_correction:
+        _quantize_int8_corrected(src, dst, np.asarray(calibration), input_name, recipe)
+        return
+
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
             self.i = 0
@@ -269,13 +286,40 @@ def quantize_onnx(src: str, dst: str, mode: str, *, calibration: Any = None, inp
         def rewind(self) -> None:
             self.i = 0
 
-    # uint8 activations: ORT's x86 and ARM kernels are U8S8. With int8 activations ORT converts to uint8
-    # itself but not at branch points, where Conv and Add fall back to float between Dequantize,
-    # Quantize and Transposes: MobileNetV2 224 ran 2.04 ms against 1.01 ms (BENCHMARKS.md).
-    quantize_static(src, dst, _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax,
-                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+    quantize_static(src, dst, _Reader(), **recipe)
+
+
+def _quantize_int8_corrected(src: str, dst: str, calibration: Any, input_name: str, recipe: dict[str, Any]) -> None:
+    """quantize_static on ranges from edgetl's own calibration pass, then each kernel's mean shift off its bias.
+
+    The pass (edgetl.export.onnx_bias.collect_statistics) measures ORT's own MinMax ranges, handed to
+    quantize_static as its calibration cache (so ORT does not run the images a second time), and each
+    Conv/Gemm input's mean over the same images.
+    """
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, quantize_static
+    from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
+    from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
+
+    from edgetl.export.onnx_bias import collect_statistics, correct_bias, kernel_inputs
+
+    source = load_model_with_shape_infer(Path(src))  # the model quantize_static loads and calibrates
+    stats = collect_statistics(source, calibration, input_name, kernel_inputs(source))
+    # One-element float32 arrays: what ORT's MinMax calibrator hands its quantizer.
+    ranges = TensorsData(CalibrationMethod.MinMax, {k: (np.array([lo], np.float32), np.array([hi], np.float32))
+                                                    for k, (lo, hi) in stats.ranges.items()})
+    with tempfile.TemporaryDirectory(prefix="edgetl-calib-") as work:
+        cache = Path(work) / "ranges.json"
+        save_tensors_data(ranges, cache)
+        quantize_static(src, dst, None, calibration_cache_path=cache, **recipe)
+    model, done = correct_bias(onnx.load(dst), source, stats.means)
+    log.debug("ONNX int8 bias correction: %d of %d Conv/Gemm nodes corrected", len(done),
+              sum(n.op_type in ("Conv", "Gemm") for n in model.graph.node))
+    onnx.save(model, dst)
 
 
 # TFLite's dynamic range quantizer keeps kernels this small in float; they are the stem of most CNNs, whose

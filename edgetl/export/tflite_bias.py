@@ -125,7 +125,7 @@ def correct_bias(quantized: bytes, float_graph: bytes, means: dict[str, np.ndarr
         if original is None or rounded is None or bias is None or bias_scale is None \
                 or original.shape != rounded.shape:
             continue
-        shift = _mean_shift(kernel.kind, rounded.astype(np.float64) - original, mean, kernel.options)
+        shift = mean_shift(kernel.kind, rounded.astype(np.float64) - original, mean, kernel.options)
         if shift is None or len(shift) != len(bias) or len(bias_scale) not in (1, len(bias)):
             continue
         steps = np.rint(shift / bias_scale.astype(np.float64))
@@ -138,7 +138,7 @@ def correct_bias(quantized: bytes, float_graph: bytes, means: dict[str, np.ndarr
     return _pack(target), done
 
 
-def _mean_shift(kind: str, delta: np.ndarray, mean: np.ndarray, options: Any) -> np.ndarray | None:
+def mean_shift(kind: str, delta: np.ndarray, mean: np.ndarray, options: Any) -> np.ndarray | None:
     """Each output channel's mean change when the kernel changes by `delta` and the input is `mean` (linear: exact)."""
     if kind == "dense":  # weights (out, in); the input's last axis is `in`
         vector = mean.reshape(-1, mean.shape[-1]).mean(axis=0)
