@@ -1,11 +1,12 @@
 """Quantized files of a trained run, with and without bias correction, against its Keras model (issue #13).
 
-Each file is converted here from the run's model (plain) and from its bias-corrected copy
-(edgetl.export.bias_correction), opened in its own runtime and measured on the run's held-out split
-with runtime/measure.py, as `edgetl export` verification measures: accuracy, drop and top-1 agreement
-with the (uncorrected) Keras model. Calibration: the export's own sample of the training split.
+Each file is written by `edgetl export` itself (edgetl.export.export_run) twice: with bias correction
+(the default: each int8 kernel's rounding shift taken off its bias, edgetl.export.tflite_bias) and with
+--no-bias-correction (the quantizer's own file), and measured by the export's verification on the run's
+held-out split: accuracy, drop and top-1 agreement with the Keras model. Calibration: the export's own
+sample of the training split.
 
-    .venv/bin/python tools/bench_quant_real.py RUN_DIR [--modes tflite-int8-full,onnx-int8] [--json OUT]
+    .venv/bin/python tools/bench_quant_real.py RUN_DIR [--files tflite-int8-full,onnx-int8] [--json OUT]
 
 Train a run on the real photos first, e.g. (MobileNetV2 1.0 at 224, all 4,317 flowers):
     .venv/bin/edgetl train ../shared/realdata/flowers --backbone mobilenet_v2 --alpha 1.0 --image-size 224 \\
@@ -19,64 +20,36 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 FILES = ("tflite-int8", "tflite-int8-full", "tflite-int16x8", "onnx-int8", "onnx-dynamic")
-CORRECTABLE = ("tflite-int8", "tflite-int8-full", "tflite-int16x8", "onnx-int8")  # calibrated modes
+VARIANTS = {"corrected": True, "plain": False}  # bias_correction on, off
 
 
-def measure_run(run_dir: Path, files: tuple[str, ...], calibration_samples: int = 200,
+def measure_run(run_dir: Path, files: tuple[str, ...], calibration_samples: int = 300,
                 threads: int = 2) -> dict[str, Any]:
-    """Figures per file and variant ("plain", "corrected"): accuracy, drop, agreement, size."""
-    from edgetl.core.progress import Reporter
-    from edgetl.core.tf import load_tensorflow
-    from edgetl.export.bias_correction import correct_int8_bias
-    from edgetl.export.images import ExportImages, representative
-    from edgetl.export.onnx import export_onnx
-    from edgetl.export.reference import keras_reference
-    from edgetl.export.saved_model import save_serving
-    from edgetl.export.tflite import export_tflite
-    from edgetl.rundir import load_run
-    from edgetl.runtime import open_model
-    from edgetl.runtime.measure import measure
+    """Figures per file and variant ("plain", "corrected"): accuracy, drop, agreement, size, kernels corrected."""
+    from edgetl.export import export_run
 
-    load_tensorflow()
-    run = load_run(run_dir)
-    images = ExportImages(run, calibration_samples, verify=True)
-    x, y, split = images.held_out(Reporter())
-    calib = images.calibration(Reporter())
-    model = run.load_model()
-    ref = keras_reference(model, images, Reporter()).reference
-    out: dict[str, Any] = {"run": str(run_dir), "split": split, "samples": int(len(x)),
-                           "keras_accuracy": ref.accuracy, "files": {}}
+    formats = tuple(dict.fromkeys(key.split("-", 1)[0] for key in files))
+    modes = tuple(dict.fromkeys(key.split("-", 1)[1] for key in files))
+    out: dict[str, Any] = {"run": str(run_dir), "files": {}}
     with tempfile.TemporaryDirectory(prefix="bench-quant-") as tmp:
-        work = Path(tmp)
-        sources = {"plain": save_serving(model, work / "plain")}
-        t0 = time.perf_counter()
-        corrected = run.load_model()
-        out["corrected_layers"] = len(correct_int8_bias(corrected, calib))
-        out["correction_seconds"] = round(time.perf_counter() - t0, 1)
-        sources["corrected"] = save_serving(corrected, work / "corrected")
-        for key in files:
-            fmt, mode = key.split("-", 1)
-            for variant, saved in sources.items():
-                if variant == "corrected" and key not in CORRECTABLE:
+        for variant, on in VARIANTS.items():
+            report = export_run(run_dir, formats=formats, quantize=modes, output=Path(tmp) / variant,
+                                calibration_samples=calibration_samples, threads=threads, bias_correction=on)
+            ref = report.reference or {}
+            out.update(split=ref.get("split"), samples=ref.get("samples"), keras_accuracy=ref.get("accuracy"))
+            for row in report.rows:
+                key = f"{row.format}-{row.mode}"
+                if key not in files:
                     continue
-                path = work / f"{variant}-{key}.{fmt}"
-                if fmt == "tflite":
-                    export_tflite(saved, path, mode, representative=representative(calib),
-                                  io_type="uint8" if mode == "int8-full" else None)
-                else:
-                    export_onnx(saved, path, mode, calibration=calib if mode == "int8" else None)
-                with open_model(path, threads=threads, class_names=run.class_names) as runner:
-                    m = measure(runner, x, y, ref, latency=False)
                 out["files"].setdefault(key, {})[variant] = {
-                    "accuracy": m.accuracy, "drop": m.drop, "agreement": m.agreement,
-                    "size_mb": round(path.stat().st_size / 1e6, 3)}
-                print(f"{key:18s} {variant:9s} accuracy {m.accuracy:.4f} drop {m.drop:+.4f} "
-                      f"agreement {m.agreement:.4f}", file=sys.stderr, flush=True)
+                    "accuracy": row.accuracy, "drop": row.drop, "agreement": row.agreement, "size_mb": row.size_mb,
+                    "bias_corrected": row.get("bias_corrected", 0), "status": row.status}
+                print(f"{key:18s} {variant:9s} accuracy {row.accuracy:.4f} drop {row.drop:+.4f} "
+                      f"agreement {row.agreement:.4f}", file=sys.stderr, flush=True)
     return out
 
 
@@ -84,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path)
     ap.add_argument("--files", default=",".join(FILES), help=f"comma-separated, of: {', '.join(FILES)}")
-    ap.add_argument("--calibration-samples", type=int, default=200)
+    ap.add_argument("--calibration-samples", type=int, default=300)
     ap.add_argument("--json", type=Path, default=None, help="write the figures here too")
     args = ap.parse_args(argv)
     files = tuple(f for f in args.files.split(",") if f)

@@ -130,7 +130,8 @@ def check_model(model_or_path: Any) -> None:
 
 def export_onnx(source: Any, path: str | os.PathLike[str], mode: str = "none", *,
                 meta: dict[str, Any] | None = None, opset: int = DEFAULT_OPSET, calibration: Any = None,
-                optimize: bool = True, float_model: str | os.PathLike[str] | None = None) -> Path:
+                optimize: bool = True, float_model: str | os.PathLike[str] | None = None,
+                bias_correction: bool = True) -> Path:
     """Write `path` (atomically): float32 ("none") or quantized ("int8" static QDQ, "dynamic").
 
     Args:
@@ -142,6 +143,8 @@ def export_onnx(source: Any, path: str | os.PathLike[str], mode: str = "none", *
         calibration: (N, H, W, 3) float32 images 0..255 for "int8".
         optimize: apply ORT's basic graph optimisations offline.
         float_model: an already exported float .onnx to quantize from (saves a conversion).
+        bias_correction: for "int8", take each int8 kernel's mean output shift off its int32 bias
+            (edgetl.export.onnx_bias); False: ONNX Runtime's quantized file as it is.
 
     Returns:
         The written path.
@@ -177,7 +180,8 @@ def export_onnx(source: Any, path: str | os.PathLike[str], mode: str = "none", *
             final = work / f"{mode}.onnx"
             try:
                 with quiet_native_stderr():
-                    quantize_onnx(str(pre), str(final), mode, calibration=calibration, input_name=INPUT_NAME)
+                    quantize_onnx(str(pre), str(final), mode, calibration=calibration, input_name=INPUT_NAME,
+                                  bias_correction=bias_correction)
             except (UsageError, ExportError):
                 raise
             except Exception as exc:
