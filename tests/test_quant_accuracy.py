@@ -4,7 +4,7 @@ The trap real MobileNetV2 weights set, rebuilt small: BatchNormalization folded 
 kernel gives output channels whose ranges differ by 100x. ONNX Runtime's dynamic Conv quantizes such a
 kernel with one scale per tensor and the small channels vanish (real photos scored near chance);
 edgetl's ONNX dynamic mode stores Conv kernels per channel. Post-training int8 rounding shifts each
-layer's mean output; the bias correction takes the shift off.
+layer's mean output; the bias correction (edgetl.export.tflite_bias) takes the shift off in the file.
 """
 
 from __future__ import annotations
@@ -137,92 +137,6 @@ def test_small_kernels_stay_float() -> None:
     onnx.checker.check_model(model, full_check=True)
     q = next(numpy_helper.to_array(i) for i in model.graph.initializer if i.name == "big_int8")
     assert q.dtype == np.int8 and np.abs(q).max() == 127
-
-
-# ----------------------------------------------------------------------------------------------
-# Bias correction (edgetl.export.bias_correction)
-
-
-def test_quantize_kernel_is_the_converters_grid() -> None:
-    """255 levels per output channel, idempotent, and commuting with a per-channel scale (a folded BN)."""
-    from edgetl.export.bias_correction import quantize_kernel
-
-    rng = np.random.default_rng(0)
-    w = rng.normal(size=(3, 3, 16, 8)).astype(np.float32)
-    q = quantize_kernel(w, (0, 1, 2))
-    steps = q / (np.abs(w).max(axis=(0, 1, 2)) / 127)
-    assert np.allclose(steps, np.rint(steps), atol=1e-4) and np.abs(steps).max() == pytest.approx(127)
-    assert np.array_equal(quantize_kernel(q, (0, 1, 2)), q)
-    gain = rng.uniform(-3, 3, 8).astype(np.float32)
-    assert np.allclose(quantize_kernel(q * gain, (0, 1, 2)), q * gain, rtol=1e-6, atol=1e-7)
-
-
-def _conv_bn_model() -> Any:
-    import keras
-
-    rng = np.random.default_rng(3)
-    inp = keras.Input((SIZE, SIZE, 3), name="image")
-    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inp)  # edgetl's "tf" preprocessing, not folded
-    x = keras.layers.Conv2D(16, 3, padding="same", use_bias=False, name="conv")(x)
-    x = keras.layers.BatchNormalization(name="bn")(x)
-    x = keras.layers.ReLU(6.0)(x)
-    x = keras.layers.DepthwiseConv2D(3, strides=2, padding="valid", name="dw")(x)  # a bias, no BN
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    model = keras.Model(inp, keras.layers.Dense(4, activation="softmax", name="predictions")(x))
-    bn = model.get_layer("bn")
-    bn.set_weights([rng.uniform(0.5, 3, 16).astype("float32"), rng.normal(0, 1, 16).astype("float32"),
-                    rng.normal(0, 0.3, 16).astype("float32"), rng.uniform(0.01, 0.2, 16).astype("float32")])
-    return model
-
-
-def test_bias_correction_keeps_each_layers_mean_output() -> None:
-    """The kernels move to the grid; the mean output of the first layer over the calibration images does not."""
-    import keras
-
-    from edgetl.export.bias_correction import correct_int8_bias, quantize_kernel
-
-    model = _conv_bn_model()
-    calib = _images(32, seed=4)
-    probe = keras.Model(model.input, model.get_layer("bn").output)
-    before = np.asarray(probe(calib, training=False)).mean(axis=(0, 1, 2))
-    kernel = np.asarray(model.get_layer("conv").kernel.numpy())
-    grid_only = model.get_layer("conv")
-    grid_only.kernel.assign(quantize_kernel(kernel, (0, 1, 2)))
-    shifted = np.asarray(probe(calib, training=False)).mean(axis=(0, 1, 2))
-    grid_only.kernel.assign(kernel)
-
-    done = correct_int8_bias(model, calib)
-    assert done == ["conv", "dw", "predictions"]
-    assert np.array_equal(model.get_layer("conv").kernel.numpy(), quantize_kernel(kernel, (0, 1, 2)))
-    after = np.asarray(probe(calib, training=False)).mean(axis=(0, 1, 2))
-    assert np.abs(shifted - before).max() > 1e-3  # the rounding alone moves the mean
-    # At least 99% of the shift is gone; what remains is float32 rounding of means near 4 (measured 2e-5 of 4e-3).
-    assert np.abs(after - before).max() < 1e-2 * np.abs(shifted - before).max()
-
-
-def test_tflite_int8_keeps_the_corrected_kernels_exactly() -> None:
-    """The converter's own int8 rounding of a corrected kernel changes nothing, BatchNormalization folded in."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    from edgetl.export.bias_correction import correct_int8_bias
-    from edgetl.export.images import representative
-    from edgetl.export.tflite import convert_tflite
-
-    model = _conv_bn_model()
-    calib = _images(16, seed=4)
-    correct_int8_bias(model, calib)
-    bn = model.get_layer("bn")
-    gamma, _, _, var = (np.asarray(v) for v in bn.get_weights())
-    folded = np.asarray(model.get_layer("conv").kernel.numpy()) * (gamma / np.sqrt(var + bn.epsilon))
-    expected = np.transpose(folded, (3, 0, 1, 2))  # TFLite's OHWI
-    it = Interpreter(model_content=convert_tflite(model, "int8", representative=representative(calib)))
-    kernels = [d for d in it.get_tensor_details() if d["dtype"] == np.int8 and tuple(d["shape"]) == expected.shape]
-    assert len(kernels) == 1
-    det = kernels[0]
-    scales = det["quantization_parameters"]["scales"]
-    got = it.get_tensor(det["index"]).astype(np.float32) * scales.reshape(-1, 1, 1, 1)
-    step = np.abs(expected).reshape(16, -1).max(axis=1) / 127
-    assert np.abs(got - expected).max() <= 1e-3 * step.min()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,10 +1,10 @@
 """int8 within an accuracy budget: post-training int8 first, then the worst layers in float, then int16x8.
 
 `search_int8` converts the run's model with full-integer post-training quantization and measures
-it on the held-out images. Every candidate is converted from a bias-corrected copy of the model
-(edgetl.export.bias_correction: kernels on the int8 grid, the mean shift their rounding causes taken
-off; on real photos int8-full's top-1 agreement with float went from 78 to 94% with MobileNetV2 0.35
-at 96 and from 82 to 87% at 1.0, 224) and measured against the model as trained. When it loses more
+it on the held-out images. As in `edgetl export`, the model is calibrated once in LiteRT and every
+candidate is bias-corrected in the file (edgetl.export.tflite_bias: the mean shift each int8 kernel's
+rounding causes taken off its bias; on real photos int8's top-1 agreement with float went from 79 to 94%
+with MobileNetV2 0.35 at 96 and from 84 to 91% at 1.0, 224). When it loses more
 than `max_drop`, LiteRT's quantization debugger
 (tf.lite.experimental.QuantizationDebugger) measures each quantized tensor's error per channel,
 relative to the channel's own signal (see `channel_noise_to_signal`); the worst tensors are kept in
@@ -64,7 +64,7 @@ class BudgetResult:
     chosen: dict[str, Any] | None = None
     worst_layers: list[dict[str, Any]] = field(default_factory=list)
     path: Path | None = None
-    bias_corrected: list[str] = field(default_factory=list)  # layers whose kernels the correction changed
+    bias_corrected: list[str] = field(default_factory=list)  # kernel ops corrected in the first candidate
 
     def to_dict(self) -> dict[str, Any]:
         return {"max_drop": self.max_drop, "reference": self.reference, "rows": [r.to_dict() for r in self.rows],
@@ -87,7 +87,8 @@ def search_int8(run_dir: str | os.PathLike[str], *, max_drop: float, calibration
         output: folder where the chosen file is written (None: nothing written).
         threads: CPU threads for measurement.
         try_int16x8: also try int16 activations with int8 weights.
-        bias_correction: convert every candidate from the bias-corrected model (False: the model as trained).
+        bias_correction: take each int8 kernel's mean shift off its bias in every candidate (False: the
+            quantizer's own files).
         reporter: progress events.
 
     Returns:
@@ -130,13 +131,10 @@ def search_int8(run_dir: str | os.PathLike[str], *, max_drop: float, calibration
         ref = keras_reference(model, images, reporter).reference
         result = BudgetResult(max_drop=float(max_drop),
                               reference={"accuracy": ref.accuracy, "samples": int(len(x)), "split": split})
-        if bias_correction:
-            from edgetl.export.bias_correction import correct_int8_bias
-
-            reporter.start("bias correction for int8 kernels", None)
-            result.bias_corrected = correct_int8_bias(model, calib)  # after the reference: it changes the model
-            reporter.finish()
         saved = save_serving(model, work / "saved_model")
+        reporter.start("calibrating", None)
+        quantizer = _Quantizer(saved, calib, threads, bias_correction)
+        reporter.finish()
 
         def try_candidate(name: str, mode: str, data: bytes, float_layers: list[str]) -> Candidate:
             path = work / f"{len(result.rows)}.tflite"
@@ -151,11 +149,9 @@ def search_int8(run_dir: str | os.PathLike[str], *, max_drop: float, calibration
                           f"{' (meets the budget)' if row.meets else ''}")
             return row
 
-        from edgetl.export.tflite import convert_tflite
-
         reporter.start("post-training int8-full", None)
-        first = try_candidate(f"PTQ int8-full ({io_type} I/O)", "int8-full",
-                        convert_tflite(saved, "int8-full", representative=rep, io_type=io_type), [])
+        data, result.bias_corrected = quantizer.quantize("int8-full", io_type)
+        first = try_candidate(f"PTQ int8-full ({io_type} I/O)", "int8-full", data, [])
         reporter.finish()
         if not first.meets:
             reporter.start("finding the layers int8 hurts most", None)
@@ -167,12 +163,13 @@ def search_int8(run_dir: str | os.PathLike[str], *, max_drop: float, calibration
                 nodes = _float_nodes(result.worst_layers[:k])
                 reporter.start(f"int8 with {k} layer(s) in float", None)
                 data = _selective(saved, rep, calib, nodes)
+                data = quantizer.correct(data)[0] if data is not None else None
                 reporter.finish()
                 if data is not None and try_candidate(f"int8, {k} worst layer(s) float", "int8", data, nodes).meets:
                     break
             if try_int16x8 and not any(r.meets for r in result.rows):
                 reporter.start("int16x8", None)
-                try_candidate("int16x8", "int16x8", convert_tflite(saved, "int16x8", representative=rep), [])
+                try_candidate("int16x8", "int16x8", quantizer.quantize("int16x8", None)[0], [])
                 reporter.finish()
         chosen = next((r for r in result.rows if r.meets), None)
         if chosen is not None:
@@ -185,6 +182,45 @@ def search_int8(run_dir: str | os.PathLike[str], *, max_drop: float, calibration
     finally:
         reporter.finish()
         shutil.rmtree(work, ignore_errors=True)
+
+
+class _Quantizer:
+    """The SavedModel calibrated once, in LiteRT with the kernels' mean inputs where it can (as `edgetl export`
+    does); its integer files, and any other file of the same graph, bias-corrected."""
+
+    def __init__(self, saved: Path, calib: Any, threads: int | None, bias_correction: bool) -> None:
+        from edgetl.export.calibration import (
+            CalibrationUnsupported,
+            calibrate_with_tensorflow,
+            collect_statistics,
+            with_ranges,
+        )
+        from edgetl.export.images import representative
+        from edgetl.export.tflite import calibrate_tflite
+        from edgetl.export.tflite_bias import kernel_inputs
+
+        graph = calibrate_tflite(str(saved), representative(calib[:1]))
+        self.means: dict[str, Any] = {}
+        try:
+            stats = collect_statistics(graph, calib, threads, means_of=kernel_inputs(graph) if bias_correction
+                                       else None)
+            self.calibrated = with_ranges(graph, stats.ranges)
+            self.means = stats.means
+        except CalibrationUnsupported as exc:
+            log.info("calibrating with tf.lite's Calibrator (no bias correction): %s", exc)
+            self.calibrated = calibrate_with_tensorflow(graph, representative(calib))
+
+    def quantize(self, mode: str, io_type: str | None) -> tuple[bytes, list[str]]:
+        """The calibrated model quantized to `mode` (int8, int8-full, int16x8), corrected; and the ops corrected."""
+        from edgetl.export.tflite import quantize_calibrated
+
+        return self.correct(quantize_calibrated(self.calibrated, mode, io_type if mode == "int8-full" else None))
+
+    def correct(self, data: bytes) -> tuple[bytes, list[str]]:
+        """A quantized file of the same graph with its int8 kernels' mean shifts taken off (as it is without means)."""
+        from edgetl.export.tflite_bias import correct_bias
+
+        return correct_bias(data, self.calibrated, self.means) if self.means else (data, [])
 
 
 def _debugger(saved: Path, rep: Any, calib: Any, options: Any = None) -> Any:
