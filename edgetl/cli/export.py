@@ -82,7 +82,8 @@ def export(run_dir: str, formats: tuple[str, ...], quantize: tuple[str, ...], ta
     from edgetl.core.errors import UsageError
 
     if auto:
-        _auto(run_dir, formats, quantize, target, output, calibration_samples, io_type, max_drop, threads, as_json)
+        _auto(run_dir, formats, quantize, target, output, calibration_samples, io_type, max_drop, threads, as_json,
+              bias_correction)
         return
     if opset is not None and "onnx" not in formats and "ort" not in formats:
         raise UsageError(f"--opset {opset} applies only to --format onnx or ort. Add --format onnx or drop --opset.")
@@ -109,7 +110,7 @@ def export(run_dir: str, formats: tuple[str, ...], quantize: tuple[str, ...], ta
 
 def _auto(run_dir: str, formats: tuple[str, ...], quantize: tuple[str, ...], target: str | None,
           output: str | None, calibration_samples: int, io_type: str | None, max_drop: float | None,
-          threads: int | None, as_json: bool) -> None:
+          threads: int | None, as_json: bool, bias_correction: bool) -> None:
     """--auto: the accuracy-budget search for an integer TFLite file."""
     from edgetl.core.errors import GateFailure, UsageError
 
@@ -130,7 +131,7 @@ def _auto(run_dir: str, formats: tuple[str, ...], quantize: tuple[str, ...], tar
     try:
         result = budget.search_int8(run_dir, max_drop=max_drop, calibration_samples=calibration_samples,
                                     io_type=io_type or "uint8", output=output or str(Path(run_dir) / "export"),
-                                    threads=threads, reporter=reporter)
+                                    threads=threads, bias_correction=bias_correction, reporter=reporter)
     finally:
         reporter.close()
     if as_json:
