@@ -50,8 +50,9 @@ def _attrs(node: Any) -> dict[str, Any]:
 def kernel_inputs(model: Any) -> list[str]:
     """The activation inputs of `model`'s nodes a correction can apply to: whose mean the correction needs.
 
-    Conv and Gemm nodes with a constant weight and a constant bias (MatMul has no bias input: ORT's QDQ
-    quantizer writes MatMul+Add as a float Add, with nothing int32 to correct).
+    Conv and Gemm nodes with a constant weight and a constant bias. MatMul has no bias input: ORT's QDQ
+    quantizer quantizes MatMul's output and writes the Add after it with a uint8 bias of one scale, with
+    no int32 bias to correct (edgetl's files have none: ORT's offline optimisation makes MatMul+Add a Gemm).
     """
     inits = {i.name for i in model.graph.initializer}
     out = []
@@ -103,50 +104,86 @@ def collect_statistics(model: Any, images: np.ndarray, input_name: str,
         means_of: tensors to average over the images (batch axis only: a conv input keeps its (C, H, W) map).
 
     Returns:
-        The ranges (ORT's MinMax calibration of the same images) and the means (float32, summed in float64).
+        The ranges (ORT's MinMax calibration of the same images, to the bit) and the means (float32).
     """
-    import onnx
     import onnxruntime as ort
 
     wanted = calibrated_tensors(model)
     inputs = {vi.name for vi in model.graph.input}
-    fetch = [n for n in dict.fromkeys([*wanted, *means_of]) if n not in inputs]
-    augmented = onnx.ModelProto()
-    augmented.CopyFrom(model)
-    present = {o.name for o in augmented.graph.output}
-    infos = {vi.name: vi for vi in augmented.graph.value_info}
-    for name in fetch:
-        if name not in present:
-            if name in infos:
-                augmented.graph.output.append(infos[name])
-            else:
-                augmented.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    averaged = [n for n in dict.fromkeys(means_of) if n not in inputs]
+    augmented, reduced = _augmented(model, [n for n in wanted if n not in inputs], averaged)
     options = ort.SessionOptions()
     # ORT's calibrator runs the model unoptimised; so does this pass, so that the ranges are the same numbers.
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
     session = ort.InferenceSession(augmented.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    fetch = [*averaged, *(o for pair in reduced.values() for o in pair)]
     low = {n: np.inf for n in wanted}
     high = {n: -np.inf for n in wanted}
+    # Per-image float32 sums in place, folded into float64 every SUM_CHUNK images: exact enough for hundreds of
+    # images, and a float64 conversion of every tensor per image cost more than the model's own run.
+    partial: dict[str, np.ndarray] = {}
     sums: dict[str, np.ndarray] = {}
-    averaged = set(means_of)
     for i in range(len(images)):
         x = np.asarray(images[i:i + 1], dtype=np.float32)
         values = dict(zip(fetch, session.run(fetch, {input_name: x}), strict=True))
-        values[input_name] = x
-        for name in wanted:
+        values.update({n: x for n in inputs})
+        for name, (lo, hi) in reduced.items():
+            low[name] = min(low[name], float(values[lo]))
+            high[name] = max(high[name], float(values[hi]))
+        for name in inputs & set(wanted):
+            low[name], high[name] = min(low[name], float(x.min())), max(high[name], float(x.max()))
+        for name in dict.fromkeys(means_of):
             v = values.get(name)
-            if v is not None and v.size:
-                low[name] = min(low[name], float(v.min()))
-                high[name] = max(high[name], float(v.max()))
-        for name in averaged:
-            v = values.get(name)
-            if v is not None:
-                total = v.sum(axis=0, dtype=np.float64)
-                sums[name] = sums[name] + total if name in sums else total
+            if v is None:
+                continue
+            if name in partial:
+                np.add(partial[name], v.sum(axis=0), out=partial[name])
+            else:
+                partial[name] = v.sum(axis=0).astype(np.float32)
+            if (i + 1) % SUM_CHUNK == 0 or i + 1 == len(images):
+                sums[name] = sums[name] + partial[name] if name in sums else partial[name].astype(np.float64)
+                del partial[name]
     n = max(len(images), 1)
     return Statistics({k: (low[k], high[k]) for k in wanted if np.isfinite(low[k])},
                       {k: (v / n).astype(np.float32) for k, v in sums.items()})
+
+
+SUM_CHUNK = 32
+
+
+def _augmented(model: Any, calibrated: Sequence[str],
+               averaged: Sequence[str]) -> tuple[Any, dict[str, tuple[str, str]]]:
+    """`model` with outputs: each calibrated tensor's min and max (ReduceMin/ReduceMax, as ORT's calibrator
+    adds them) and each averaged tensor itself; and the min/max outputs' names by tensor."""
+    import onnx
+    from onnx import helper
+
+    augmented = onnx.ModelProto()
+    augmented.CopyFrom(model)
+    graph = augmented.graph
+    present = {o.name for o in graph.output}
+    infos = {vi.name: vi for vi in graph.value_info}
+    taken = {o for node in graph.node for o in node.output} | {i.name for i in graph.initializer}
+    for name in averaged:
+        if name not in present:
+            graph.output.append(infos[name] if name in infos else helper.make_empty_tensor_value_info(name))
+            present.add(name)
+    reduced = {}
+    for name in calibrated:
+        pair = []
+        for op in ("ReduceMin", "ReduceMax"):
+            out = f"{name}_edgetl_{op}"
+            while out in taken:
+                out += "_"
+            taken.add(out)
+            # No axes: over every axis; keepdims=0: a scalar. Exact, as ORT's own calibration reduces.
+            graph.node.append(helper.make_node(op, [name], [out], keepdims=0))
+            elem = infos[name].type.tensor_type.elem_type if name in infos else onnx.TensorProto.FLOAT
+            graph.output.append(helper.make_tensor_value_info(out, elem, []))
+            pair.append(out)
+        reduced[name] = (pair[0], pair[1])
+    return augmented, reduced
 
 
 def mean_shift(op_type: str, attrs: dict[str, Any], delta: np.ndarray, mean: np.ndarray) -> np.ndarray | None:
