@@ -111,9 +111,44 @@ def test_onnx_dynamic_file_is_smaller_and_standard(onnx_files: dict[str, Path]) 
     ops = [n.op_type for n in model.graph.node]
     assert "ConvInteger" not in ops
     # The stem (3,456 weights) and the depthwise kernel (1,152) in int8; the classifier (640) stays float.
-    assert ops.count("DequantizeLinear") == 2 and ops.count("Conv") == 3
+    int8 = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8}
+    assert len(int8) == 2 and ops.count("Conv") == 3
+    assert sorted(n.op_type for n in model.graph.node if set(n.input) & int8) == ["Cast", "Cast"]
     assert all(n.domain in ("", "ai.onnx") for n in model.graph.node)  # standard ops only
     assert onnx_files["dynamic"].stat().st_size < 0.65 * onnx_files["none"].stat().st_size
+
+
+def test_onnx_runtime_folds_the_int8_kernels_when_it_loads_the_file(onnx_files: dict[str, Path],
+                                                                     tmp_path: Path) -> None:
+    """The .onnx form (Cast, Mul) leaves float kernels in the graph ONNX Runtime runs, so its Convs are prepacked
+    as float32's; the form kept for .ort (DequantizeLinear, which ONNX Runtime keeps) gives the same outputs."""
+    import onnx
+    import onnxruntime as ort
+
+    from edgetl.export.modes import weight_only_conv_int8
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "as-run.onnx")
+    ort.InferenceSession(str(onnx_files["dynamic"]), options, providers=["CPUExecutionProvider"])
+    as_run = onnx.load(str(tmp_path / "as-run.onnx"))
+    assert not [n.op_type for n in as_run.graph.node if n.op_type in ("Cast", "DequantizeLinear")]
+
+    dq = tmp_path / "dq.onnx"
+    float_model = onnx.load(str(onnx_files["none"]))
+    weight_only_conv_int8(float_model, folded_at_load=False)
+    onnx.save(float_model, str(dq))
+    assert [n.op_type for n in float_model.graph.node].count("DequantizeLinear") == 2
+    x = _images()  # the same kernels: only the Conv's summation order differs (prepacked or not)
+    np.testing.assert_allclose(_onnx_probs(dq, x), _onnx_probs(onnx_files["dynamic"], x), atol=1e-5)
+    # ONNX Runtime's .ort converter optimises ahead of time: it keeps DequantizeLinear's int8 kernels, and would
+    # fold Cast and Mul into float ones in the file.
+    from edgetl.export.ort import export_ort
+
+    sizes = {}
+    for name, path in (("float", onnx_files["none"]), ("dq", dq), ("cast", onnx_files["dynamic"])):
+        sizes[name] = export_ort(path, tmp_path / f"{name}.ort").stat().st_size
+    saved = 3 * (3456 + 1152)  # two kernels stored in 1 byte per weight instead of 4
+    assert sizes["dq"] < sizes["float"] - 0.5 * saved and sizes["cast"] > sizes["float"] - 0.2 * saved, sizes
 
 
 def test_small_kernels_stay_float() -> None:

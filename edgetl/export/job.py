@@ -361,7 +361,7 @@ def _write(job: Job, fmt: str, mode: str, io: str | None, path: Path, meta: dict
             export_onnx(frozen_pass(job, None), onnx_path, mode, meta=meta, opset=job.opts.opset,
                         calibration=job.calib if mode == "int8" else None,
                         float_model=job.float_onnx if mode != "none" else None,
-                        bias_correction=job.opts.bias_correction)
+                        bias_correction=job.opts.bias_correction, folded_at_load=False)
             export_ort(onnx_path, path)
         finally:
             onnx_path.unlink(missing_ok=True)

@@ -131,7 +131,7 @@ def check_model(model_or_path: Any) -> None:
 def export_onnx(source: Any, path: str | os.PathLike[str], mode: str = "none", *,
                 meta: dict[str, Any] | None = None, opset: int = DEFAULT_OPSET, calibration: Any = None,
                 optimize: bool = True, float_model: str | os.PathLike[str] | None = None,
-                bias_correction: bool = True) -> Path:
+                bias_correction: bool = True, folded_at_load: bool = True) -> Path:
     """Write `path` (atomically): float32 ("none") or quantized ("int8" static QDQ, "dynamic").
 
     Args:
@@ -145,6 +145,8 @@ def export_onnx(source: Any, path: str | os.PathLike[str], mode: str = "none", *
         float_model: an already exported float .onnx to quantize from (saves a conversion).
         bias_correction: for "int8", take each int8 kernel's mean output shift off its int32 bias
             (edgetl.export.onnx_bias); False: ONNX Runtime's quantized file as it is.
+        folded_at_load: for "dynamic", int8 kernels ONNX Runtime folds when it loads the file (fast); False
+            for a file it will optimise ahead of time into .ort (see edgetl.export.modes.weight_only_conv_int8).
 
     Returns:
         The written path.
@@ -181,7 +183,7 @@ def export_onnx(source: Any, path: str | os.PathLike[str], mode: str = "none", *
             try:
                 with quiet_native_stderr():
                     quantize_onnx(str(pre), str(final), mode, calibration=calibration, input_name=INPUT_NAME,
-                                  bias_correction=bias_correction)
+                                  bias_correction=bias_correction, folded_at_load=folded_at_load)
             except (UsageError, ExportError):
                 raise
             except Exception as exc:
