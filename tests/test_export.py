@@ -874,6 +874,38 @@ def test_the_reference_runs_in_litert_only_where_it_matches_keras(tiny_run: Path
     np.testing.assert_allclose(cheap.reference.probs, keras.reference.probs, atol=1e-6)
 
 
+def test_the_float_tflite_file_reuses_the_references_pass_and_is_still_checked(
+        tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tflite none` is the graph LiteRT gave the reference with: it runs on the images Keras checked that graph on,
+    and the other images' outputs are the reference pass's own. A written file that is not that graph still fails."""
+    import edgetl.export.tflite as tflite
+    from edgetl.core.errors import ExportError
+    from edgetl.export import export_run
+    from edgetl.export.reference import KERAS_CHECK
+
+    report = export_run(tiny_run, formats=("tflite",), quantize=("none",), output=tmp_path / "ok", threads=1)
+    row = report.rows[0]
+    n = report.reference["samples"]
+    assert report.reference["engine"] == "litert" and n > KERAS_CHECK
+    assert row["verify_pass"] == {"run": KERAS_CHECK, "from_reference": n - KERAS_CHECK}
+    assert row.status == "ok" and row.samples == n and row.agreement == 1.0 and row.max_abs_diff <= 1e-4
+    assert row.accuracy == report.reference["accuracy"]
+
+    real = tflite.embed_tflite_metadata
+
+    def other_graph(data: bytes, meta: dict[str, Any]) -> bytes:  # a file that is not the reference's graph
+        from edgetl.export.saved_model import frozen_forward
+        from edgetl.rundir import load_run
+
+        wrong = tflite.convert_tflite(frozen_forward(load_run(tiny_run).load_model()), "dynamic")
+        return real(wrong if meta.get("quantization") == "none" else data, meta)
+
+    monkeypatch.setattr(tflite, "embed_tflite_metadata", other_graph)
+    with pytest.raises(ExportError, match="differs from Keras"):
+        export_run(tiny_run, formats=("tflite",), quantize=("none",), output=tmp_path / "bad", threads=1)
+    assert not list((tmp_path / "bad").glob("*.tflite"))
+
+
 def test_slow_files_are_verified_on_a_recorded_balanced_sample(tiny_run: Path, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     import edgetl.export.verify as verify

@@ -168,9 +168,15 @@ def collect_statistics(graph: bytes, images: np.ndarray, threads: int | None, re
 
 
 def _add(sums: dict[int, np.ndarray], index: int, values: np.ndarray) -> None:
-    """Add a batch of one tensor's values to its running sum over images (float64: hundreds of images)."""
-    total = values.sum(axis=0, dtype=np.float64)
-    sums[index] = sums[index] + total if index in sums else total
+    """Add a batch of one tensor's values to its running sum over images.
+
+    The batch (a few images) is summed in float32, 4x faster than in float64 and exact enough; the running
+    sum over hundreds of images is float64."""
+    batch = values.sum(axis=0)
+    if index in sums:
+        sums[index] += batch
+    else:
+        sums[index] = batch.astype(np.float64)
 
 
 def _dims(shape: np.ndarray | list[int] | None) -> list[int]:

@@ -265,8 +265,9 @@ def _export_one(job: Job, fmt: str, mode: str) -> ExportRow:
         row.size_mb = round(_size(staging) / 1e6, 3)
         if job.opts.verify and job.ref is not None:
             with job.phases.time("verify", name):
+                # `tflite none` is the float graph the reference ran in LiteRT (float_tflite): shared, not run twice.
                 verify_file(row, staging, meta, job.ref, job.images, job.opts.max_drop, job.threads,
-                            job.opts.verify_seconds)
+                            job.opts.verify_seconds, reference_graph=(fmt, mode) == ("tflite", "none"))
         else:
             row.status = "unverified"
         if fmt == "tflite" and job.opts.target in COMPAT_TARGETS and not row.failed:

@@ -54,6 +54,9 @@ class KerasReference:
 
     reference: Reference
     summary: dict[str, Any]  # format, mode, path, size_mb, accuracy, latency_ms, samples, split, engine (report)
+    # When LiteRT's float32 graph gave the reference: the images Keras ran on to check it (their probabilities are
+    # Keras's own; every other image's are that graph's). None when Keras ran on every image.
+    litert_check: np.ndarray | None = None
 
 
 def keras_reference(model: keras.Model, images: ExportImages, reporter: Reporter) -> KerasReference:
@@ -106,7 +109,8 @@ def reference_pass(model: keras.Model, images: ExportImages, reporter: Reporter,
     path = images.run.model_path
     summary = {"format": "keras", "mode": "-", "path": str(path), "size_mb": round(path.stat().st_size / 1e6, 3),
                "accuracy": acc, "latency_ms": latency, "samples": int(n), "split": split, **engine}
-    return KerasReference(Reference(probs=probs, accuracy=acc), summary)
+    litert_check = check if engine["engine"] == "litert" else None
+    return KerasReference(Reference(probs=probs, accuracy=acc), summary, litert_check)
 
 
 def _litert_reference(float_tflite: Callable[[], bytes | None], x: np.ndarray, check: np.ndarray,

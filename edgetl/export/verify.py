@@ -51,11 +51,13 @@ _PROBE = 4  # images timed (after one warm-up call of the same size) to estimate
 
 
 def verify_file(row: ExportRow, path: Path, meta: dict[str, Any], ref: KerasReference, images: ExportImages,
-                max_drop: float | None, threads: int, budget: float | None = DEFAULT_VERIFY_SECONDS) -> None:
+                max_drop: float | None, threads: int, budget: float | None = DEFAULT_VERIFY_SECONDS,
+                reference_graph: bool = False) -> None:
     """Open `path` in its runtime, check its contract, measure it against `ref`, and set row.status.
 
     `budget`: CPU seconds the held-out passes may take (None: all images whatever the cost); see
-    edgetl.export.plan.DEFAULT_VERIFY_SECONDS.
+    edgetl.export.plan.DEFAULT_VERIFY_SECONDS. `reference_graph`: the file is the float32 graph LiteRT gave the
+    reference with (the `tflite none` file): see _reference_graph_pass.
     """
     from edgetl.runtime import open_model
 
@@ -81,19 +83,22 @@ def verify_file(row: ExportRow, path: Path, meta: dict[str, Any], ref: KerasRefe
         if runner.input_dtype != want_dtype:
             problems.append(f"input dtype is {runner.input_dtype}, not {want_dtype}")
         x, y, _ = images.held_out()
-        idx, sub, cores = _sample(runner, row, x, y, ref.reference, budget)
+        same = reference_graph and ref.litert_check is not None
+        idx, sub, cores = (np.arange(len(x)), ref.reference, 0.0) if same else \
+            _sample(runner, row, x, y, ref.reference, budget)
         capped = "verify_sample" in row.extra  # over the budget: MediaPipe checks fewer images too
         on_app = app_sample(y[idx] if y is not None else None, len(idx),  # positions in idx
                             APP_SAMPLES_CAPPED if capped else None)
         app = _AppPass(path, x[idx[on_app]]) if _app_pass_applies(row) else None
         try:
             split = threads if row.format == "tflite" and threads > 1 and cores < SINGLE_THREADED_CORES \
-                and len(idx) >= 2 * _VERIFY_BATCH else 1
+                and len(idx) >= 2 * _VERIFY_BATCH and not same else 1
             if split > 1:
                 row.extra["verify_runners"] = split
                 log.info("%s %s: its kernels run on one thread; %d interpreters verify it side by side",
                          row.format, row.mode, split)
-            m = compare(_predict(runner, path, x[idx], split), y[idx] if y is not None else None, sub, None)
+            probs = _reference_graph_pass(runner, row, x, ref) if same else _predict(runner, path, x[idx], split)
+            m = compare(probs, y[idx] if y is not None else None, sub, None)
         except EdgetlError as exc:  # the outputs do not have the reference's shape
             problems.append(str(exc))
             m = None
@@ -155,6 +160,21 @@ def _predict(runner: Runner, path: Path, images: np.ndarray, split: int) -> np.n
     if errors:
         raise errors[0]
     return np.concatenate([r for r in results if r is not None])
+
+
+def _reference_graph_pass(runner: Runner, row: ExportRow, x: np.ndarray, ref: KerasReference) -> np.ndarray:
+    """The file's outputs on every held-out image when it is the graph LiteRT gave the reference with.
+
+    That pass already ran this graph, in this runtime, over every image but the ones Keras checked it on
+    (reference.py), so the file runs on those: against Keras's own outputs there, which is the float parity
+    check, and the other images' outputs are that pass's.
+    """
+    assert ref.litert_check is not None
+    probs = np.array(ref.reference.probs, dtype=np.float32, copy=True)
+    probs[ref.litert_check] = runner.predict(x[ref.litert_check], batch_size=_VERIFY_BATCH)
+    row.extra["verify_pass"] = {"run": int(len(ref.litert_check)),
+                                "from_reference": int(len(x) - len(ref.litert_check))}
+    return probs
 
 
 def _batch1_ms(runner: Runner, image: np.ndarray) -> float:
