@@ -18,7 +18,8 @@ ONNX modes (onnxruntime.quantization), also for "ort" (ONNX Runtime Mobile's for
     int8       static QDQ: int8 per-channel weights, uint8 activations (ONNX Runtime's fast U8S8
                kernels take every layer), calibrated on the same images as TFLite.
     dynamic    8-bit weights, no calibration: Conv kernels int8 per output channel, dequantized in the graph
-               (float compute; kernels under 1024 weights stay float, as in TFLite's dynamic range mode);
+               (float compute, and as fast as float32 in ONNX Runtime, which folds them at load; kernels under
+               1024 weights stay float, as in TFLite's dynamic range mode);
                MatMul/Gemm through ONNX Runtime's dynamic MatMulInteger (uint8 weights, activations
                quantized at run time).
 """
@@ -57,7 +58,8 @@ MODES: dict[str, Mode] = {m.name: m for m in (
     Mode("float16", ("tflite",), "float16 weights (half the size); GPU delegates compute in fp16, CPUs in fp32.",
          calibrated=False, float_model=False, file_tag="float16"),
     Mode("dynamic", ("tflite", "onnx", "ort"), "8-bit weights, float activations (4x smaller, no calibration); "
-         "often slower than float32 on x86.", calibrated=False, float_model=False, file_tag="dynamic"),
+         "TFLite's is slower than float32 on x86, ONNX's as fast in ONNX Runtime.", calibrated=False,
+         float_model=False, file_tag="dynamic"),
     Mode("int8", ("tflite", "onnx", "ort"), "int8 weights and activations, float input/output (calibrated): a third of "
          "the size; float32 speed on x86 without VNNI, faster with int8 dot products (ARM, VNNI).",
          calibrated=True, float_model=False, file_tag="int8"),
@@ -71,7 +73,8 @@ MODES: dict[str, Mode] = {m.name: m for m in (
 FORMATS = ("tflite", "onnx", "ort", "saved_model")
 
 # --target: what each deployment target gets. Measured on x86 (BENCHMARKS.md, AVX2 without VNNI):
-# dynamic-range files are 2-3x slower than float32 in both runtimes, so no target picks them; int8
+# dynamic-range files are 2-3x slower than float32 in LiteRT (and were in ONNX Runtime before their kernels
+# were stored to be folded at load), so no target picks them; int8
 # with float I/O runs at about float32 speed there (1.0-1.2x) with a third of the size and half the
 # memory, and is the mode that gets faster on CPUs with int8 dot products (ARM, x86 VNNI).
 TARGETS: dict[str, dict[str, Any]] = {
