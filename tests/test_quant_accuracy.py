@@ -297,3 +297,21 @@ def _tensors(data: bytes) -> dict[str, tuple[Any, ...]]:
         out[t.name.decode() if isinstance(t.name, bytes) else t.name] = (
             kinds[t.type], list(t.shape if t.shape is not None else []), scales, bytes(np.asarray(data_, np.uint8)))
     return out
+
+
+def test_means_are_taken_over_the_first_mean_images(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ranges see every calibration image; the means the first MEAN_IMAGES (a batch cut part-way included)."""
+    from ai_edge_litert.schema_py_generated import ModelT
+
+    import edgetl.export.calibration as calibration
+    from edgetl.export.images import representative
+    from edgetl.export.saved_model import frozen_forward
+    from edgetl.export.tflite import calibrate_tflite
+
+    monkeypatch.setattr(calibration, "MEAN_IMAGES", 5)  # LiteRT runs 4 images a call: the second call is cut at 1
+    images = _images(12, seed=3)
+    graph = calibrate_tflite(frozen_forward(_trap_model()), representative(images[:1]))
+    source = ModelT.InitFromPackedBuf(bytearray(graph), 0).subgraphs[0].inputs[0]  # the graph's input tensor
+    stats = calibration.collect_statistics(graph, images, 1, means_of={int(source): "image"})
+    np.testing.assert_allclose(stats.means["image"], images[:5].mean(axis=0), rtol=1e-6)
+    assert stats.ranges[int(source)] == (float(images.min()), float(images.max()))

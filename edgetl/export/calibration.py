@@ -23,6 +23,7 @@ import numpy as np
 
 from edgetl.core.errors import ExportError, first_line
 from edgetl.core.native import quiet_native_stderr
+from edgetl.export.images import MEAN_IMAGES
 
 if TYPE_CHECKING:
     from ai_edge_litert.schema_py_generated import ModelT
@@ -95,7 +96,8 @@ def collect_ranges(graph: bytes, images: np.ndarray, threads: int | None,
 
 def collect_statistics(graph: bytes, images: np.ndarray, threads: int | None, reporter: Reporter | None = None,
                        means_of: Mapping[int, str] | None = None) -> Statistics:
-    """collect_ranges, and in the same pass the tensors `means_of` names averaged over the images (batch axis).
+    """collect_ranges, and in the same pass the tensors `means_of` names averaged over the images (batch axis;
+    the first MEAN_IMAGES of them).
 
     The means are what bias correction needs (edgetl.export.tflite_bias); a tensor that is neither
     calibrated nor the input has no mean.
@@ -148,12 +150,12 @@ def collect_statistics(graph: bytes, images: np.ndarray, threads: int | None, re
             for i in inputs:
                 if i in low:
                     low[i], high[i] = min(low[i], float(x.min())), max(high[i], float(x.max()))
-                if i in means_of:
-                    _add(sums, i, x)
+                if i in means_of and start < MEAN_IMAGES:
+                    _add(sums, i, x[:MEAN_IMAGES - start])
             for i, view in views:
                 _extend(view, i, low, high)
-                if i in means_of:
-                    _add(sums, i, view())
+                if i in means_of and start < MEAN_IMAGES:
+                    _add(sums, i, view()[:MEAN_IMAGES - start])
             if reporter is not None:
                 reporter.advance(len(x))
     except (RuntimeError, ValueError) as exc:
@@ -164,7 +166,8 @@ def collect_statistics(graph: bytes, images: np.ndarray, threads: int | None, re
     if not len(images):
         raise ExportError("no calibration images to calibrate with.")
     return Statistics({i: (low[i], high[i]) for i in wanted},
-                      {means_of[i]: (total / len(images)).astype(np.float32) for i, total in sums.items()})
+                      {means_of[i]: (total / min(len(images), MEAN_IMAGES)).astype(np.float32)
+                       for i, total in sums.items()})
 
 
 def _add(sums: dict[int, np.ndarray], index: int, values: np.ndarray) -> None:

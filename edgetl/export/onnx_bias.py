@@ -101,12 +101,15 @@ def collect_statistics(model: Any, images: np.ndarray, input_name: str,
             (onnxruntime.quantization.quant_utils.load_model_with_shape_infer).
         images: (N, H, W, 3) calibration images, fed as float32 one at a time (as ORT's calibrator feeds them).
         input_name: the model's input.
-        means_of: tensors to average over the images (batch axis only: a conv input keeps its (C, H, W) map).
+        means_of: tensors to average over the images (batch axis only: a conv input keeps its (C, H, W) map;
+            the first edgetl.export.images.MEAN_IMAGES images).
 
     Returns:
         The ranges (ORT's MinMax calibration of the same images, to the bit) and the means (float32).
     """
     import onnxruntime as ort
+
+    from edgetl.export.images import MEAN_IMAGES
 
     wanted = calibrated_tensors(model)
     inputs = {vi.name for vi in model.graph.input}
@@ -117,7 +120,8 @@ def collect_statistics(model: Any, images: np.ndarray, input_name: str,
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
     session = ort.InferenceSession(augmented.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    fetch = [*averaged, *(o for pair in reduced.values() for o in pair)]
+    ranged = [o for pair in reduced.values() for o in pair]
+    fetch = [*averaged, *ranged]
     low = {n: np.inf for n in wanted}
     high = {n: -np.inf for n in wanted}
     # Per-image float32 sums in place, folded into float64 every SUM_CHUNK images: exact enough for hundreds of
@@ -126,7 +130,8 @@ def collect_statistics(model: Any, images: np.ndarray, input_name: str,
     sums: dict[str, np.ndarray] = {}
     for i in range(len(images)):
         x = np.asarray(images[i:i + 1], dtype=np.float32)
-        values = dict(zip(fetch, session.run(fetch, {input_name: x}), strict=True))
+        now = fetch if i < MEAN_IMAGES else ranged  # the means: the first MEAN_IMAGES images only
+        values = dict(zip(now, session.run(now, {input_name: x}), strict=True))
         values.update({n: x for n in inputs})
         for name, (lo, hi) in reduced.items():
             low[name] = min(low[name], float(values[lo]))
@@ -141,10 +146,10 @@ def collect_statistics(model: Any, images: np.ndarray, input_name: str,
                 np.add(partial[name], v.sum(axis=0), out=partial[name])
             else:
                 partial[name] = v.sum(axis=0).astype(np.float32)
-            if (i + 1) % SUM_CHUNK == 0 or i + 1 == len(images):
+            if (i + 1) % SUM_CHUNK == 0 or i + 1 == min(len(images), MEAN_IMAGES):
                 sums[name] = sums[name] + partial[name] if name in sums else partial[name].astype(np.float64)
                 del partial[name]
-    n = max(len(images), 1)
+    n = max(min(len(images), MEAN_IMAGES), 1)
     return Statistics({k: (low[k], high[k]) for k in wanted if np.isfinite(low[k])},
                       {k: (v / n).astype(np.float32) for k, v in sums.items()})
 
