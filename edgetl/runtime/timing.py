@@ -7,11 +7,12 @@ import time
 from collections.abc import Callable, Sequence
 
 # Export verification, --auto and optimize --compare time each file this way: 30 batch-1 calls after
-# warm-up, or fewer (at least 5) when a file is so slow that 30 calls would take over 2 seconds (an int16x8
-# file's reference kernels at 224: about 13 calls of 150 ms; at 5 s this was a fifth of its verification).
-# `edgetl benchmark` times at length instead.
+# warm-up, or fewer (at least 5) when a file is so slow that 30 calls would take over 1 second (an int16x8
+# file's reference kernels at 224: 5 calls of about 215 ms, on one core while the other waits; at 5 s this was a
+# fifth of its verification). Medians of 5 such calls were within 4% of 10 calls' (216-226 against 217 ms, three
+# runs each). `edgetl benchmark` times at length instead.
 QUICK_RUNS = 30
-QUICK_SECONDS = 2.0
+QUICK_SECONDS = 1.0
 
 
 def time_calls(fn: Callable[[], object], *, warmup: int = 2, min_runs: int = 5, max_runs: int | None = None,
