@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from pictures import smooth_pictures
 
 SIZE = 32
 
@@ -52,16 +53,7 @@ def _trap_model(seed: int = 0) -> Any:
 
 
 def _images(n: int = 48, seed: int = 1) -> np.ndarray:
-    """Smooth random pictures (pixels 0..255): blobs of colour, as photos have, not white noise."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
-    out = np.zeros((n, SIZE, SIZE, 3), np.float32)
-    for i in range(n):
-        for _ in range(4):
-            cy, cx, r = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.1, 0.5)
-            blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
-            out[i] += blob[..., None] * rng.uniform(0, 255, 3)
-    return np.clip(out / out.max(axis=(1, 2, 3), keepdims=True) * 255, 0, 255).astype(np.float32)
+    return smooth_pictures(n, seed, SIZE)
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ import numpy as np
 
 from edgetl.core.errors import ExportError, first_line
 from edgetl.core.native import quiet_native_stderr
+from edgetl.export.flatbuffer import read_model, write_model
 from edgetl.export.images import MEAN_IMAGES
 
 if TYPE_CHECKING:
@@ -40,18 +41,6 @@ class CalibrationUnsupported(ExportError):
     """LiteRT cannot measure this model's ranges (several subgraphs, a tensor it cannot output): use tf.lite's."""
 
 
-def _model(data: bytes) -> ModelT:
-    from ai_edge_litert.schema_py_generated import ModelT
-
-    return ModelT.InitFromPackedBuf(bytearray(data), 0)
-
-
-def _pack(model: ModelT) -> bytes:
-    import flatbuffers
-
-    builder = flatbuffers.Builder(0)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
 
 
 def calibrated_tensors(model: ModelT) -> list[int]:
@@ -107,7 +96,7 @@ def collect_statistics(graph: bytes, images: np.ndarray, threads: int | None, re
     """
     from ai_edge_litert.interpreter import Interpreter
 
-    model = _model(graph)
+    model = read_model(graph)
     wanted = calibrated_tensors(model)
     subgraph = model.subgraphs[0]
     inputs = [int(i) for i in subgraph.inputs]
@@ -124,7 +113,7 @@ def collect_statistics(graph: bytes, images: np.ndarray, threads: int | None, re
         batch = max(1, int(signature[0])) if signature else 1
     try:
         with quiet_native_stderr():
-            interpreter = Interpreter(model_content=_pack(model), num_threads=threads)
+            interpreter = Interpreter(model_content=write_model(model), num_threads=threads)
     except Exception as exc:  # LiteRT raises RuntimeError/ValueError on graphs it cannot build
         raise CalibrationUnsupported(f"LiteRT cannot run the graph: {first_line(exc)}") from None
     details = interpreter.get_output_details()
@@ -195,12 +184,12 @@ def _extend(view: Callable[[], np.ndarray], index: int, low: dict[int, float], h
 
 def with_ranges(graph: bytes, ranges: dict[int, tuple[float, float]]) -> bytes:
     """`graph` with each tensor's calibration range replaced by `ranges[index]`; everything else as it was."""
-    model = _model(graph)
+    model = read_model(graph)
     tensors = model.subgraphs[0].tensors
     for index, (low, high) in ranges.items():
         quantization = tensors[index].quantization
         quantization.min, quantization.max = [low], [high]
-    return _pack(model)
+    return write_model(model)
 
 
 def calibrate(graph: bytes, images: np.ndarray, threads: int | None, reporter: Reporter | None = None) -> bytes:

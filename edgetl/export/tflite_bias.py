@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgetl.export.flatbuffer import read_model, write_model
+
 if TYPE_CHECKING:
     from ai_edge_litert.schema_py_generated import ModelT
 
@@ -77,7 +79,7 @@ def kernel_inputs(graph: bytes) -> dict[int, str]:
     """
     from ai_edge_litert.schema_py_generated import TensorType
 
-    model = _model(graph)
+    model = read_model(graph)
     if len(model.subgraphs or []) != 1:
         return {}
     tensors = model.subgraphs[0].tensors
@@ -103,7 +105,7 @@ def correct_bias(quantized: bytes, float_graph: bytes, means: dict[str, np.ndarr
     """
     from ai_edge_litert.schema_py_generated import TensorType
 
-    source, target = _model(float_graph), _model(quantized)
+    source, target = read_model(float_graph), read_model(quantized)
     if len(source.subgraphs or []) != 1 or len(target.subgraphs or []) != 1:
         return quantized, []
     src_tensors, tensors = source.subgraphs[0].tensors, target.subgraphs[0].tensors
@@ -135,7 +137,7 @@ def correct_bias(quantized: bytes, float_graph: bytes, means: dict[str, np.ndarr
         done.append(name)
     if not done:
         return quantized, []
-    return _pack(target), done
+    return write_model(target), done
 
 
 def mean_shift(kind: str, delta: np.ndarray, mean: np.ndarray, options: Any) -> np.ndarray | None:
@@ -179,18 +181,6 @@ def _tap_means(mean: np.ndarray, kh: int, kw: int, options: Any) -> np.ndarray:
     return taps
 
 
-def _model(data: bytes) -> ModelT:
-    from ai_edge_litert.schema_py_generated import ModelT
-
-    return ModelT.InitFromPackedBuf(bytearray(data), 0)
-
-
-def _pack(model: ModelT) -> bytes:
-    import flatbuffers
-
-    builder = flatbuffers.Builder(0)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
 
 
 _DTYPES = {"FLOAT32": np.float32, "INT8": np.int8, "INT32": np.int32, "INT64": np.int64}
