@@ -135,6 +135,7 @@ def correct_bias(quantized: bytes, float_graph: bytes, means: dict[str, np.ndarr
         new = np.clip(bias.astype(np.float64) - steps, info.min, info.max).astype(bias.dtype)
         _set_data(target, b_t, new, users)
         done.append(name)
+    log.debug("TFLite bias correction: %d of %d kernel ops corrected", len(done), len(floats))
     if not done:
         return quantized, []
     return write_model(target), done
