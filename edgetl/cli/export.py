@@ -52,8 +52,9 @@ _TARGET_HELP = "; ".join(f"{name}: {t['help']}" for name, t in TARGETS.items())
 @click.option("--auto", is_flag=True, help="With --max-drop: post-training int8-full first; if it loses more, keep "
               "the layers that lose most in float, then try int16x8; write the first file that meets the budget.")
 @click.option("--bias-correction/--no-bias-correction", default=True, show_default=True,
-              help="Integer TFLite files (int8, int8-full, int16x8): take the mean shift each kernel's int8 rounding "
-                   "causes off its bias, measured on the calibration images (the quantizer's own file otherwise).")
+              help="Calibrated integer files (TFLite int8, int8-full, int16x8; ONNX int8): take the mean shift each "
+                   "kernel's int8 rounding causes off its bias, measured on the calibration images (the quantizer's "
+                   "own file otherwise).")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Open each file in its runtime and compare it with the Keras model on the held-out images.")
 @threads_option("CPU threads for verification and latency (default: up to 4).")

@@ -189,26 +189,13 @@ class _Quantizer:
     does); its integer files, and any other file of the same graph, bias-corrected."""
 
     def __init__(self, saved: Path, calib: Any, threads: int | None, bias_correction: bool) -> None:
-        from edgetl.export.calibration import (
-            CalibrationUnsupported,
-            calibrate_with_tensorflow,
-            collect_statistics,
-            with_ranges,
-        )
+        from edgetl.export.calibration import calibrate_graph
         from edgetl.export.images import representative
         from edgetl.export.tflite import calibrate_tflite
-        from edgetl.export.tflite_bias import kernel_inputs
 
-        graph = calibrate_tflite(str(saved), representative(calib[:1]))
-        self.means: dict[str, Any] = {}
-        try:
-            stats = collect_statistics(graph, calib, threads, means_of=kernel_inputs(graph) if bias_correction
-                                       else None)
-            self.calibrated = with_ranges(graph, stats.ranges)
-            self.means = stats.means
-        except CalibrationUnsupported as exc:
-            log.info("calibrating with tf.lite's Calibrator (no bias correction): %s", exc)
-            self.calibrated = calibrate_with_tensorflow(graph, representative(calib))
+        result = calibrate_graph(calibrate_tflite(str(saved), representative(calib[:1])), calib, threads,
+                                 means=bias_correction)
+        self.calibrated, self.means = result.data, result.means
 
     def quantize(self, mode: str, io_type: str | None) -> tuple[bytes, list[str]]:
         """The calibrated model quantized to `mode` (int8, int8-full, int16x8), corrected; and the ops corrected."""

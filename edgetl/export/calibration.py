@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,6 +25,7 @@ from edgetl.core.errors import ExportError, first_line
 from edgetl.core.native import quiet_native_stderr
 from edgetl.export.flatbuffer import read_model, write_model
 from edgetl.export.images import MEAN_IMAGES
+from edgetl.export.tflite_bias import kernel_inputs
 
 if TYPE_CHECKING:
     from ai_edge_litert.schema_py_generated import ModelT
@@ -39,8 +40,6 @@ BATCH_BYTES = 256 << 20  # fewer per call when the calibrated tensors of 4 image
 
 class CalibrationUnsupported(ExportError):
     """LiteRT cannot measure this model's ranges (several subgraphs, a tensor it cannot output): use tf.lite's."""
-
-
 
 
 def calibrated_tensors(model: ModelT) -> list[int]:
@@ -199,6 +198,32 @@ def calibrate(graph: bytes, images: np.ndarray, threads: int | None, reporter: R
         CalibrationUnsupported: LiteRT cannot measure this graph (calibrate_with_tensorflow can).
     """
     return with_ranges(graph, collect_ranges(graph, images, threads, reporter))
+
+
+@dataclass
+class Calibrated:
+    """A float graph calibrated for every integer mode, and what the same pass measured."""
+
+    data: bytes  # the graph with each calibrated tensor's range
+    means: dict[str, np.ndarray]  # each kernel op's mean input, by tensor name (bias correction); empty: none
+    engine: dict[str, Any]  # {"engine": "litert", "threads": N} or {"engine": "tensorflow", "reason": ...}
+
+
+def calibrate_graph(graph: bytes, images: np.ndarray, threads: int | None, *, means: bool) -> Calibrated:
+    """Ranges measured in LiteRT, with the kernels' mean inputs bias correction needs when `means`;
+    tf.lite's Calibrator where LiteRT cannot (no means then, and the log says so). What `edgetl export` and
+    `--auto` both calibrate with."""
+    from edgetl.export.images import representative
+
+    try:
+        stats = collect_statistics(graph, images, threads, means_of=kernel_inputs(graph) if means else None)
+        return Calibrated(with_ranges(graph, stats.ranges), stats.means, {"engine": "litert", "threads": threads})
+    except CalibrationUnsupported as exc:
+        log.info("calibrating with tf.lite's Calibrator: %s", exc)
+        if means:
+            log.info("no bias correction: it needs the kernels' mean inputs from LiteRT's calibration pass")
+        return Calibrated(calibrate_with_tensorflow(graph, representative(images)), {},
+                          {"engine": "tensorflow", "reason": str(exc)})
 
 
 def calibrate_with_tensorflow(model: bytes, representative: Callable[[], Iterable[list[np.ndarray]]]) -> bytes:

@@ -345,9 +345,8 @@ def weight_only_conv_int8(model: Any, min_weights: int = MIN_QUANTIZED_CONV_WEIG
     folds those constants into a float kernel when it loads the file, so the Conv runs as fast as float32's
     (MobileNetV2 1.0 at 224: 14.5 against 28.6 ms per image through DequantizeLinear, which ONNX Runtime
     keeps in the graph, so its Conv kernels cannot be prepacked), with the same outputs up to float rounding
-(the summation order). Without it, through
-    DequantizeLinear (axis 0, zero point 0, opset 13+): for a graph optimised ahead of time (.ort), where
-    Cast and Mul would be folded into a float kernel in the file itself.
+    (the summation order). Without it, through DequantizeLinear (axis 0, zero point 0, opset 13+): for a graph
+    optimised ahead of time (.ort), where Cast and Mul would be folded into a float kernel in the file itself.
     """
     import numpy as np
     import onnx

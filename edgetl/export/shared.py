@@ -121,31 +121,15 @@ def calibrated_model(job: Job, batch: int | None) -> bytes:
 
 
 def _calibrate(job: Job, graph: bytes) -> bytes:
-    """Ranges measured in LiteRT (edgetl.export.calibration), with the kernels' mean inputs bias correction
-    needs in the same pass; tf.lite's Calibrator where LiteRT cannot (no correction then)."""
-    from edgetl.export.calibration import (
-        CalibrationUnsupported,
-        calibrate_with_tensorflow,
-        collect_statistics,
-        with_ranges,
-    )
-    from edgetl.export.tflite_bias import kernel_inputs
+    """The shared calibration (edgetl.export.calibration.calibrate_graph), with the means bias correction needs."""
+    from edgetl.export.calibration import calibrate_graph
 
     assert job.calib is not None
     t0 = time.perf_counter()
-    try:
-        wanted = kernel_inputs(graph) if job.opts.bias_correction else None
-        stats = collect_statistics(graph, job.calib, job.threads, means_of=wanted)
-        data = with_ranges(graph, stats.ranges)
-        if wanted is not None and job.means is None:
-            job.means = stats.means
-        engine = {"engine": "litert", "threads": job.threads}
-    except CalibrationUnsupported as exc:
-        log.info("calibrating with tf.lite's Calibrator: %s", exc)
-        if job.opts.bias_correction:
-            log.info("no bias correction: it needs the kernels' mean inputs from LiteRT's calibration pass")
-        data = calibrate_with_tensorflow(graph, representative(job.calib))
-        engine = {"engine": "tensorflow", "reason": str(exc)}
+    result = calibrate_graph(graph, job.calib, job.threads, means=job.opts.bias_correction)
+    if job.means is None and result.means:
+        job.means = result.means
+    data, engine = result.data, result.engine
     job.calibration = job.calibration or {**engine, "images": len(job.calib),
                                           "seconds": round(time.perf_counter() - t0, 2)}
     return data
