@@ -12,6 +12,8 @@ $(VENV)/.installed: pyproject.toml requirements-app.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[qnn]" || echo "onnxruntime-qnn does not install here (it needs x86-64 \
+		Linux with glibc >= 2.35, or Windows): everything but --format qnn works"
 	$(BIN)/python -m pip install -q --no-deps -r requirements-app.txt
 	touch $@
 

@@ -7,7 +7,7 @@ is rendered from the manifest and metrics.json alone, so it can always be writte
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 from edgetl import __version__
@@ -39,14 +39,15 @@ def render(manifest: dict[str, Any], metrics: dict[str, Any] | None, *,
     inp = manifest.get("input") or {}
     size = (inp.get("image_size") or ["?"])[0]
     parent = manifest.get("parent") or {}
-    what = f"optimized ({parent.get('method')}) from run `{parent.get('run')}`" if parent.get("run") else "trained"
+    what = (f"optimized ({parent.get('method')}) from run `{folder_name(parent.get('run'))}`" if parent.get("run")
+            else "trained")
     out = [f"# {_backbone_name(bb)} image classifier: {len(names)} classes", "",
            f"An image classifier {what} by edgetl {_version(manifest)} with transfer learning from a frozen "
            f"pretrained backbone; finished {manifest.get('finished', 'not yet')}.", "",
            f"Classes: {', '.join(f'`{n}`' for n in names)}.", ""]
     out += ["## Backbone and weights", ""]
-    out += _table(["", ""], [["kind", bb.get("kind")], ["backbone", f"`{bb.get('name')}`"],
-                             ["weights", bb.get("weights")], ["alpha", bb.get("alpha")],
+    out += _table(["", ""], [["kind", bb.get("kind")], ["backbone", f"`{shareable(bb.get('name'))}`"],
+                             ["weights", shareable(bb.get("weights"))], ["alpha", bb.get("alpha")],
                              ["feature width", bb.get("feature_dim")]])
     tuned = "; its top layers were then fine-tuned" if (manifest.get("config") or {}).get("fine_tune_layers") else ""
     out += ["", f"The backbone stays frozen while the head trains{tuned}.", ""]
@@ -79,12 +80,31 @@ def write_card(folder: str | Path, manifest: dict[str, Any], metrics: dict[str, 
     return path
 
 
+def folder_name(path: object) -> str:
+    """A folder or file by its name only: the card leaves the machine, and this machine's paths have no place in it."""
+    if not path:
+        return "?"
+    # PureWindowsPath splits on both separators, so a run trained on Windows is named alike.
+    return PureWindowsPath(str(path)).name or str(path)
+
+
+def shareable(value: Any) -> Any:
+    """A value as the card shows it: a local path (a backbone or weights file, with its 'hub:' or 'kerashub:'
+    prefix kept) by its last part; names, URLs and numbers as they are."""
+    if not isinstance(value, str) or "://" in value or ("/" not in value and "\\" not in value):
+        return value
+    prefix, sep, rest = value.partition(":")
+    if sep and prefix in ("hub", "kerashub"):
+        return f"{prefix}:{folder_name(rest)}"
+    return folder_name(value)
+
+
 def _version(manifest: dict[str, Any]) -> str:
     return str((manifest.get("versions") or {}).get("edgetl", __version__))
 
 
 def _backbone_name(bb: dict[str, Any]) -> str:
-    name = backbone_label(str(bb.get("kind")), str(bb.get("name") or "?"))
+    name = backbone_label(str(bb.get("kind")), str(shareable(bb.get("name")) or "?"))
     alpha = bb.get("alpha")
     return f"{name} alpha {alpha}" if alpha else name
 
@@ -99,7 +119,8 @@ def _data_section(manifest: dict[str, Any], names: list[str]) -> list[str]:
     rows = [[f"`{n}`", *(counts[s][i] for s in SPLITS), sum(counts[s][i] for s in SPLITS)]
             for i, n in enumerate(names)]
     rows.append(["all", *(sum(counts[s]) for s in SPLITS), sum(sum(counts[s]) for s in SPLITS)])
-    out = ["## Data", "", f"Images from `{data.get('root')}` ({data.get('layout', 'class folders')}); "
+    out = ["## Data", "", f"Images from the folder `{folder_name(data.get('root'))}` "
+           f"({data.get('layout', 'class folders')}); "
            f"{len(data.get('skipped') or [])} file(s) skipped as unreadable.", ""]
     out += _table(["class", *SPLITS, "total"], rows)
     cw = manifest.get("class_weights") or {}

@@ -2,8 +2,7 @@
 checks, ONNX Runtime Mobile's format.
 
 Tiny models only (MobileNetV2 alpha 0.35 at 48 px from the shared run, or a few layers built here).
-MediaPipe is installed with --no-deps (its absl-py pin clashes with tensorflow-model-optimization's);
-tests that need it skip with one line when it is absent.
+MediaPipe is a dependency of edgetl: a test that needs it fails when it is absent (a broken install).
 """
 
 from __future__ import annotations
@@ -20,8 +19,7 @@ MODES = ("none", "float16", "int8", "int8-full")
 def _need_mediapipe() -> None:
     from edgetl.runtime import app_runtime
 
-    if not app_runtime.available():
-        pytest.skip("mediapipe is not installed (pip install --no-deps mediapipe)")
+    assert app_runtime.available(), "mediapipe is a dependency of edgetl and does not import: pip install -e ."
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +209,7 @@ def test_inspect_and_predict_read_another_tools_labels(tmp_path: Path) -> None:
 def test_gpu_report_names_an_op_the_delegate_lacks(tmp_path: Path, tflite_files: dict[str, Path]) -> None:
     import tensorflow as tf
 
-    from edgetl.runtime.compat import compatibility
+    from edgetl.runtime.kinds import compatibility
 
     bad = _small_tflite(tmp_path / "topk.tflite", head=lambda t: tf.math.top_k(t, 2).values)
     gpu = compatibility(bad, "tflite")["gpu"]
@@ -247,7 +245,7 @@ def onnx_file(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 def test_ort_file_loads_and_matches_onnx(onnx_file: Path, tmp_path: Path, trained_run: Path) -> None:
     import onnxruntime as ort
 
-    from edgetl.export.ort import export_ort
+    from edgetl.export.formats.ort import export_ort
 
     ort_path = export_ort(onnx_file, tmp_path / "model.ort")
     assert ort_path.read_bytes()[4:8] == b"ORTM"  # the ORT format's flatbuffer identifier
@@ -264,7 +262,7 @@ def test_ort_file_loads_and_matches_onnx(onnx_file: Path, tmp_path: Path, traine
 
 
 def test_onnx_mobile_usability_per_provider(onnx_file: Path) -> None:
-    from edgetl.runtime.compat import compatibility
+    from edgetl.runtime.kinds import compatibility
 
     mobile = compatibility(onnx_file, "onnx")["onnx_mobile"]
     assert set(mobile["providers"]) == {"NNAPI", "CoreML NeuralNetwork", "CoreML MLProgram"}
@@ -312,11 +310,17 @@ def test_export_ort_format_and_no_build_machine_paths(trained_run: Path, tmp_pat
     assert runner.class_names == load_run(trained_run).class_names and runner.metadata["format"] == "ort"
     runner.close()
     assert ort.InferenceSession(ort_rows[1]["path"]).get_inputs()[0].type == "tensor(float)"
+    data_root = Path(load_run(trained_run).manifest["data"]["root"])
     roots = {str(trained_run), str(trained_run.resolve()), str(tmp_path), str(tmp_path.resolve()),
-             str(Path.home())}
-    for f in (tmp_path / "files").rglob("*"):
-        if not f.is_file() or f.name == "export_report.json":  # the report is this machine's log, not a model file
+             str(Path.home()), str(data_root), str(data_root.parent)}
+    shipped = [f for f in (tmp_path / "files").rglob("*") if f.is_file()]
+    assert "README.md" in {f.name for f in shipped}, "the model card lies beside the files"
+    for f in shipped:
+        if f.name == "export_report.json":  # the report is this machine's log, not a model file
             continue
         data = f.read_bytes()
         for root in roots:
             assert root.encode() not in data, (f.name, root)
+    # The run's own card leaves the machine too (it is what a model page shows); the data folder goes by name.
+    card = (trained_run / "README.md").read_text()
+    assert f"`{data_root.name}`" in card and str(data_root.parent) not in card

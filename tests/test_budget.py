@@ -145,7 +145,7 @@ def test_search_stops_at_plain_int8_on_the_unmodified_model(trained_run: Path, t
     from ai_edge_litert.interpreter import Interpreter
 
     from edgetl.export.auto import _float_nodes, _selective, _worst_tensors, search_int8
-    from edgetl.export.saved_model import save_serving
+    from edgetl.export.formats.saved_model import save_serving
     from edgetl.rundir import load_run
 
     res = search_int8(trained_run, max_drop=0.5, calibration_samples=32, output=tmp_path / "b")

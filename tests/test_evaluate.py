@@ -183,12 +183,34 @@ def test_evaluate_subset_unknown_classes_and_empty_data(files: dict[str, Path], 
 
 
 def test_evaluate_int8_against_keras_reference(trained_run: Path, files: dict[str, Path], demo_dir: Path) -> None:
-    code, out, err = cli("evaluate", files["tflite-int8-full"], "--data", demo_dir, "--reference", trained_run,
-                         "--min-agreement", 0.0, "--max-drop", 1.0, "--json")
+    """The figures against --reference are LiteRT's and Keras's own on the same images, and the gates use them."""
+    import independent
+    import numpy as np
+
+    from edgetl.data import load_images, scan_folder
+
+    every = scan_folder(demo_dir, val_split=0.0, test_split=0.0)
+    x = load_images(every.root, every.train, (48, 48))
+    names = json.loads((trained_run / "manifest.json").read_text())["class_names"]
+    y = np.array([names.index(Path(it.path).parent.name) for it in every.train])
+    keras_probs = independent.keras_probs(trained_run, x)
+    mine = independent.figures(independent.runtime_probs("tflite", files["tflite-int8-full"], x), y, keras_probs)
+    keras_acc = independent.figures(keras_probs, y, keras_probs).accuracy
+    base = ["evaluate", files["tflite-int8-full"], "--data", demo_dir, "--reference", trained_run, "--json"]
+    code, out, err = cli(*base, "--min-agreement", mine.agreement, "--max-drop", keras_acc - mine.accuracy)
     assert code == 0, err
-    ref = json.loads(out)["reference"]
-    assert ref["model"]["kind"] == "keras" and 0.0 <= ref["agreement"] <= 1.0
-    assert ref["drop"] == pytest.approx(ref["accuracy"] - json.loads(out)["accuracy"])
+    result = json.loads(out)
+    ref = result["reference"]
+    assert ref["model"]["kind"] == "keras" and result["samples"] == len(x) == 96
+    assert result["accuracy"] == pytest.approx(mine.accuracy, abs=1e-4)
+    assert ref["accuracy"] == pytest.approx(keras_acc, abs=1e-4)
+    assert ref["agreement"] == pytest.approx(mine.agreement, abs=1e-4)
+    assert ref["drop"] == pytest.approx(ref["accuracy"] - result["accuracy"])
+    # One image more than measured fails each gate.
+    code, _, err = cli(*base, "--min-agreement", mine.agreement + 1 / len(x))
+    assert code != 0 and "agreement" in err
+    code, _, err = cli(*base, "--max-drop", keras_acc - mine.accuracy - 1 / len(x))
+    assert code != 0 and "drop" in err
 
 
 def test_run_directory_is_evaluated_on_its_test_split(trained_run: Path) -> None:
@@ -349,7 +371,8 @@ def _record(key: str, path: Path, holdout: Path, tmp_path: Path) -> None:
                     "alpha 0.35, bundled weights, 48 px, demo data seed 0) and its exports on a fixed hold-out set "
                     "(edgetl.demodata.write_demo_data per_class=24, seed=1, size_range=(40, 96)). Written by "
                     "EDGETL_RECORD_ACCURACY=1 pytest tests/test_evaluate.py -k regression.")
-    data.setdefault("tolerance", {"max_drop": 0.05, "max_gain": 0.10, "int8_min_agreement": 0.90})
+    # Measured spread over training seeds (see "tolerance_measured" in the file): tools/test_margins.py.
+    data.setdefault("tolerance", {"max_drop": 0.12, "max_gain": 0.12, "int8_min_agreement": 0.88})
     data["data"] = {"per_class": 24, "seed": 1, "size_range": [40, 96], "images": result["samples"],
                     "fingerprint": result["data"]["fingerprint"]}
     data.setdefault("figures", {})[key] = {"accuracy": result["accuracy"], "top_k": result["top_k"],

@@ -103,7 +103,7 @@ def exported(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     from edgetl.export import export_run
 
     out = tmp_path_factory.mktemp("exported") / "files"
-    return export_run(tiny_run, formats=("tflite", "onnx", "saved_model"), quantize=ALL_TFLITE + ("dynamic",),
+    return export_run(tiny_run, formats=("tflite", "onnx", "ort", "saved_model"), quantize=ALL_TFLITE + ("dynamic",),
                       output=out, calibration_samples=500, threads=2)
 
 
@@ -134,8 +134,11 @@ def _keras_probs(run: Path, x: np.ndarray) -> np.ndarray:
 
 
 def test_every_format_and_mode_is_written_and_verified(exported: Any) -> None:
+    from edgetl.runtime.onnxrt import int8_saturates
+
     pairs = {(r["format"], r["mode"]) for r in exported.rows}
-    want = {("tflite", m) for m in ALL_TFLITE} | {("onnx", m) for m in ALL_ONNX} | {("saved_model", "none")}
+    want = {("tflite", m) for m in ALL_TFLITE} | {(f, m) for f in ("onnx", "ort") for m in ALL_ONNX} | \
+        {("saved_model", "none")}
     assert pairs == want
     for r in exported.rows:
         assert r["status"] == "ok", r
@@ -143,6 +146,9 @@ def test_every_format_and_mode_is_written_and_verified(exported: Any) -> None:
         for key in ("size_mb", "accuracy", "drop", "agreement", "max_abs_diff", "latency_ms"):
             assert r[key] is not None, (r["format"], r["mode"], key)
         assert r["agreement"] >= 0.75, r  # even int8 mostly agrees with Keras on this easy model
+        # A figure that depends on the build machine's CPU says so: ONNX and ORT int8 on x86 without VNNI (#28).
+        assert (r.get("int8_kernels") is not None) == (r["format"] in ("onnx", "ort") and r["mode"] == "int8"
+                                                        and int8_saturates()), r
     assert exported.reference["accuracy"] is not None
     out = exported.output
     doc = json.loads(exported.json_path.read_text())
@@ -172,6 +178,52 @@ def test_file_names_tell_backbone_size_and_mode_apart(exported: Any) -> None:
     assert f"tiny_cnn-{SIZE}-int8-full-uint8.tflite" in names
     assert f"tiny_cnn-{SIZE}-float32.onnx" in names
     assert f"tiny_cnn-{SIZE}-saved_model" in names
+
+
+# ----------------------------------------------------------------------------------------------
+# The report checked, not trusted: every file's figures measured again outside edgetl (tests/independent.py)
+
+EVERY_FILE = [("tflite", m) for m in ALL_TFLITE] + [(f, m) for f in ("onnx", "ort") for m in ALL_ONNX] + \
+    [("saved_model", "none")]
+# Images by which a report's figure may differ from the one measured here: none, except where a file's outputs
+# depend on the batch it ran in (the verifier runs batches of 8, this check one image at a time): ONNX dynamic
+# quantizes each activation with one scale over the whole batch (DynamicQuantizeLinear).
+SLACK = {("onnx", "dynamic"): 1, ("ort", "dynamic"): 1}
+
+
+@pytest.fixture(scope="module")
+def measured_here(tiny_run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The held-out images, their labels by folder name, and the Keras model's probabilities, from Keras itself."""
+    import independent
+
+    x, y = independent.held_out(tiny_run, SIZE)
+    return x, y, independent.keras_probs(tiny_run, x)
+
+
+def test_report_reference_is_the_keras_models_own_accuracy(exported: Any, measured_here: Any) -> None:
+    import independent
+
+    x, y, keras_probs = measured_here
+    fig = independent.figures(keras_probs, y, keras_probs)
+    assert exported.reference["samples"] == len(x)
+    assert exported.reference["accuracy"] == pytest.approx(fig.accuracy, abs=0.5 / len(x))
+
+
+@pytest.mark.parametrize(("fmt", "mode"), EVERY_FILE, ids=[f"{f}-{m}" for f, m in EVERY_FILE])
+def test_report_figures_match_the_runtimes_own(exported: Any, measured_here: Any, fmt: str, mode: str) -> None:
+    """Accuracy, agreement and drop in the report are what LiteRT, ONNX Runtime or TensorFlow give on the same
+    images, against labels by folder name and the Keras model loaded by Keras."""
+    import independent
+
+    x, y, keras_probs = measured_here
+    row = _row(exported, fmt, mode)
+    idx = independent.verified_images(row.to_dict(), y)
+    probs = independent.runtime_probs(fmt, row["path"], x[idx])
+    fig = independent.figures(probs, y[idx], keras_probs[idx])
+    keras_fig = independent.figures(keras_probs[idx], y[idx], keras_probs[idx])
+    assert independent.check_row(row.to_dict(), fig, keras_fig, SLACK.get((fmt, mode), 0)) == [], \
+        (fmt, mode, fig, keras_fig)
+    assert fig.agreement >= 0.75  # even int8 mostly agrees with Keras on this easy model
 
 
 # ----------------------------------------------------------------------------------------------
@@ -377,7 +429,7 @@ def test_metadata_readers_on_foreign_and_bad_files(tmp_path: Path) -> None:
 
 def test_plan_pairs_and_impossible_combinations() -> None:
     from edgetl.core.errors import UsageError
-    from edgetl.export.modes import check_io_type, plan_pairs
+    from edgetl.export.formats import check_io_type, plan_pairs
 
     assert plan_pairs(["tflite", "onnx"], ["none", "int8-full"]) == [
         ("tflite", "none"), ("tflite", "int8-full"), ("onnx", "none")]
@@ -492,7 +544,7 @@ def test_int8_io_type_and_force_and_report_merge(exported: Any, tiny_run: Path, 
 
 
 def test_interrupted_export_leaves_no_file(tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import edgetl.export.tflite as tfl
+    import edgetl.export.formats.tflite as tfl
     from edgetl.export import export_run
 
     def boom(data: bytes, meta: dict[str, Any]) -> bytes:
@@ -554,7 +606,7 @@ def test_op_without_builtin_kernel_names_op_and_flag(tmp_path: Path) -> None:
     import tensorflow as tf
 
     from edgetl.core.errors import ExportError
-    from edgetl.export.tflite import convert_tflite
+    from edgetl.export.formats.tflite import convert_tflite
 
     class Det(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None, 3, 3], tf.float32)])
@@ -602,7 +654,8 @@ def test_integer_tflite_files_are_bias_corrected_unless_asked_not(tiny_run: Path
 
 
 def test_help_names_every_mode_and_target() -> None:
-    from edgetl.export.modes import MODES, TARGETS
+    from edgetl.export.modes import MODES
+    from edgetl.export.targets import TARGETS
 
     result = CliRunner().invoke(__import__("edgetl.cli", fromlist=["main"]).main, ["export", "--help"],
                                 terminal_width=200)
@@ -715,9 +768,9 @@ def _tensors(data: bytes) -> list[tuple[Any, ...]]:
 
 def test_one_calibration_gives_the_converters_own_files(tiny_run: Path) -> None:
     from edgetl.core.progress import Reporter
+    from edgetl.export.formats.saved_model import frozen_forward
+    from edgetl.export.formats.tflite import calibrate_tflite, convert_tflite, quantize_calibrated, with_ranges_of
     from edgetl.export.images import ExportImages, representative
-    from edgetl.export.saved_model import frozen_forward
-    from edgetl.export.tflite import calibrate_tflite, convert_tflite, quantize_calibrated, with_ranges_of
     from edgetl.rundir import load_run
 
     run = load_run(tiny_run)
@@ -771,9 +824,9 @@ def test_litert_calibration_records_each_tensors_own_range(tiny_run: Path) -> No
     wide (it logs in-place ops' inputs after they were overwritten); the rest of the graph is the converter's."""
     from edgetl.core.progress import Reporter
     from edgetl.export.calibration import calibrate, calibrate_with_tensorflow
+    from edgetl.export.formats.saved_model import frozen_forward
+    from edgetl.export.formats.tflite import calibrate_tflite, quantize_calibrated
     from edgetl.export.images import ExportImages, representative
-    from edgetl.export.saved_model import frozen_forward
-    from edgetl.export.tflite import calibrate_tflite, quantize_calibrated
     from edgetl.rundir import load_run
 
     run = load_run(tiny_run)
@@ -831,9 +884,9 @@ def test_graphs_litert_cannot_calibrate_are_named() -> None:
 
 def _reference_inputs(run: Path) -> tuple[Any, Any, bytes]:
     """The run's model, its ExportImages (held-out only) and its float32 TFLite graph."""
+    from edgetl.export.formats.saved_model import frozen_forward
+    from edgetl.export.formats.tflite import convert_tflite
     from edgetl.export.images import ExportImages
-    from edgetl.export.saved_model import frozen_forward
-    from edgetl.export.tflite import convert_tflite
     from edgetl.rundir import load_run
 
     loaded = load_run(run)
@@ -841,10 +894,12 @@ def _reference_inputs(run: Path) -> tuple[Any, Any, bytes]:
     return model, ExportImages(loaded, 0, True), convert_tflite(frozen_forward(model), "none")
 
 
-def test_the_reference_runs_in_litert_only_where_it_matches_keras(tiny_run: Path) -> None:
+def test_the_reference_runs_in_litert_only_where_it_matches_keras(tiny_run: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgetl.export.reference as reference
     from edgetl.core.progress import Reporter
+    from edgetl.export.formats.tflite import convert_tflite
     from edgetl.export.reference import FLOAT_TOLERANCE, KERAS_CHECK, keras_reference, reference_pass
-    from edgetl.export.tflite import convert_tflite
 
     model, images, data = _reference_inputs(tiny_run)
     keras = keras_reference(model, images, Reporter())
@@ -854,11 +909,23 @@ def test_the_reference_runs_in_litert_only_where_it_matches_keras(tiny_run: Path
     assert fast.summary["engine"] == "litert" and check["samples"] == KERAS_CHECK
     assert 0 <= check["max_abs_diff"] <= FLOAT_TOLERANCE
     diff = np.abs(fast.reference.probs - keras.reference.probs).max(axis=1)
-    assert diff.max() <= FLOAT_TOLERANCE and int((diff == 0).sum()) >= KERAS_CHECK  # the checked images are Keras's
+    assert diff.max() <= FLOAT_TOLERANCE
+    # The checked images' outputs are Keras's, the others LiteRT's: LiteRT's, shifted by a mark within the tolerance,
+    # show which is which. (Not `diff == 0` on the checked images: Keras over other batches may differ in the last
+    # bits on some CPUs, 30 of 32 images bit-exact on an AVX2 EPYC.)
+    litert, mark = reference.litert_probs, np.float32(FLOAT_TOLERANCE / 4)
+    monkeypatch.setattr(reference, "litert_probs", lambda *args: litert(*args) + mark)
+    marked = reference_pass(model, images, Reporter(), float_tflite=lambda: data, shared=True, threads=1)
+    checked = marked.litert_check
+    assert marked.summary["engine"] == "litert" and checked is not None and len(checked) == KERAS_CHECK
+    rest = np.setdiff1d(np.arange(len(diff)), checked)
+    np.testing.assert_array_equal(marked.reference.probs[checked], fast.reference.probs[checked])
+    np.testing.assert_array_equal(marked.reference.probs[rest], fast.reference.probs[rest] + mark)
+    monkeypatch.undo()
     assert fast.reference.accuracy == keras.reference.accuracy and fast.summary["latency_ms"] > 0
 
     # A graph that does not give Keras's outputs (here: dynamic-range int8 weights) is not used: Keras runs on all.
-    from edgetl.export.saved_model import frozen_forward
+    from edgetl.export.formats.saved_model import frozen_forward
 
     other = convert_tflite(frozen_forward(model), "dynamic")
     wrong = reference_pass(model, images, Reporter(), float_tflite=lambda: other, shared=True, threads=1)
@@ -868,17 +935,24 @@ def test_the_reference_runs_in_litert_only_where_it_matches_keras(tiny_run: Path
     # No graph, or one not worth converting for the few images left: Keras, and the report says why.
     none = reference_pass(model, images, Reporter(), float_tflite=lambda: None, shared=True)
     assert none.summary["engine"] == "keras" and "no float TFLite" in none.summary["reason"]
+    # The choice between the two is the cost model's, fed a timed Keras pass: the test sets the threshold so that
+    # each side is taken whatever the clock says (a test decides by option, not by the machine's load).
     asked: list[bool] = []
+    monkeypatch.setattr(reference, "MIN_KERAS_SECONDS", float("inf"))
     cheap = reference_pass(model, images, Reporter(), float_tflite=lambda: asked.append(True) or data, shared=False)
     assert cheap.summary["engine"] == "keras" and "Keras pass takes about" in cheap.summary["reason"] and not asked
     np.testing.assert_allclose(cheap.reference.probs, keras.reference.probs, atol=1e-6)
+    monkeypatch.setattr(reference, "MIN_KERAS_SECONDS", 0.0)
+    dear = reference_pass(model, images, Reporter(), float_tflite=lambda: asked.append(True) or data, shared=False)
+    assert dear.summary["engine"] == "litert" and asked == [True]
+    np.testing.assert_allclose(dear.reference.probs, keras.reference.probs, atol=FLOAT_TOLERANCE)
 
 
 def test_the_float_tflite_file_reuses_the_references_pass_and_is_still_checked(
         tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`tflite none` is the graph LiteRT gave the reference with: it runs on the images Keras checked that graph on,
     and the other images' outputs are the reference pass's own. A written file that is not that graph still fails."""
-    import edgetl.export.tflite as tflite
+    import edgetl.export.formats.tflite as tflite
     from edgetl.core.errors import ExportError
     from edgetl.export import export_run
     from edgetl.export.reference import KERAS_CHECK
@@ -894,7 +968,7 @@ def test_the_float_tflite_file_reuses_the_references_pass_and_is_still_checked(
     real = tflite.embed_tflite_metadata
 
     def other_graph(data: bytes, meta: dict[str, Any]) -> bytes:  # a file that is not the reference's graph
-        from edgetl.export.saved_model import frozen_forward
+        from edgetl.export.formats.saved_model import frozen_forward
         from edgetl.rundir import load_run
 
         wrong = tflite.convert_tflite(frozen_forward(load_run(tiny_run).load_model()), "dynamic")
@@ -935,13 +1009,11 @@ def test_slow_files_are_verified_on_a_recorded_balanced_sample(tiny_run: Path, t
         assert sample["keras_accuracy"] == pytest.approx(keras_acc, abs=1e-4)
         assert r["drop"] == pytest.approx(keras_acc - r["accuracy"], abs=2e-4)
         assert "verified on 6 of" in r.line()
-        if "accuracy" in r.get("mediapipe", {}):
-            assert r["mediapipe"]["samples"] == 6
+        assert r["mediapipe"]["samples"] == 6 and "accuracy" in r["mediapipe"]  # `make install` installs MediaPipe
     monkeypatch.setattr(verify, "APP_SAMPLES", 5)  # MediaPipe checks the contract on a balanced few
     full = export_run(tiny_run, quantize=("none",), output=tmp_path / "full", threads=1, verify_seconds=None)
     assert full.rows[0]["samples"] == len(x) and "verify_sample" not in full.rows[0].to_dict()
-    if "accuracy" in full.rows[0].get("mediapipe", {}):
-        assert full.rows[0]["mediapipe"]["samples"] == 5 and full.rows[0]["mediapipe"]["agreement"] == 1.0
+    assert full.rows[0]["mediapipe"]["samples"] == 5 and full.rows[0]["mediapipe"]["agreement"] == 1.0
     pos = verify.app_sample(y, len(y), 8)
     assert list(pos) == sorted(set(pos)) and len(pos) == 8 and len(set(y[pos].tolist())) == len(set(y.tolist()))
     assert list(verify.app_sample(y, 4, 8)) == [0, 1, 2, 3]

@@ -23,7 +23,7 @@ LAYERS = {
     "rundir": 3,
     "train": 4, "runtime": 4,
     "export": 5,
-    "optimize": 6,
+    "optimize": 6, "search": 6,  # search uses train, runtime and export; optimize and search are siblings
     "evaluate": 7,
     "cli": 8,
     "__main__": 9,

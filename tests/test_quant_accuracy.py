@@ -58,8 +58,8 @@ def _images(n: int = 48, seed: int = 1) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def onnx_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from edgetl.export.onnx import export_onnx
-    from edgetl.export.saved_model import save_serving
+    from edgetl.export.formats.onnx import export_onnx
+    from edgetl.export.formats.saved_model import save_serving
 
     work = tmp_path_factory.mktemp("quant-accuracy")
     saved = save_serving(_trap_model(), work / "saved_model")
@@ -117,7 +117,7 @@ def test_onnx_runtime_folds_the_int8_kernels_when_it_loads_the_file(onnx_files: 
     import onnx
     import onnxruntime as ort
 
-    from edgetl.export.modes import weight_only_conv_int8
+    from edgetl.export.onnx_quant import weight_only_conv_int8
 
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "as-run.onnx")
@@ -134,7 +134,7 @@ def test_onnx_runtime_folds_the_int8_kernels_when_it_loads_the_file(onnx_files: 
     np.testing.assert_allclose(_onnx_probs(dq, x), _onnx_probs(onnx_files["dynamic"], x), atol=1e-5)
     # ONNX Runtime's .ort converter optimises ahead of time: it keeps DequantizeLinear's int8 kernels, and would
     # fold Cast and Mul into float ones in the file.
-    from edgetl.export.ort import export_ort
+    from edgetl.export.formats.ort import export_ort
 
     sizes = {}
     for name, path in (("float", onnx_files["none"]), ("dq", dq), ("cast", onnx_files["dynamic"])):
@@ -147,7 +147,7 @@ def test_small_kernels_stay_float() -> None:
     import onnx
     from onnx import helper, numpy_helper
 
-    from edgetl.export.modes import weight_only_conv_int8
+    from edgetl.export.onnx_quant import weight_only_conv_int8
 
     rng = np.random.default_rng(0)
     small = numpy_helper.from_array(rng.normal(size=(8, 3, 3, 3)).astype(np.float32), "small")  # 216 weights
@@ -227,9 +227,9 @@ def _tflite_probs(data: bytes, x: np.ndarray) -> np.ndarray:
 def corrected_tflite() -> dict[str, Any]:
     """The trap model quantized from one LiteRT calibration pass, as `edgetl export` does, plain and corrected."""
     from edgetl.export.calibration import collect_statistics, with_ranges
+    from edgetl.export.formats.saved_model import frozen_forward
+    from edgetl.export.formats.tflite import calibrate_tflite, quantize_calibrated
     from edgetl.export.images import representative
-    from edgetl.export.saved_model import frozen_forward
-    from edgetl.export.tflite import calibrate_tflite, quantize_calibrated
     from edgetl.export.tflite_bias import correct_bias, kernel_inputs
 
     model = _trap_model()
@@ -296,9 +296,9 @@ def test_means_are_taken_over_the_first_mean_images(monkeypatch: pytest.MonkeyPa
     from ai_edge_litert.schema_py_generated import ModelT
 
     import edgetl.export.calibration as calibration
+    from edgetl.export.formats.saved_model import frozen_forward
+    from edgetl.export.formats.tflite import calibrate_tflite
     from edgetl.export.images import representative
-    from edgetl.export.saved_model import frozen_forward
-    from edgetl.export.tflite import calibrate_tflite
 
     monkeypatch.setattr(calibration, "MEAN_IMAGES", 5)  # LiteRT runs 4 images a call: the second call is cut at 1
     images = _images(12, seed=3)

@@ -1,7 +1,7 @@
 """Accuracy regression on real photos with real ImageNet weights (../shared/realdata), in CI.
 
 A seeded subset of the flowers folder (tests/expected/realdata.json "suite": MobileNetV2 alpha 0.35,
-128 px, 200 photos per class) is trained head-only and with fine-tuning, exported to every TFLite
+96 px, 160 photos per class) is trained head-only and with fine-tuning, exported to every TFLite
 mode and ONNX float/int8, optimized with QAT and pruning, and each file's accuracy, drop and
 agreement with its Keras model on the run's test split are compared with the recorded figures
 within the tolerances recorded beside them. The stages are tools/bench_real.py's functions, so the
@@ -161,6 +161,21 @@ def test_head_trained_on_tflite_features_scores_the_same(bench: ModuleType, suit
     assert np.mean(a == b) >= 0.97
 
 
+def test_microcontroller_file_in_tflite_micro(bench: ModuleType, work: Path, head: dict[str, Any],
+                                             expected: dict[str, Any]) -> None:
+    """The --target mcu file in TensorFlow Lite Micro: the arena and flash recorded, the reference kernels' outputs
+    (TFLM's are ports of them), and the accuracy recorded, on every test photo."""
+    rec, tol = expected["figures"]["tflm"], expected["tolerance"]
+    got = bench.mcu_figures(work / "head", work / "mcu")
+    assert got["status"] == "ok", got["status"]
+    assert got["samples"] == head["test_samples"]
+    assert got["ram_kb"] == rec["ram_kb"]  # the arena follows from the architecture and input size alone
+    assert abs(got["flash_kb"] - rec["flash_kb"]) <= 0.01 * rec["flash_kb"]
+    assert got["reference_kernels_max_steps"] <= 1
+    _close(got["accuracy"], rec["accuracy"], tol["accuracy"], "TFLite Micro accuracy")
+    assert got["agreement"] >= rec["agreement"] - tol["agreement"] - 1e-9
+
+
 @pytest.mark.parametrize("stage", ["train-fine-tune", "qat", "prune"])
 def test_fine_tuned_and_optimized_runs_keep_their_accuracy(stage: str, stages: dict[str, Any],
                                                          expected: dict[str, Any]) -> None:
@@ -192,6 +207,32 @@ def test_exported_file_keeps_its_accuracy(key: str, files: dict[str, Any], expec
         f"{key}: agreement {got['agreement']:.4f}, recorded {rec['agreement']:.4f} (tolerance {tol['agreement']})"
     if key.endswith(("-none",)):
         assert got["agreement"] >= tol["float_agreement"], f"{key}: a float32 file disagrees with Keras"
+
+
+# Images by which a report's figure may differ from the one measured outside edgetl (tests/independent.py): ONNX
+# dynamic quantizes each activation with one scale over the whole batch, and the verifier runs batches of 8.
+SLACK = {"onnx-dynamic": 1}
+
+
+@pytest.mark.parametrize("key", FILE_KEYS)
+def test_report_figures_match_the_runtimes_own_on_real_photos(key: str, files: dict[str, Any], work: Path) -> None:
+    """Each file's accuracy, agreement and drop in its export report, measured again: the file in its runtime's
+    own API, the run's Keras model loaded by Keras, the labels by folder name, on the same test photos."""
+    import independent
+
+    stage, _, name = key.rpartition("/")
+    run = work / (stage or "head")
+    fmt, mode = name.split("-", 1)
+    report = json.loads((run / "export" / "export_report.json").read_text())
+    (row,) = [r for r in report["rows"] if r["format"] == fmt and r["mode"] == mode]
+    assert Path(row["path"]).name == files[key]["path"]
+    size = json.loads((run / "manifest.json").read_text())["input"]["image_size"][0]
+    x, y = independent.held_out(run, size)
+    idx = independent.verified_images(row, y)
+    keras_probs = independent.keras_probs(run, x[idx])
+    fig = independent.figures(independent.runtime_probs(fmt, row["path"], x[idx]), y[idx], keras_probs)
+    keras_fig = independent.figures(keras_probs, y[idx], keras_probs)
+    assert independent.check_row(row, fig, keras_fig, SLACK.get(name, 0)) == [], (key, fig, keras_fig)
 
 
 def test_every_recorded_file_was_made(files: dict[str, Any], expected: dict[str, Any]) -> None:

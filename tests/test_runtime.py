@@ -13,7 +13,11 @@ from edgetl.core.errors import ModelError, UsageError
 IMAGE_SIZE = 48
 # Tolerances per format against the Keras model on the same images (probabilities):
 FLOAT_ATOL = 1e-4  # float32 files: the same maths, another kernel order
-INT8_MIN_AGREEMENT = 0.85  # int8-full: top-1 agreement with Keras on the demo images
+# int8-full: top-1 agreement with Keras on 192 images (every image of the session's data set and a hold-out set
+# drawn with seed 1). Over training seeds 0-4 it measured 0.958-0.984 there (0.964-1.0 on the 28 val+test images
+# alone, where one image is 0.036): `.venv/bin/python tools/test_margins.py --seeds 0,1,2,3,4` (agree_all).
+# 0.90 leaves 11 images below the worst seed.
+INT8_MIN_AGREEMENT = 0.90
 INT8_ATOL = 0.25  # int8-full: probabilities within a quarter (8-bit output, 4 classes)
 
 
@@ -70,7 +74,7 @@ def test_float_formats_match_keras(key: str, trained_run: Path, files: dict[str,
 
 def test_int8_full_tflite_is_integer_and_close_to_keras(trained_run: Path, files: dict[str, Path],
                                                         images: tuple[np.ndarray, np.ndarray],
-                                                        keras_probs: np.ndarray) -> None:
+                                                        keras_probs: np.ndarray, tmp_path: Path) -> None:
     from edgetl.runtime import open_model
 
     with open_model(files["tflite-int8-full"]) as r:
@@ -80,9 +84,25 @@ def test_int8_full_tflite_is_integer_and_close_to_keras(trained_run: Path, files
         probs = r.predict(images[0])
     # Dequantized output: still probabilities.
     assert probs.dtype == np.float32 and probs.min() >= 0 and np.allclose(probs.sum(1), 1, atol=0.05)
-    agreement = float((probs.argmax(1) == keras_probs.argmax(1)).mean())
-    assert agreement >= INT8_MIN_AGREEMENT, agreement
     assert np.abs(probs - keras_probs).max() <= INT8_ATOL
+    # Agreement on a larger set than the 28 above (see INT8_MIN_AGREEMENT): every image of the data set and a
+    # hold-out set, no labels needed.
+    from edgetl.data import load_images, scan_folder
+    from edgetl.data.demo import write_demo_data
+    from edgetl.rundir import load_run
+
+    write_demo_data(tmp_path / "holdout", per_class=24, seed=1, size_range=(40, 96))
+    x = []
+    for folder in (load_run(trained_run).splits().root, tmp_path / "holdout"):
+        every = scan_folder(folder, val_split=0.0, test_split=0.0)
+        x.append(load_images(every.root, every.train, (IMAGE_SIZE, IMAGE_SIZE)))
+    big = np.concatenate(x)
+    with open_model(files["tflite-int8-full"]) as r:
+        got = r.predict(big)
+    ref = _np(load_run(trained_run).load_model()(big.astype("float32"), training=False))
+    assert len(big) == 192
+    agreement = float((got.argmax(1) == ref.argmax(1)).mean())
+    assert agreement >= INT8_MIN_AGREEMENT, agreement
 
 
 def test_uint8_and_float_pixels_and_any_batch_give_the_same_answers(files: dict[str, Path],

@@ -116,10 +116,13 @@ def _tflite_runner(path: Path, threads: int) -> Any:
 def _onnx_runner(path: Path, threads: int) -> Any:
     import onnxruntime as ort
 
+    from edgetl.runtime.onnxrt import X64_QUANT_PRECISION
+
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
+    so.add_session_config_entry(X64_QUANT_PRECISION, "1")  # as edgetl's runner: exact int8 on x86 without VNNI
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     i = sess.get_inputs()[0]
     shape = [1 if not isinstance(d, int) else d for d in i.shape]
@@ -152,9 +155,9 @@ def bench_backbone(backbone: str, size: int, weights: str, alpha: float | None, 
                    per_round: int, calibration: int, workdir: Path, modes: list[str]) -> dict[str, Any]:
     import onnx
 
-    from edgetl.export.onnx import convert_onnx, export_onnx
-    from edgetl.export.saved_model import save_serving
-    from edgetl.export.tflite import export_tflite
+    from edgetl.export.formats.onnx import convert_onnx, export_onnx
+    from edgetl.export.formats.saved_model import save_serving
+    from edgetl.export.formats.tflite import export_tflite
 
     work = workdir / backbone
     work.mkdir(parents=True, exist_ok=True)

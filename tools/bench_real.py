@@ -186,6 +186,19 @@ def stage_files(run: Path, stage: str) -> dict[str, Any]:
     return export_figures(run, formats, modes, prefix="" if stage == "head" else f"{stage}/")
 
 
+def mcu_figures(run: Path, out: Path) -> dict[str, Any]:
+    """The run's --target mcu file in TensorFlow Lite Micro (edgetl.export.tflm_check): arena, flash, accuracy."""
+    from edgetl.export import export_run
+
+    t0 = time.perf_counter()
+    (row,) = export_run(run, target="mcu", output=out, force=True, verify_seconds=None).rows
+    t = row.get("tflm") or {}
+    return {"ram_kb": row.get("ram_kb"), "flash_kb": row.get("flash_kb"), "status": row.get("status"),
+            **{k: t.get(k) for k in ("accuracy", "agreement", "litert_accuracy", "reference_kernels_max_steps",
+                                     "samples")},
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
 def measure(suite: Suite, work: Path, stages: tuple[str, ...] = tuple(STAGE_EXPORTS)) -> dict[str, Any]:
     """These stages of the suite in `work` (head always); the figures keyed by file (what realdata.json records)."""
     data = make_subset(work, suite.per_class, suite.seed)
@@ -196,6 +209,7 @@ def measure(suite: Suite, work: Path, stages: tuple[str, ...] = tuple(STAGE_EXPO
     for method in ("qat", "prune"):
         if method in stages:
             figures[method] = optimize_figures(work / "head", work / method, method, suite)
+    figures["tflm"] = mcu_figures(work / "head", work / "mcu")
     for stage in ("head", *(s for s in STAGE_EXPORTS if s in stages and s != "head")):
         files = stage_files(work / stage, stage)
         figures["export_seconds"][stage] = files.pop("_seconds")

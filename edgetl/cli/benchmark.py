@@ -20,7 +20,7 @@ from edgetl.cli.kit import (
     print_json,
     print_table,
 )
-from edgetl.cli.options import json_option, threads_option, unsafe_option
+from edgetl.cli.options import json_option, runtime_option, threads_option, unsafe_option
 from edgetl.evaluate.benchmark import BenchOptions
 
 _DEFAULTS = {f.name: f.default for f in fields(BenchOptions)}
@@ -43,9 +43,11 @@ _DEFAULTS = {f.name: f.default for f in fields(BenchOptions)}
 @json_option("Print the results as one JSON object.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write a PNG chart of the results.")
 @unsafe_option()
+@runtime_option()
 @handle_errors
 def benchmark(models: tuple[str, ...], data: str | None, batch: int, threads: int | None, warmup: int, runs: int,
-              min_seconds: float, max_seconds: float, as_json: bool, plot: str | None, unsafe: bool) -> None:
+              min_seconds: float, max_seconds: float, as_json: bool, plot: str | None, unsafe: bool,
+              runtime: str | None) -> None:
     """Compare MODELS side by side: format, mode, size, accuracy, latency p50/p90, throughput, peak memory.
 
     Each MODEL is a run directory, a .keras file, a SavedModel folder, a .tflite or a .onnx file. Models run one
@@ -61,8 +63,12 @@ def benchmark(models: tuple[str, ...], data: str | None, batch: int, threads: in
     from edgetl.evaluate.benchmark import machine_line
 
     opts = BenchOptions(batch=batch, threads=threads, warmup=warmup, min_runs=runs, min_seconds=min_seconds,
-                        max_seconds=max_seconds, safe_mode=not unsafe)
+                        max_seconds=max_seconds, safe_mode=not unsafe, runtime=runtime)
     opts.check()
+    if plot:
+        from edgetl.core.fileio import check_writable
+
+        check_writable(plot, "--plot", folder=False)
     needs_tensorflow(list(models))
     reporter = RichReporter()
     try:

@@ -25,7 +25,14 @@ from edgetl.cli.kit import (
     print_table,
     warn,
 )
-from edgetl.cli.options import batch_size_option, json_option, model_argument, model_options, threads_option
+from edgetl.cli.options import (
+    batch_size_option,
+    json_option,
+    model_argument,
+    model_options,
+    runtime_option,
+    threads_option,
+)
 from edgetl.evaluate.accuracy import DEFAULT_BATCH_SIZE, DEFAULT_MAX_BAD_FRACTION, DEFAULT_TOP_K
 
 if TYPE_CHECKING:
@@ -66,12 +73,14 @@ if TYPE_CHECKING:
 @click.option("--max-bad-fraction", type=float, default=DEFAULT_MAX_BAD_FRACTION, show_default=True,
               help="Fail when more than this fraction of image files is unreadable.")
 @model_options
+@runtime_option()
 @handle_errors
 def evaluate(model: str, data: str | None, top_k: int, batch_size: int, threads: int | None, n_errors: int,
              plots: str | None, as_json: bool, min_accuracy: float | None, max_drop: float | None,
              baseline: str | None, save_baseline: str | None, reference: str | None, min_agreement: float | None,
              min_balanced_accuracy: float | None, min_class_recall: float | None, junit: str | None,
-             max_bad_fraction: float, labels: str | None, image_size: int | None, unsafe: bool) -> None:
+             max_bad_fraction: float, labels: str | None, image_size: int | None, unsafe: bool,
+             runtime: str | None) -> None:
     """Measure MODEL on labelled images and gate its accuracy (exit 0 pass, 1 regression, 2 usage or input error).
 
     MODEL is a run directory, a .keras file, a SavedModel folder, a .tflite or a .onnx file; preprocessing and
@@ -83,6 +92,7 @@ def evaluate(model: str, data: str | None, top_k: int, batch_size: int, threads:
       edgetl evaluate runs/cats --data data/holdout --min-accuracy 0.9 --junit report.xml
       edgetl evaluate model_int8.tflite --data data/holdout --reference runs/cats --max-drop 0.01
       edgetl evaluate model.onnx --data data/holdout --baseline base.json --max-drop 0.005
+      edgetl evaluate model_mcu.tflite --runtime tflm --data data/holdout --reference runs/cats --max-drop 0.02
     """
     from edgetl.core.errors import EdgetlError, GateFailure, UsageError
     from edgetl.evaluate import check_fraction, load_baseline
@@ -101,11 +111,18 @@ def evaluate(model: str, data: str | None, top_k: int, batch_size: int, threads:
             raise UsageError(f"{name} {v} is out of range. Use 1 or more.")
     if n_errors < 0:
         raise UsageError(f"--errors {n_errors} is out of range. Use 0 or more.")
+    from edgetl.core.fileio import check_writable
+
+    # Every output is checked before the evaluation: none is written when another one cannot be.
+    for name, path, folder in (("--junit", junit, False), ("--save-baseline", save_baseline, False),
+                               ("--plots", plots, True)):
+        if path:
+            check_writable(path, name, folder=folder)
     base = load_baseline(baseline) if baseline else None
     try:
         result, checks = _evaluate(model, data, top_k=top_k, batch_size=batch_size, threads=threads,
                                    n_errors=n_errors, reference=reference, labels=labels, image_size=image_size,
-                                   unsafe=unsafe, max_bad_fraction=max_bad_fraction, base=base,
+                                   unsafe=unsafe, runtime=runtime, max_bad_fraction=max_bad_fraction, base=base,
                                    gate_args={"min_accuracy": min_accuracy, "max_drop": max_drop,
                                               "min_class_recall": min_class_recall, "min_agreement": min_agreement,
                                               "min_balanced_accuracy": min_balanced_accuracy})
@@ -149,12 +166,12 @@ def evaluate(model: str, data: str | None, top_k: int, batch_size: int, threads:
 
 def _evaluate(model: str, data: str | None, *, top_k: int, batch_size: int, threads: int | None, n_errors: int,
               reference: str | None, labels: str | None, image_size: int | None, unsafe: bool,
-              max_bad_fraction: float, base: dict[str, Any] | None, gate_args: dict[str, float | None]
-              ) -> tuple[dict[str, Any], list[Check]]:
+              runtime: str | None, max_bad_fraction: float, base: dict[str, Any] | None,
+              gate_args: dict[str, float | None]) -> tuple[dict[str, Any], list[Check]]:
     from edgetl.evaluate import baseline_warnings, evaluate, gate
 
     needs_tensorflow([model] + ([reference] if reference else []))
-    runner = open_runner(model, threads, unsafe, labels, image_size)
+    runner = open_runner(model, threads, unsafe, labels, image_size, runtime)
     ref_runner = open_runner(reference, threads, unsafe, labels, None) if reference else None
     reporter = RichReporter()
     try:

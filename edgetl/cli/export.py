@@ -13,19 +13,23 @@ import click
 from edgetl.cli.kit import RichReporter, fmt, handle_errors, out_console, print_table, signed
 from edgetl.cli.options import force_option, json_option, threads_option
 from edgetl.export import DEFAULT_CALIBRATION_SAMPLES
-from edgetl.export.modes import FORMATS, IO_TYPES, MODES, TARGETS
-from edgetl.export.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+from edgetl.export.formats import FORMATS, formats_for_mode
+from edgetl.export.formats.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+from edgetl.export.modes import IO_TYPES, MODES
+from edgetl.export.targets import TARGETS
+from edgetl.runtime.qnn import DEFAULT_SOC, SOCS
 
 if TYPE_CHECKING:
     from edgetl.export import ExportReport, ExportRow
 
-_MODE_HELP = "; ".join(f"{m.name}: {m.help} [{'/'.join(m.formats)}]" for m in MODES.values())
-_TARGET_HELP = "; ".join(f"{name}: {t['help']}" for name, t in TARGETS.items())
+_MODE_HELP = "; ".join(f"{m.name}: {m.help} [{'/'.join(formats_for_mode(m.name))}]" for m in MODES.values())
+_TARGET_HELP = "; ".join(f"{name}: {t.help}" for name, t in TARGETS.items())
+_SOC_HELP = ", ".join(f"{s.name} ({s.product})" for s in SOCS.values())
 
 
 @click.command("export")
 @click.argument("run_dir", type=click.Path(file_okay=True, dir_okay=True))
-@click.option("--format", "-f", "formats", multiple=True, type=click.Choice(FORMATS),
+@click.option("--format", "-f", "formats", multiple=True, type=click.Choice(list(FORMATS)),
               help="Format to write; repeat for several (default: tflite). ort: ONNX Runtime Mobile's format, "
                    "converted from the ONNX file by ONNX Runtime's own converter.")
 @click.option("--quantize", "-q", multiple=True, metavar="MODE",
@@ -44,17 +48,25 @@ _TARGET_HELP = "; ".join(f"{name}: {t['help']}" for name, t in TARGETS.items())
               help="Input/output type of TFLite int8-full: uint8 (default; camera pixels go in unchanged) or int8 "
                    "(TensorFlow Lite Micro).")
 @click.option("--opset", type=int, help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default: {DEFAULT_OPSET}).")
+@click.option("--soc", metavar="CHIP", help=f"With --format qnn (or --target snapdragon): the Snapdragon the EPContext "
+              f"file is compiled for (default {DEFAULT_SOC}): {_SOC_HELP}. The portable .qdq.onnx file runs on "
+              "the others.")
 @click.option("--allow-select-ops", is_flag=True,
               help="Let TensorFlow (Flex) ops into TFLite files when an op has no builtin kernel (the app then "
                    "needs the Flex delegate).")
 @click.option("--max-drop", type=float, help="Fail a quantized file whose held-out accuracy is lower than the "
               "Keras model's by more than this fraction (0.01 = 1 point).")
 @click.option("--auto", is_flag=True, help="With --max-drop: post-training int8-full first; if it loses more, keep "
-              "the layers that lose most in float, then try int16x8; write the first file that meets the budget.")
+              "the layers that lose most in float, then try int16x8; write the first file that meets the budget. "
+              "With --format openvino: int8 through NNCF's accuracy-controlled quantization.")
 @click.option("--bias-correction/--no-bias-correction", default=True, show_default=True,
               help="Calibrated integer files (TFLite int8, int8-full, int16x8; ONNX int8): take the mean shift each "
                    "kernel's int8 rounding causes off its bias, measured on the calibration images (the quantizer's "
                    "own file otherwise).")
+@click.option("--max-ram-kb", type=float, help="Fail a microcontroller file (--target mcu) whose tensor arena in "
+              "TensorFlow Lite Micro needs more RAM than this many KB (1024 bytes); the report gives ram_kb.")
+@click.option("--max-flash-kb", type=float, help="Fail a microcontroller file (--target mcu) larger than this many KB "
+              "of flash; the report gives flash_kb.")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Open each file in its runtime and compare it with the Keras model on the held-out images.")
 @threads_option("CPU threads for verification and latency (default: up to 4).")
@@ -62,9 +74,10 @@ _TARGET_HELP = "; ".join(f"{name}: {t['help']}" for name, t in TARGETS.items())
 @json_option("Print the report as JSON instead of a table.")
 @handle_errors
 def export(run_dir: str, formats: tuple[str, ...], quantize: tuple[str, ...], target: str | None, strict: bool,
-           output: str | None, calibration_samples: int, io_type: str | None, opset: int | None,
-           allow_select_ops: bool, max_drop: float | None, auto: bool, bias_correction: bool, verify: bool,
-           threads: int | None, force: bool, as_json: bool) -> None:
+           output: str | None, calibration_samples: int, io_type: str | None, opset: int | None, soc: str | None,
+           allow_select_ops: bool, max_drop: float | None, auto: bool, bias_correction: bool,
+           max_ram_kb: float | None, max_flash_kb: float | None, verify: bool, threads: int | None, force: bool,
+           as_json: bool) -> None:
     """Export the trained model of RUN_DIR to TFLite, ONNX and/or SavedModel.
 
     Files are named backbone-size-mode (e.g. mobilenet_v2_a0.35-96-int8-full-uint8.tflite), carry
@@ -78,26 +91,39 @@ def export(run_dir: str, formats: tuple[str, ...], quantize: tuple[str, ...], ta
       edgetl export runs/cats --format tflite --quantize none --quantize int8-full
       edgetl export runs/cats --format onnx --quantize none --quantize int8
       edgetl export runs/cats --target edgetpu
+      edgetl export runs/cats --target mcu --max-ram-kb 256 --max-flash-kb 1024
+      edgetl export runs/cats --target snapdragon --soc SM8650
       edgetl export runs/cats --quantize int8-full --max-drop 0.01 --auto
     """
     from edgetl.core.errors import UsageError
+    from edgetl.core.fileio import check_writable
 
-    if auto:
+    if output:
+        check_writable(output, "--output", folder=True)  # before any work, not after the first file
+    # --auto for formats whose quantizer searches within the budget itself (OpenVINO: NNCF's accuracy control) is an
+    # ordinary export with that search on; for TFLite it is edgetl's own search (export.auto).
+    controlled = auto and bool(formats) and all("accuracy_control" in FORMATS[f].options for f in formats)
+    if auto and not controlled:
         _auto(run_dir, formats, quantize, target, output, calibration_samples, io_type, max_drop, threads, as_json,
               bias_correction)
         return
-    if opset is not None and "onnx" not in formats and "ort" not in formats:
-        raise UsageError(f"--opset {opset} applies only to --format onnx or ort. Add --format onnx or drop --opset.")
+    takers = [f.name for f in FORMATS.values() if "opset" in f.options]
+    if opset is not None and not any(f in takers for f in formats):
+        raise UsageError(f"--opset {opset} applies only to --format {' or '.join(takers)}. Add --format {takers[0]} "
+                         "or drop --opset.")
     from edgetl.export import export_run
 
     reporter = RichReporter()
     try:
-        report = export_run(run_dir, formats=formats or None, quantize=quantize or None, output=output,
+        report = export_run(run_dir, formats=formats or None, quantize=quantize or (("int8",) if controlled else None),
+                            output=output,
                             calibration_samples=calibration_samples, io_type=io_type,
                             opset=DEFAULT_OPSET if opset is None else opset,
                             allow_select_ops=allow_select_ops, max_drop=max_drop, verify=verify, threads=threads,
                             target=target, force=force, strict=strict, bias_correction=bias_correction,
-                            reporter=reporter)
+                            max_ram_kb=max_ram_kb, max_flash_kb=max_flash_kb,
+                            format_options={"soc": soc} if soc is not None else None,
+                            accuracy_control=controlled, reporter=reporter)
     except Exception as exc:
         reporter.close()
         partial = getattr(exc, "report", None)
@@ -152,20 +178,31 @@ def _show(report: ExportReport, as_json: bool) -> None:
         return
     rows = []
     ref = report.reference
+    # A microcontroller file's RAM (TFLM's tensor arena) and flash: columns only when the export has one.
+    micro = any(r.get("ram_kb") is not None or r.get("flash_kb") is not None for r in report.rows)
     if ref:
         rows.append(["keras", "-", fmt(ref.get("size_mb"), 2), fmt(ref.get("accuracy")), "-", "-", "-", "-",
-                     fmt(ref.get("latency_ms"), 2), "reference"])
+                     fmt(ref.get("latency_ms"), 2)] + (["-", "-"] if micro else []) + ["reference"])
     for r in report.rows:
         mode = r["mode"] + (f"/{r['io_type']}" if r.get("io_type") else "")
         rows.append([r["format"], mode, fmt(r.get("size_mb"), 2), fmt(r.get("accuracy")), signed(r.get("drop")),
-                     fmt(r.get("agreement")), _app(r), _small(r.get("max_abs_diff")), fmt(r.get("latency_ms"), 2),
-                     _short(str(r.get("status")))])
+                     fmt(r.get("agreement")), _app(r), _small(r.get("max_abs_diff")), fmt(r.get("latency_ms"), 2)]
+                    + ([fmt(r.get("ram_kb"), 1), fmt(r.get("flash_kb"), 1)] if micro else [])
+                    + [_short(str(r.get("status")))])
     v = report.verify or {}
     title = f"Exported {len(report.rows)} file(s) to {report.output}"
     if v.get("enabled") and ref:
         title += (f" (verified on {ref.get('samples')} {ref.get('split')} images; latency: batch 1, "
                   f"{v.get('threads')} threads, median)")
-    print_table(title, ["format", "mode", "MB", "acc", "drop", "agree", "app agree", "max diff", "ms", "status"], rows)
+    print_table(title, ["format", "mode", "MB", "acc", "drop", "agree", "app agree", "max diff", "ms"]
+                + (["RAM KB", "flash KB"] if micro else []) + ["status"], rows)
+    for r in report.rows:
+        t = r.get("tflm") or {}
+        if t.get("samples"):
+            out_console().print(f"TensorFlow Lite Micro ({r['mode']}/{r.get('io_type')}): RAM KB is its tensor arena; "
+                                f"on {t['samples']} of those images accuracy {fmt(t.get('accuracy'))}, top-1 agreement "
+                                f"with LiteRT {fmt(t.get('agreement'))}, {t.get('reference_kernels_max_steps')} output "
+                                "step(s) from LiteRT's reference kernels", soft_wrap=True)
     app_samples = [r["mediapipe"]["samples"] for r in report.rows if "samples" in (r.get("mediapipe") or {})]
     if app_samples:
         out_console().print("app agree: top-1 of MediaPipe Tasks' ImageClassifier (what Android, iOS and web apps "

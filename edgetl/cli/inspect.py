@@ -27,7 +27,9 @@ from edgetl.cli.options import json_option, model_argument, model_options
 @click.command("inspect")
 @model_argument()
 @click.option("--compat", is_flag=True, help="Also check, offline, what phone accelerators take of the file: the GPU "
-              "delegate and integer-only NPUs for TFLite, NNAPI and CoreML partitions for ONNX (always in --json).")
+              "delegate, integer-only NPUs and TensorFlow Lite Micro (its arena and op resolver) for TFLite, NNAPI "
+              "and CoreML partitions for ONNX, and the node units Qualcomm's Hexagon NPU (QNN HTP) takes and "
+              "rejects, by its own validation (always in --json).")
 @json_option("Print everything as one JSON object (with a 'compatibility' object for .tflite, .onnx and .ort).")
 @model_options
 @handle_errors
@@ -92,6 +94,12 @@ def _show_compat(compat: dict[str, Any]) -> None:
             rows[(n["op"], n["reason"])] = rows.get((n["op"], n["reason"]), 0) + 1
         print_table(f"{title}: {len(c['unsupported_nodes'])} op(s) fall back to the CPU", ["op", "count", "why"],
                     [[op, n, why] for (op, why), n in rows.items()], wide=True)
+    mcu = compat.get("mcu")
+    if mcu:
+        _show_mcu(mcu)
+    htp = compat.get("qnn_htp")
+    if htp:
+        _show_htp(htp)
     mobile = compat.get("onnx_mobile")
     if mobile:
         rows2 = []
@@ -102,6 +110,48 @@ def _show_compat(compat: dict[str, Any]) -> None:
                           ", ".join(f["unsupported_ops"]) or "-"])
         print_table("ONNX Runtime Mobile (nodes taken, in partitions)", ["provider", "as is", "ok?", "batch fixed",
                     "ok?", "ops it lacks"], rows2, wide=True)
+
+
+def _show_mcu(c: dict[str, Any]) -> None:
+    con = out_console()
+    title = "TensorFlow Lite Micro (microcontrollers)"
+    if c.get("error"):
+        con.print(f"{title}: not checked ({esc(c['error'])})", soft_wrap=True)
+        return
+    if c["unsupported_ops"]:
+        counts: dict[str, int] = {}
+        for n in c["unsupported_nodes"]:
+            counts[n["op"]] = counts.get(n["op"], 0) + 1
+        print_table(f"{title}: {len(c['unsupported_nodes'])} op(s) it has no kernel for", ["op", "count"],
+                    [[op, n] for op, n in counts.items()], wide=True)
+        return
+    if c.get("load_error"):
+        con.print(f"{title}: every op is registered, but the file does not run: {esc(c['load_error'])}",
+                  soft_wrap=True)
+        return
+    ram, flash = c["arena_bytes"] / 1024, c["flash_bytes"] / 1024
+    con.print(f"{title}: runs in a {ram:.1f} KB tensor arena (RAM), {flash:.1f} KB of flash; op resolver: "
+              f"{', '.join(name + '()' for name in c['resolver'])}", soft_wrap=True)
+
+
+def _show_htp(htp: dict[str, Any]) -> None:
+    """The QNN HTP backend's verdict (edgetl.runtime.qnn.htp_support) on an ONNX file."""
+    con = out_console()
+    title = "Qualcomm Hexagon NPU (QNN HTP, the provider's own validation)"
+    if htp.get("not_checked"):
+        con.print(f"{title}: not checked ({esc(htp['not_checked'])})", soft_wrap=True)
+        return
+    if htp["compatible"]:
+        con.print(f"{title}: every node unit runs on it ({len(htp['supported'])} units)", soft_wrap=True)
+        return
+    if htp.get("error"):
+        con.print(f"{title}: its compiler failed ({esc(htp['error'])})", soft_wrap=True)
+    rows: dict[tuple[str, str], int] = {}
+    for n in htp["rejected"]:
+        rows[(n["op"], n["reason"])] = rows.get((n["op"], n["reason"]), 0) + 1
+    if rows:
+        print_table(f"{title}: {len(htp['rejected'])} node(s) fall back to the CPU, {len(htp['supported'])} run on it",
+                    ["op", "count", "why"], [[op, n, why] for (op, why), n in rows.items()], wide=True)
 
 
 def _short(v: object, limit: int = 100) -> str:

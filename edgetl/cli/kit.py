@@ -30,8 +30,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130
-# Artifacts whose runner needs TensorFlow; .tflite and .onnx files never import it.
-TF_KINDS = ("run", "keras", "saved_model")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -66,6 +64,11 @@ def handle_errors(fn: F) -> F:
         except Exception as exc:  # a bug of ours: still one line, the details on request
             if os.environ.get("EDGETL_DEBUG"):
                 traceback.print_exc()
+            if isinstance(exc, OSError) and exc.filename:
+                # A path the system refused (permissions, a read-only or full disk, a file where a folder
+                # should be) that no check of ours caught: the user's to fix, so exit 2 with the path.
+                fail(f"cannot use '{exc.filename}': {exc.strerror or type(exc).__name__}. Check that path and its "
+                     "permissions, or choose another.", 2)
             first = first_line(exc) if str(exc).strip() else ""
             fail(f"internal error ({type(exc).__name__}: {first}). Re-run with EDGETL_DEBUG=1 for the traceback "
                  "and report it.", EXIT_INTERNAL)
@@ -233,9 +236,10 @@ def _jsonable(obj: object) -> object:
 
 def needs_tensorflow(paths: Sequence[str]) -> None:
     """Load TensorFlow (quietly) only when a Keras or SavedModel model is among `paths`."""
-    from edgetl.runtime import detect_kind
+    from edgetl.runtime import detect_kind, get_kind
 
-    if any(detect_kind(p) in TF_KINDS for p in paths):
+    # Only kinds whose Runner needs it (a run, .keras, SavedModel); .tflite, .onnx and .ort files never import it.
+    if any(get_kind(detect_kind(p)).needs_tensorflow for p in paths):
         load_tensorflow()
 
 
@@ -248,12 +252,13 @@ def read_labels_option(labels: str | None) -> list[str] | None:
     return read_labels(labels)
 
 
-def open_runner(path: str, threads: int | None, unsafe: bool, labels: str | None, image_size: int | None) -> Runner:
-    """Open MODEL as the runtime options (--threads, --unsafe, --labels, --image-size) ask."""
-    from edgetl.runtime import open_model
+def open_runner(path: str, threads: int | None, unsafe: bool, labels: str | None, image_size: int | None,
+                runtime: str | None = None) -> Runner:
+    """Open MODEL as the runtime options (--threads, --unsafe, --labels, --image-size, --runtime) ask."""
+    from edgetl.runtime import open_model, runtime_kind
 
     return open_model(path, threads=threads, safe_mode=not unsafe, class_names=read_labels_option(labels),
-                      image_size=image_size)
+                      image_size=image_size, kind=runtime_kind(path, runtime))
 
 
 __all__ = ["EXIT_INTERNAL", "EXIT_INTERRUPTED", "RichReporter", "err_console", "esc", "fail", "fmt",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from edgetl import __version__
-from edgetl.cli import benchmark, evaluate, export, inspect, optimize, predict, train
+from edgetl.cli import benchmark, evaluate, export, inspect, optimize, predict, search, train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -23,7 +23,7 @@ def main() -> None:
 
 
 # Each command module lists its commands in COMMANDS.
-for _module in (train, export, optimize, evaluate, benchmark, inspect, predict):
+for _module in (train, search, export, optimize, evaluate, benchmark, inspect, predict):
     for _cmd in _module.COMMANDS:
         main.add_command(_cmd)
 

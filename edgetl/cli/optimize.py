@@ -85,6 +85,12 @@ def optimize(run_dir: str, method: str, epochs: int | None, output: str, lr: flo
     """
     OptimizeOptions(method=method, epochs=epochs, lr=lr, sparsity=sparsity, schedule=schedule, block=block,
                     batch_size=batch_size).check()
+    from edgetl.optimize.tfmot import require_tfmot
+
+    require_tfmot(f"edgetl optimize --method {method}")  # before TensorFlow's start-up: a missing install costs none
+    from edgetl.core.fileio import check_writable
+
+    check_writable(output, "--output", folder=True)  # before training, not after it
     from edgetl.core.tf import load_tensorflow
 
     load_tensorflow()

@@ -60,6 +60,13 @@ def unsafe_option() -> Decorator:
                         "off). Only for files you trust.")
 
 
+def runtime_option() -> Decorator:
+    """--runtime: open MODEL in another runtime than its kind's own (edgetl.runtime.kinds: a kind with runs_kind)."""
+    return click.option("--runtime", default=None, metavar="NAME", help="Run MODEL in another runtime than its "
+                        "own: tflm runs a .tflite file in TensorFlow Lite Micro's interpreter (the reference kernels "
+                        "microcontrollers run) in the smallest tensor arena it allocates in.")
+
+
 def model_options(f: F) -> F:
     """--labels, --image-size and --unsafe: how MODEL is opened (evaluate, predict, inspect)."""
     return labels_option()(image_size_option()(unsafe_option()(f)))

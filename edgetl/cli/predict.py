@@ -11,7 +11,14 @@ from collections.abc import Sequence
 import click
 
 from edgetl.cli.kit import handle_errors, needs_tensorflow, open_runner, print_json, print_table, warn
-from edgetl.cli.options import batch_size_option, json_option, model_argument, model_options, threads_option
+from edgetl.cli.options import (
+    batch_size_option,
+    json_option,
+    model_argument,
+    model_options,
+    runtime_option,
+    threads_option,
+)
 from edgetl.evaluate.accuracy import DEFAULT_BATCH_SIZE
 
 DEFAULT_TOP_K = 3  # labels shown per image
@@ -25,9 +32,10 @@ DEFAULT_TOP_K = 3  # labels shown per image
 @batch_size_option(DEFAULT_BATCH_SIZE)
 @threads_option()
 @model_options
+@runtime_option()
 @handle_errors
 def predict(model: str, images: tuple[str, ...], top_k: int, as_json: bool, batch_size: int, threads: int | None,
-            labels: str | None, image_size: int | None, unsafe: bool) -> None:
+            labels: str | None, image_size: int | None, unsafe: bool, runtime: str | None) -> None:
     """Top-k labels and probabilities for each image in IMAGES (files, or folders searched recursively).
 
     MODEL is a run directory, a .keras file, a SavedModel folder, a .tflite or a .onnx file. Unreadable images are
@@ -48,7 +56,7 @@ def predict(model: str, images: tuple[str, ...], top_k: int, as_json: bool, batc
         raise UsageError(f"--batch-size {batch_size} is out of range. Use 1 or more.")
     paths = _expand_images(images)
     needs_tensorflow([model])
-    runner = open_runner(model, threads, unsafe, labels, image_size)
+    runner = open_runner(model, threads, unsafe, labels, image_size, runtime)
     names = runner.class_names
     k = min(top_k, len(names))
     size = (runner.image_size, runner.image_size)

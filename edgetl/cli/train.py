@@ -104,6 +104,10 @@ def train(config_path: str | None, resume_dir: str | None, **flags: str | int | 
     from edgetl.train import plan
 
     plan(cfg)  # every option checked before TensorFlow is loaded
+    if cfg.output:
+        from edgetl.core.fileio import check_writable
+
+        check_writable(cfg.output, "--output", folder=True)
     load_tensorflow()
     from edgetl.train import train as run_train
 
@@ -185,6 +189,9 @@ def demo_data(dest: str, per_class: int, seed: int, force: bool) -> None:
 
     if per_class < 3 or per_class > 10000:
         raise UsageError(f"--per-class {per_class} is out of range. Use 3..10000.")
+    from edgetl.core.fileio import check_writable
+
+    check_writable(dest, "DEST", folder=True)
     summary = write_demo_data(dest, per_class=per_class, seed=seed, force=force)
     click.echo(f"wrote {sum(summary['counts'].values())} images of {len(summary['classes'])} classes to {dest}")
 

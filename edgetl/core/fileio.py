@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -15,8 +16,48 @@ from edgetl.core.errors import EdgetlError
 
 
 def _oserror(path: Path, exc: OSError) -> EdgetlError:
-    reason = exc.strerror or str(exc)
-    return EdgetlError(f"cannot write '{path}': {reason}. Free some space or choose a writable folder.")
+    return EdgetlError(f"cannot write '{path}': {oserror_reason(exc)}")
+
+
+def oserror_reason(exc: OSError) -> str:
+    """Why an OS call failed, and what to do, as the end of a one-line message."""
+    reason = exc.strerror or type(exc).__name__
+    if exc.errno == errno.ENOSPC or exc.errno == errno.EDQUOT:
+        return f"{reason}. Free some space or choose another folder."
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        return f"{reason} (a folder on the way cannot be created there). Choose a folder you can write to."
+    return f"{reason}. Choose a folder you can write to."
+
+
+def check_writable(path: str | os.PathLike[str], what: str, *, folder: bool) -> None:
+    """Fail before any work when an output cannot be written: `path` (a folder when `folder`, else a file)
+    must be creatable and writable. Folders created for the probe are removed again, so a refused
+    command leaves nothing behind.
+
+    Raises:
+        EdgetlError: one line naming `what` (the option), the path and the reason.
+    """
+    target = Path(path)
+    probe_dir = target if folder else target.parent
+    if target.exists() and (target.is_dir() != folder):
+        kind = "a folder" if folder else "a file"
+        raise EdgetlError(f"{what} '{target}' is not {kind} (it exists as {'a folder' if not folder else 'a file'}). "
+                          f"Choose another path.")
+    created: list[Path] = []
+    try:
+        missing = [d for d in (probe_dir, *probe_dir.parents) if not d.exists()]
+        for d in reversed(missing):
+            d.mkdir()
+            created.append(d)
+        fd, tmp = tempfile.mkstemp(prefix=".edgetl-probe.", dir=probe_dir)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise EdgetlError(f"{what} '{target}' cannot be written: {oserror_reason(exc)}") from None
+    finally:
+        for d in reversed(created):
+            with contextlib.suppress(OSError):
+                d.rmdir()
 
 
 @contextlib.contextmanager

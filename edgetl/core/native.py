@@ -10,8 +10,9 @@ from collections.abc import Iterator
 
 # Descriptor 2 is the process's, not a thread's: blocks on several threads share one redirection, made by
 # the first to enter and undone by the last to leave (else one thread's exit would restore /dev/null).
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entrant: a quiet block may run inside capture_native_stderr
 _depth = 0
+_stdout_lock = threading.Lock()
 _saved: int | None = None
 
 
@@ -31,6 +32,70 @@ def quiet_native_stderr() -> Iterator[None]:
         yield
     finally:
         _leave()
+
+
+@contextlib.contextmanager
+def capture_native_stderr() -> Iterator[list[str]]:
+    """Collect what native code writes to file descriptor 2 during the block; the list is filled when it ends.
+
+    For a library whose only account of a decision is its log (ONNX Runtime's execution providers log why
+    they reject a node and nothing else reports it). Other threads' quiet_native_stderr blocks wait until
+    this one ends, so their output is neither captured nor lost; EDGETL_DEBUG=1 also echoes the text.
+    """
+    import tempfile
+
+    lines: list[str] = []
+    with _lock, tempfile.TemporaryFile() as sink:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):  # no real descriptor: nothing to capture
+            yield lines
+            return
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode("utf-8", "replace")
+            lines.extend(ln for ln in text.splitlines() if ln.strip())
+            if os.environ.get("EDGETL_DEBUG"):
+                sys.stderr.write(text)
+
+
+@contextlib.contextmanager
+def quiet_native_stdout() -> Iterator[None]:
+    """Point file descriptor 1 at /dev/null for the block (EDGETL_DEBUG=1 keeps it).
+
+    For the rare native library that prints a notice to standard output (Qualcomm's QNN HTP backend, once
+    when it loads), where it would break a command's JSON output. Python's own sys.stdout is flushed first.
+    """
+    if os.environ.get("EDGETL_DEBUG"):
+        yield
+        return
+    with _stdout_lock:
+        try:
+            sys.stdout.flush()
+            saved = os.dup(1)
+        except (OSError, ValueError):
+            yield
+            return
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 1)
+        finally:
+            os.close(devnull)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 def _enter() -> bool:

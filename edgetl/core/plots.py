@@ -140,3 +140,50 @@ def plot_run(run: str | os.PathLike[str], rows: Sequence[dict[str, Any]], metric
                        title=f"{title}: {which} confusion matrix (accuracy {chosen['accuracy']:.3f})")
         out.append("confusion_matrix.png")
     return out
+
+
+@dataclass
+class TradeoffPoint:
+    """One model in an accuracy-against-latency plot."""
+
+    name: str
+    latency_ms: float
+    accuracy: float
+    accuracy_err: float = 0.0  # drawn as an error bar
+    size_mb: float = 1.0  # drawn as the marker's area
+    within: bool = True  # inside the budget (filled) or outside (hollow, grey)
+    front: bool = False  # on the Pareto front (joined by a line)
+    chosen: bool = False  # the recommended one (a star)
+
+
+def plot_tradeoff(points: Sequence[TradeoffPoint], path: str | os.PathLike[str], *, max_latency_ms: float | None = None,
+                  title: str = "", latency_label: str = "latency (ms)") -> None:
+    """Accuracy against latency, marker area by size in MB, the Pareto front joined and the latency budget drawn."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    biggest = max((p.size_mb for p in points), default=1.0) or 1.0
+    for p in points:
+        area = 40 + 600 * p.size_mb / biggest
+        color = "#4C72B0" if p.within else "#999999"
+        ax.errorbar(p.latency_ms, p.accuracy, yerr=p.accuracy_err, fmt="none", ecolor=color, alpha=0.5, capsize=2)
+        ax.scatter([p.latency_ms], [p.accuracy], s=area, facecolors=color if p.within else "none", edgecolors=color,
+                   alpha=0.7, zorder=3)
+        if p.chosen:
+            ax.scatter([p.latency_ms], [p.accuracy], s=220, marker="*", color="#DD8452", zorder=4,
+                       label="recommended")
+        ax.annotate(f"{p.name} ({p.size_mb:.2f} MB)", (p.latency_ms, p.accuracy), textcoords="offset points",
+                    xytext=(6, 4), fontsize=7)
+    front = sorted((p for p in points if p.front), key=lambda p: p.latency_ms)
+    if len(front) > 1:
+        ax.plot([p.latency_ms for p in front], [p.accuracy for p in front], "--", color="#55A868", linewidth=1,
+                label="Pareto front within the budget")
+    if max_latency_ms is not None:
+        ax.axvline(max_latency_ms, color="#C44E52", linestyle=":", label=f"latency budget {max_latency_ms:g} ms")
+    ax.set_xlabel(latency_label)
+    ax.set_ylabel("validation accuracy")
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, labels, fontsize=8, loc="lower right")
+    ax.set_title(title or "accuracy against latency (marker area: file size; hollow: outside the budget)", fontsize=9)
+    _save(fig, path)

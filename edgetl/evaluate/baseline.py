@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 from edgetl import __version__
@@ -15,13 +15,19 @@ BASELINE_SCHEMA = 1
 
 
 def make_baseline(result: dict[str, Any]) -> dict[str, Any]:
-    """The figures a later evaluation is compared with (--save-baseline)."""
+    """The figures a later evaluation is compared with (--save-baseline).
+
+    A baseline is kept in a repository and read on other machines (CI): the model and the data folder
+    are named by their last part, never by this machine's path; the data fingerprint identifies the images.
+    """
+    model = dict(result["model"], path=_last_part(result["model"].get("path")))
+    data = dict(result["data"], root=_last_part(result["data"].get("root")))
     return {
         "edgetl_baseline": BASELINE_SCHEMA,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "edgetl_version": __version__,
-        "model": result["model"],
-        "data": result["data"],
+        "model": model,
+        "data": data,
         "samples": result["samples"],
         "accuracy": result["accuracy"],
         "top_k": result["top_k"],
@@ -56,10 +62,23 @@ def load_baseline(path: str | os.PathLike[str]) -> dict[str, Any]:
                          "Write it again with --save-baseline FILE.") from None
     if not isinstance(data, dict) or not isinstance(data.get("accuracy"), (int, float)):
         raise UsageError(f"'{p}' is not an edgetl baseline (no accuracy figure). Write one with --save-baseline FILE.")
-    if data.get("edgetl_baseline", BASELINE_SCHEMA) != BASELINE_SCHEMA:
-        raise UsageError(f"baseline '{p}' has schema {data.get('edgetl_baseline')}; this edgetl reads "
-                         f"{BASELINE_SCHEMA}. Write it again with --save-baseline FILE.")
+    # Schema 1 is every baseline edgetl has written (files without the field included); a newer schema is
+    # refused in one line rather than misread, an older one would be converted here.
+    schema = data.get("edgetl_baseline", BASELINE_SCHEMA)
+    if not isinstance(schema, int) or isinstance(schema, bool) or schema < 1:
+        raise UsageError(f"baseline '{p}' has schema {schema!r}, not a version number. Write it again with "
+                         "--save-baseline FILE.")
+    if schema > BASELINE_SCHEMA:
+        raise UsageError(f"baseline '{p}' has schema {schema} (written by edgetl {data.get('edgetl_version', '?')}); "
+                         f"this edgetl {__version__} reads schema {BASELINE_SCHEMA} and older. Upgrade edgetl, or "
+                         "write the baseline again with --save-baseline FILE.")
     return data
+
+
+def _last_part(path: object) -> object:
+    if not isinstance(path, str):
+        return path
+    return PureWindowsPath(path).name or path
 
 
 def baseline_warnings(result: dict[str, Any], baseline: dict[str, Any]) -> list[str]:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgetl.core.errors import EdgetlError, UsageError
+from edgetl.core.errors import EdgetlError, UsageError, did_you_mean
 from edgetl.core.progress import Reporter
 from edgetl.runtime.timing import latency_stats, time_calls
 
@@ -62,6 +62,8 @@ class BenchOptions:
         min_seconds: timed seconds at least.
         max_seconds: stop timing a model after this, whatever min_runs says.
         safe_mode: load .keras files in Keras' safe mode.
+        runtime: run the models of the kind it runs in this other runtime (edgetl.runtime.kinds.runtimes(), e.g.
+            "tflm" for .tflite files); the other models in their own. None: every model in its own.
     """
 
     batch: int = 32
@@ -71,9 +73,16 @@ class BenchOptions:
     min_seconds: float = 2.0
     max_seconds: float = 30.0
     safe_mode: bool = True
+    runtime: str | None = None
 
     def check(self) -> None:
         """Raise UsageError for values out of range."""
+        if self.runtime is not None:
+            from edgetl.runtime.kinds import runtimes
+
+            if self.runtime not in runtimes():
+                raise UsageError(f"unknown --runtime '{self.runtime}'.{did_you_mean(self.runtime, runtimes())} "
+                                 f"Allowed: {', '.join(runtimes())}.")
         if not 1 <= self.batch <= 4096:
             raise UsageError(f"--batch {self.batch} is out of range. Use 1..4096.")
         if self.threads is not None and self.threads < 1:
@@ -127,7 +136,7 @@ def runtime_versions() -> dict[str, str]:
     from importlib import metadata
 
     out = {}
-    for dist in ("ai-edge-litert", "onnxruntime"):
+    for dist in ("ai-edge-litert", "onnxruntime", "tflite-micro"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[dist] = metadata.version(dist)
     if "tensorflow" in sys.modules:
@@ -219,7 +228,8 @@ def benchmark(paths: Sequence[str | os.PathLike[str]], options: BenchOptions | N
 def benchmark_one(path: str | os.PathLike[str], opts: BenchOptions, *, data: str | os.PathLike[str] | None = None,
                   reporter: Reporter | None = None, _cache: ImageCache | None = None) -> dict[str, Any]:
     """Benchmark one model; errors become a result with status "error" (and are logged)."""
-    from edgetl.runtime import detect_kind, open_model
+    from edgetl.runtime import detect_kind, get_kind, open_model
+    from edgetl.runtime.kinds import runtimes
 
     reporter = reporter or Reporter()
     cache = _cache if _cache is not None else {}
@@ -230,11 +240,13 @@ def benchmark_one(path: str | os.PathLike[str], opts: BenchOptions, *, data: str
     mem = PeakMemory()
     runner: Runner | None = None
     try:
-        if detect_kind(path) in ("run", "keras", "saved_model"):
+        if get_kind(detect_kind(path)).needs_tensorflow:
             import tensorflow  # noqa: F401 - imported before the memory probe: the library is not the model
         mem.start()
         t0 = time.perf_counter()
-        runner = open_model(path, threads=opts.threads, safe_mode=opts.safe_mode)
+        kind = detect_kind(path)
+        other = opts.runtime if opts.runtime is not None and runtimes().get(opts.runtime) == kind else None
+        runner = open_model(path, threads=opts.threads, safe_mode=opts.safe_mode, kind=other)
         row["load_ms"] = (time.perf_counter() - t0) * 1000.0
         row.update(format=runner.kind, mode=runner.quantization, size_bytes=runner.size_bytes,
                    image_size=runner.image_size, input_dtype=runner.input_dtype, threads=opts.threads,

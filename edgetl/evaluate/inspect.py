@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import onnx
 
     from edgetl.runtime import KerasRunner, LiteRTRunner, OnnxRunner, SavedModelRunner
+    from edgetl.runtime.openvino import OpenVinoRunner
 
 
 def inspect_model(path: str | Path, *, safe_mode: bool = True, class_names: list[str] | None = None,
@@ -43,7 +44,7 @@ def inspect_model(path: str | Path, *, safe_mode: bool = True, class_names: list
     Raises:
         ModelError: not a model, or a damaged one.
     """
-    from edgetl.runtime import open_model
+    from edgetl.runtime import get_kind, open_model
 
     runner = open_model(path, safe_mode=safe_mode, class_names=class_names, image_size=image_size)
     try:
@@ -55,18 +56,19 @@ def inspect_model(path: str | Path, *, safe_mode: bool = True, class_names: list
             "inputs": [], "outputs": [], "ops": {}, "op_total": 0, "parameters": None,
             "metadata": runner.metadata,
         }
-        details = {"tflite": _tflite, "onnx": _onnx, "keras": _keras, "saved_model": _saved_model}[runner.kind]
-        if runner.kind == "onnx" and Path(runner.path).suffix.lower() != ".onnx":
-            details = _ort
+        kind = get_kind(runner.kind)
+        details = DETAILS.get(kind.graph or kind.name)
+        if details is None:
+            raise ModelError(f"inspect cannot read the graph of a {runner.kind} model ('{runner.path}'); it reads "
+                             f"{', '.join(DETAILS)} graphs.")
         info.update(details(runner))
         info["op_total"] = int(sum(info["ops"].values()))
         info["ops"] = dict(sorted(info["ops"].items(), key=lambda kv: (-kv[1], kv[0])))
         if compat:
-            from edgetl.runtime.compat import compatibility
+            from edgetl.runtime.kinds import compatibility
 
-            kind = "ort" if details is _ort else runner.kind
             try:
-                info["compatibility"] = compatibility(runner.path, kind)
+                info["compatibility"] = compatibility(runner.path, runner.kind)
             except ModelError as exc:  # a file that runs but that a checker cannot read: say so, inspect the rest
                 info["compatibility"] = {"error": str(exc)}
         return info
@@ -198,6 +200,32 @@ def _ort(runner: OnnxRunner) -> dict[str, Any]:
             "ops": {}, "producer": f"{meta.producer_name} (ORT format)".strip()}
 
 
+_OV_ELEM = {"f32": "float32", "f16": "float16", "i8": "int8", "u8": "uint8", "i32": "int32", "i64": "int64"}
+
+
+def _openvino(runner: OpenVinoRunner) -> dict[str, Any]:
+    """An OpenVINO IR: tensors and op types from the openvino.Model; its weights are the float and 8-bit Constants."""
+    model = runner.model
+
+    def describe(port: Any) -> dict[str, Any]:
+        shape = [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+        return _tensor(port.get_any_name(), shape, _OV_ELEM.get(port.get_element_type().get_type_name(), "other"))
+
+    ops: collections.Counter[str] = collections.Counter()
+    weight_types: collections.Counter[str] = collections.Counter()
+    for op in model.get_ops():
+        kind = op.get_type_name()
+        if kind == "Constant":
+            dtype = _OV_ELEM.get(op.get_output_element_type(0).get_type_name())
+            if dtype in ("float32", "float16", "int8", "uint8"):
+                weight_types[dtype] += int(np.prod(list(op.get_output_shape(0)), dtype=np.int64))
+        elif kind not in ("Parameter", "Result"):
+            ops[kind] += 1
+    return {"inputs": [describe(p) for p in model.inputs], "outputs": [describe(p) for p in model.outputs],
+            "ops": dict(ops), "parameters": int(sum(weight_types.values())), "weight_dtypes": dict(weight_types),
+            "quantized": "FakeQuantize" in ops, "producer": f"OpenVINO IR ({runner.xml.name})"}
+
+
 # ----------------------------------------------------------------------------------------------
 # TensorFlow
 
@@ -248,3 +276,8 @@ def _saved_model(runner: SavedModelRunner) -> dict[str, Any]:
         "ops": dict(ops), "parameters": params,
         "signatures": list(getattr(runner.loaded, "signatures", {}).keys()),
     }
+
+
+# What inspect reads of each graph (edgetl.runtime.kinds: Kind.graph, or the kind's name).
+DETAILS = {"tflite": _tflite, "onnx": _onnx, "ort": _ort, "openvino": _openvino, "keras": _keras,
+           "saved_model": _saved_model}

@@ -1,8 +1,9 @@
-"""Export: a run directory to verified TFLite, ONNX and SavedModel files.
+"""Export: a run directory to verified TFLite, ONNX, ORT and SavedModel files.
 
-One module per format (tflite, onnx, saved_model; one entry function each), the quantization modes
-as a table (modes), the embedded metadata (metadata), and the job that plans, stages, verifies and
-moves files into place (plan, images, verify, report, job); auto searches int8 within an accuracy budget.
+The formats are one table with one module each (formats/: tflite, onnx, ort, saved_model), as are the
+quantization modes (modes), the --target values (targets) and the checks of written files (checks); the
+embedded metadata (metadata), and the job that plans, stages, verifies and moves files into place (plan,
+images, verify, report, job) ask those tables; auto searches int8 within an accuracy budget.
 """
 
 from edgetl.export.job import export_run, run_export  # noqa: F401

@@ -98,10 +98,10 @@ def search_int8(run_dir: str | os.PathLike[str], *, max_drop: float, calibration
         UsageError: max_drop out of range; DataError: the run's images are gone.
     """
     from edgetl.core.tf import load_tensorflow
+    from edgetl.export.formats.saved_model import save_serving
     from edgetl.export.images import ExportImages, representative
     from edgetl.export.modes import IO_TYPES
     from edgetl.export.reference import keras_reference
-    from edgetl.export.saved_model import save_serving
     from edgetl.rundir import load_run
     from edgetl.runtime import open_model
     from edgetl.runtime.measure import measure
@@ -190,8 +190,8 @@ class _Quantizer:
 
     def __init__(self, saved: Path, calib: Any, threads: int | None, bias_correction: bool) -> None:
         from edgetl.export.calibration import calibrate_graph
+        from edgetl.export.formats.tflite import calibrate_tflite
         from edgetl.export.images import representative
-        from edgetl.export.tflite import calibrate_tflite
 
         result = calibrate_graph(calibrate_tflite(str(saved), representative(calib[:1])), calib, threads,
                                  means=bias_correction)
@@ -199,7 +199,7 @@ class _Quantizer:
 
     def quantize(self, mode: str, io_type: str | None) -> tuple[bytes, list[str]]:
         """The calibrated model quantized to `mode` (int8, int8-full, int16x8), corrected; and the ops corrected."""
-        from edgetl.export.tflite import quantize_calibrated
+        from edgetl.export.formats.tflite import quantize_calibrated
 
         return self.correct(quantize_calibrated(self.calibrated, mode, io_type if mode == "int8-full" else None))
 

@@ -9,7 +9,8 @@ got its sum's range, up to 1.9x wider, which costs those tensors resolution once
 Here the same float model runs in LiteRT (XNNPACK, every thread, a few images per call) with each
 calibrated tensor made an output, and each range is that tensor's own min and max over the images: 4 s
 for the same 300 images. The ranges go into the graph the converter calibrated on one image (its tensors,
-names and order), so the converter's quantizers read them as their own (edgetl.export.tflite.quantize_calibrated).
+names and order), so the converter's quantizers read them as their own
+(edgetl.export.formats.tflite.quantize_calibrated).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The export job: plan the files, stage each one, verify it in its runtime, move it into place.
 
-It imports no format module and no TensorFlow at load time: `edgetl --help` stays fast.
+It asks the format table (edgetl.export.formats) what each format needs, how to write it and which checks it
+gets; it never tests a format's name. No TensorFlow at load time: `edgetl --help` stays fast.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 from edgetl.core.errors import DataError, EdgetlError, ExportError, GateFailure, ModelError, UsageError
 from edgetl.core.native import release_free_memory
 from edgetl.core.progress import Reporter
-from edgetl.export.images import ExportImages, representative
+from edgetl.export.checks import after_write
+from edgetl.export.formats import CALIBRATION, FLOAT_ONNX, FROZEN, SAVED_MODEL, WriteRequest, get_format
+from edgetl.export.images import ExportImages
 from edgetl.export.modes import get_mode
 from edgetl.export.plan import (
-    COMPAT_TARGETS,
     DEFAULT_CALIBRATION_SAMPLES,
     DEFAULT_OPSET,
     DEFAULT_VERIFY_SECONDS,
@@ -28,17 +30,8 @@ from edgetl.export.plan import (
     make_plan,
 )
 from edgetl.export.reference import FLOAT_TOLERANCE, reference_pass
-from edgetl.export.report import ExportReport, ExportRow, write_beside
-from edgetl.export.shared import (
-    Job,
-    calibrated_model,
-    float_tflite,
-    frozen_pass,
-    plans_float_tflite,
-    quantize_shared,
-    saved_model_of,
-    shares_calibration,
-)
+from edgetl.export.report import GATE_FAILURES, ExportReport, ExportRow, write_beside
+from edgetl.export.shared import Job, float_tflite, frozen_pass, plans_float_tflite
 from edgetl.export.verify import verify_file
 
 if TYPE_CHECKING:
@@ -56,10 +49,13 @@ def export_run(run_dir: str | os.PathLike[str] | Run, *, formats: Any = (), quan
                opset: int = DEFAULT_OPSET, allow_select_ops: bool = False, max_drop: float | None = None,
                verify: bool = True, verify_seconds: float | None = DEFAULT_VERIFY_SECONDS, threads: int | None = None,
                target: str | None = None, force: bool = False, strict: bool = False,
-               bias_correction: bool = True, reporter: Reporter | None = None) -> ExportReport:
+               bias_correction: bool = True, max_ram_kb: float | None = None, max_flash_kb: float | None = None,
+               format_options: dict[str, Any] | None = None,
+               accuracy_control: bool = False,
+               reporter: Reporter | None = None) -> ExportReport:
     """Export a trained run to TFLite, ONNX and/or SavedModel, quantized as asked, and verify each file.
 
-    Each (format, mode) pair that exists is written (see edgetl.export.modes.plan_pairs), named
+    Each (format, mode) pair that exists is written (see edgetl.export.formats.plan_pairs), named
     backbone-size-mode.ext in `output` (default RUN_DIR/export), with the edgetl metadata inside
     and labels.txt beside. With verify, each file is opened in its own runtime (LiteRT, ONNX
     Runtime, TensorFlow) and run on the run's held-out images against the Keras model.
@@ -71,7 +67,8 @@ def export_run(run_dir: str | os.PathLike[str] | Run, *, formats: Any = (), quan
     Raises:
         UsageError, ModelError, DataError, RunExistsError: bad options, run or data (nothing written).
         ExportError: a conversion failed, or a float file did not match Keras; GateFailure: a file
-            lost more accuracy than max_drop. Both carry the report as `.report`; files that passed
+            lost more accuracy than max_drop, or a microcontroller file needs more RAM or flash than
+            max_ram_kb / max_flash_kb (edgetl.export.tflm_check). Both carry the report as `.report`; files that passed
             are kept, failing ones are not written.
     """
     from edgetl.rundir import Run, load_run
@@ -81,7 +78,9 @@ def export_run(run_dir: str | os.PathLike[str] | Run, *, formats: Any = (), quan
                          calibration_samples=calibration_samples, io_type=io_type, opset=opset,
                          allow_select_ops=allow_select_ops, max_drop=max_drop, verify=verify,
                          verify_seconds=verify_seconds, threads=threads, target=target, force=force, strict=strict,
-                         bias_correction=bias_correction)
+                         bias_correction=bias_correction, max_ram_kb=max_ram_kb, max_flash_kb=max_flash_kb,
+                         format_options=dict(format_options or {}),
+                         accuracy_control=accuracy_control)
     return run_export(run_dir if isinstance(run_dir, Run) else load_run(run_dir), opts, reporter)
 
 
@@ -91,7 +90,7 @@ def run_export(run: Run, opts: ExportOptions, reporter: Reporter | None = None) 
 
     reporter = reporter or Reporter()
     plan = make_plan(run, opts)
-    needs_calibration = any(get_mode(m).calibrated for _, m in plan.pairs)
+    needs_calibration = any(get_mode(m).calibrated and CALIBRATION in get_format(f).needs for f, m in plan.pairs)
     report = ExportReport(run_dir=run.path, output=plan.output)
     images = ExportImages(run, opts.calibration_samples if needs_calibration else 0, opts.verify, report.warnings)
     images.check()  # missing data fails here, before the slow part
@@ -104,18 +103,25 @@ def run_export(run: Run, opts: ExportOptions, reporter: Reporter | None = None) 
     report.verify = {"enabled": opts.verify, "threads": job.threads, "batch_for_latency": 1,
                      "float_tolerance": FLOAT_TOLERANCE, "max_drop": opts.max_drop,
                      "seconds_per_file": opts.verify_seconds}
+    created = not plan.output.exists()
     plan.output.mkdir(parents=True, exist_ok=True)
     clean_staging(plan.output)
     job.work = Path(tempfile.mkdtemp(prefix="edgetl-export-"))
     try:
-        _prepare(job, needs_calibration, report, reporter)
+        try:
+            _prepare(job, needs_calibration, report, reporter)
+        except BaseException:
+            if created:  # a damaged model or an interrupt before the first file: leave no empty folder behind
+                with contextlib.suppress(OSError):
+                    plan.output.rmdir()
+            raise
         release_free_memory()
         for fmt, mode in _conversion_order(plan.pairs):
             reporter.start(f"exporting {fmt} {mode}", None)
             row = _export_one(job, fmt, mode)
             reporter.finish()
-            if fmt == "onnx" and mode == "none" and row.status in ("ok", "unverified"):
-                job.float_onnx = plan.paths[(fmt, mode)]
+            if get_format(fmt).gives_float_onnx and get_mode(mode).float_model and row.status in ("ok", "unverified"):
+                job.exported_onnx = plan.paths[(fmt, mode)]
             report.rows.append(row)
             release_free_memory()
             reporter.info(row.line())
@@ -135,20 +141,20 @@ def run_export(run: Run, opts: ExportOptions, reporter: Reporter | None = None) 
     if failed:
         what = "; ".join(f"{r.format} {r.mode}: {r.status[len('failed: '):]}" for r in failed)
         message = f"{len(failed)} of {len(report.rows)} exports failed ({what})."
-        if all(r.failure == "max_drop" for r in failed):
+        if all(r.failure in GATE_FAILURES for r in failed):
             raise GateFailure(message, report=report)
         raise ExportError(message, report=report)
     return report
 
 
 def _conversion_order(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """ONNX and ORT files first, then the rest, each group in the asked order.
+    """Formats converted first (Format.convert_first: ONNX, ORT), then the rest, each group in the asked order.
 
     tf2onnx is the export's largest memory step (+460 MB on MobileNetV2 at 224); run first, the memory
     it frees is reused by the TFLite steps after it. Run after them, it stacks on top: every mode of
     the flowers run peaked at 2,403 MB in the asked order and 2,144 MB in this one (BENCHMARKS.md).
     """
-    return sorted(pairs, key=lambda pair: 0 if pair[0] in ("onnx", "ort") else 1)
+    return sorted(pairs, key=lambda pair: 0 if get_format(pair[0]).convert_first else 1)
 
 
 def _prepare(job: Job, needs_calibration: bool, report: ExportReport, reporter: Reporter) -> None:
@@ -173,7 +179,7 @@ def _prepare(job: Job, needs_calibration: bool, report: ExportReport, reporter: 
             job.images.held_out(reporter)
         # The reference may run in LiteRT on the float TFLite graph (edgetl.export.reference): what it needs
         # is made first, as its own phases, when the export makes it anyway.
-        converts = any(fmt in ("tflite", "onnx", "ort") for fmt in job.plan.formats)
+        converts = any(FROZEN in get_format(fmt).needs for fmt in job.plan.formats)
         shared = plans_float_tflite(job)
         if converts:
             frozen_pass(job, None)
@@ -241,136 +247,81 @@ def staging_path(final: Path) -> Path:
 
 
 def _export_one(job: Job, fmt: str, mode: str) -> ExportRow:
-    """Write one file to a staging name, verify it, and move it into place only when it passes."""
+    """Write one file to a staging name, verify it, check it, and move it into place only when it passes."""
     from edgetl.export.metadata import build_metadata
 
+    spec = get_format(fmt)
     final = job.plan.paths[(fmt, mode)]
-    io = job.plan.io_type if mode == "int8-full" else None
+    io = job.plan.io_type if get_mode(mode).integer_io and "io_type" in spec.options else None
     row = ExportRow(format=fmt, mode=mode, io_type=io, path=str(final), input_dtype=io or "float32")
     meta = build_metadata(job.run, fmt=fmt, quantization=mode, io_type=io)
-    meta["batch"] = 1 if (fmt == "tflite" and mode == "int8-full") else None  # None: any batch size
-    if fmt in ("onnx", "ort"):
-        meta["opset"] = job.opts.opset
+    meta["batch"] = 1 if mode in spec.batch_one else None  # None: any batch size
+    for option in spec.meta_options:
+        meta[option] = getattr(job.opts, option)
     staging = staging_path(final)
     name = f"{fmt} {mode}"
     try:
         # The shared inputs (a frozen pass, a calibrated model) are made on first use and timed as their own phases.
-        source = _tflite_source(job, mode, meta) if fmt == "tflite" else None
-        if fmt in ("onnx", "ort"):
-            frozen_pass(job, None)
+        if spec.prepare is None:
+            _make_needs(job, spec.needs)
+            source = None
+        else:  # a format with its own preparation makes what it needs, batch and calibration as its mode wants
+            source = spec.prepare(job, mode, meta)
         t0, c0 = time.perf_counter(), time.process_time()
-        row.extra.update(_write(job, fmt, mode, io, staging, meta, source))
+        row.extra.update(spec.write(job, WriteRequest(path=staging, mode=mode, io_type=io, meta=meta, source=source)))
         row.export_seconds = round(time.perf_counter() - t0, 2)
         job.phases.add("convert", row.export_seconds, name, cpu=time.process_time() - c0)
-        row.size_mb = round(_size(staging) / 1e6, 3)
+        row.size_mb = round(sum(_size(f) for f in _with_companions(staging, spec.companions)) / 1e6, 3)
         if job.opts.verify and job.ref is not None:
             with job.phases.time("verify", name):
-                # `tflite none` is the float graph the reference ran in LiteRT (float_tflite): shared, not run twice.
+                # The float TFLite graph the reference ran in LiteRT (float_tflite) is shared, not run twice.
                 verify_file(row, staging, meta, job.ref, job.images, job.opts.max_drop, job.threads,
-                            job.opts.verify_seconds, reference_graph=(fmt, mode) == ("tflite", "none"))
+                            job.opts.verify_seconds, reference_graph=mode in spec.reference_graph)
         else:
             row.status = "unverified"
-        if fmt == "tflite" and job.opts.target in COMPAT_TARGETS and not row.failed:
-            _check_target(job, row, staging)
+        for check in after_write(fmt, job.opts.target):
+            if row.failed:
+                break
+            assert check.run is not None
+            check.run(job, row, staging)
         if row.failed:
             row.status = row.status.replace(str(staging), str(final))
             return row
         if final.is_dir() and not final.is_symlink():
             shutil.rmtree(final)
-        os.replace(staging, final)
+        for src, dst in zip(_with_companions(staging, spec.companions), _with_companions(final, spec.companions),
+                            strict=True):
+            os.replace(src, dst)  # the companions first: the main file appears with its companions in place
         row.written = True
     except (UsageError, DataError):
         raise
     except ExportError as exc:
         row.fail(str(exc), "export")
     finally:
-        if staging.is_dir():
-            shutil.rmtree(staging, ignore_errors=True)
-        elif staging.exists():
-            with contextlib.suppress(OSError):
-                staging.unlink()
+        for leftover in _with_companions(staging, spec.companions):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            elif leftover.exists():
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
     return row
 
 
-def _check_target(job: Job, row: ExportRow, path: Path) -> None:
-    """--target gpu/npu: the ops the accelerator lacks (edgetl.runtime.compat); --strict fails the file on them."""
-    from edgetl.runtime.compat import gpu_compatibility, npu_compatibility
+def _make_needs(job: Job, needs: frozenset[str]) -> None:
+    """Make what a format needs before its conversion is timed (each is made once per export, timed as its phase).
 
-    target = str(job.opts.target)
-    check = gpu_compatibility(path) if target == "gpu" else npu_compatibility(path)
-    row.extra["compatibility"] = {target: {"compatible": check["compatible"],
-                                           "unsupported_ops": check["unsupported_ops"]}}
-    if check["compatible"]:
-        return
-    what = f"--target {target}: ops that would fall back to the CPU: {', '.join(check['unsupported_ops'])}"
-    if job.opts.strict:
-        row.fail(what, "compatibility")
-    else:
-        log.warning("%s (%s); --strict fails the export on them", what, Path(row.path).name)
-        job.warnings.append(f"{what} ({Path(row.path).name})")
+    The calibration images (CALIBRATION) are made by _prepare when a planned mode is calibrated."""
+    if FROZEN in needs:
+        frozen_pass(job, None)
+    if FLOAT_ONNX in needs:
+        job.float_onnx()
+    if SAVED_MODEL in needs:
+        job.saved_model()
 
 
-def _qat_source(job: Job, mode: str, meta: dict[str, Any]) -> Path | None:
-    """A QAT run's own SavedModel for an int8 TFLite file (its learned ranges), else None."""
-    if mode in ("int8", "int8-full"):
-        qat = job.run.qat_saved_model()
-        if qat is not None:
-            meta["qat"] = True
-            meta["batch"] = None  # the QAT SavedModel keeps a free batch dimension
-            return qat
-    return None
-
-
-def _tflite_source(job: Job, mode: str, meta: dict[str, Any]) -> tuple[Any, bytes | None]:
-    """What a TFLite file is converted from: (QAT SavedModel or frozen pass, the shared calibrated model or None)."""
-    qat = _qat_source(job, mode, meta)
-    batch = 1 if mode == "int8-full" else None
-    if qat is None and shares_calibration(job, "tflite", mode):
-        return None, calibrated_model(job, batch)
-    return (qat if qat is not None else frozen_pass(job, batch)), None
-
-
-def _write(job: Job, fmt: str, mode: str, io: str | None, path: Path, meta: dict[str, Any],
-           source: tuple[Any, bytes | None] | None) -> dict[str, Any]:
-    """Dispatch to the format's one entry function. Returns figures for the file's row (bias correction)."""
-    extra: dict[str, Any] = {}
-    if fmt == "tflite":
-        from edgetl.export.tflite import export_tflite
-
-        assert source is not None
-        rep = representative(job.calib) if job.calib is not None and get_mode(mode).calibrated else None
-        converted = float_tflite(job) if mode == "none" else None  # shared with the reference pass
-        if source[1] is not None:
-            converted, corrected = quantize_shared(job, mode, io, source[1])
-            extra["bias_corrected"] = len(corrected)
-        export_tflite(source[0], path, mode, meta=meta, representative=rep, io_type=io,
-                      allow_select_ops=job.opts.allow_select_ops, calibrated=source[1], converted=converted)
-    elif fmt == "onnx":
-        from edgetl.export.onnx import export_onnx
-
-        export_onnx(frozen_pass(job, None), path, mode, meta=meta, opset=job.opts.opset,
-                    calibration=job.calib if mode == "int8" else None,
-                    float_model=job.float_onnx if mode != "none" else None,
-                    bias_correction=job.opts.bias_correction)
-    elif fmt == "ort":
-        from edgetl.export.onnx import export_onnx
-        from edgetl.export.ort import export_ort
-
-        # The ORT file is converted from an ONNX file of the same mode, written beside the staging file.
-        onnx_path = path.with_name(path.name + ".onnx")
-        try:
-            export_onnx(frozen_pass(job, None), onnx_path, mode, meta=meta, opset=job.opts.opset,
-                        calibration=job.calib if mode == "int8" else None,
-                        float_model=job.float_onnx if mode != "none" else None,
-                        bias_correction=job.opts.bias_correction, folded_at_load=False)
-            export_ort(onnx_path, path)
-        finally:
-            onnx_path.unlink(missing_ok=True)
-    else:
-        from edgetl.export.saved_model import export_saved_model
-
-        export_saved_model(saved_model_of(job), path, meta=meta)
-    return extra
+def _with_companions(path: Path, companions: tuple[str, ...]) -> list[Path]:
+    """The files one export writes: its companions (same stem, their suffixes: an OpenVINO .bin), then `path`."""
+    return [path.with_suffix(s) for s in companions] + [path]
 
 
 def _size(p: Path) -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgetl.core.errors import ModelError
+from edgetl.runtime.kinds import read_metadata
 from edgetl.runtime.metadata import (
     METADATA_NAME,
     ONNX_KEY,
@@ -24,7 +25,6 @@ from edgetl.runtime.metadata import (
     TFLITE_IDENTIFIER,
     build_metadata,
     flatbuffer_text,
-    read_metadata,
     read_onnx_metadata,
     read_saved_model_metadata,
     read_tflite_metadata,

@@ -93,7 +93,7 @@ def calibrated_tensors(model: Any, op_types: Iterable[str] | None = None) -> lis
 
 
 def collect_statistics(model: Any, images: np.ndarray, input_name: str,
-                       means_of: Sequence[str] = ()) -> Statistics:
+                       means_of: Sequence[str] = (), op_types: Iterable[str] | None = None) -> Statistics:
     """Each calibrated tensor's (min, max) over `images`, and the tensors `means_of` names averaged over them.
 
     Args:
@@ -103,6 +103,7 @@ def collect_statistics(model: Any, images: np.ndarray, input_name: str,
         input_name: the model's input.
         means_of: tensors to average over the images (batch axis only: a conv input keeps its (C, H, W) map;
             the first edgetl.export.images.MEAN_IMAGES images).
+        op_types: the op types the quantizer will quantize (None: quantize_static's default ones).
 
     Returns:
         The ranges (ORT's MinMax calibration of the same images, to the bit) and the means (float32).
@@ -111,7 +112,7 @@ def collect_statistics(model: Any, images: np.ndarray, input_name: str,
 
     from edgetl.export.images import MEAN_IMAGES
 
-    wanted = calibrated_tensors(model)
+    wanted = calibrated_tensors(model, op_types)
     inputs = {vi.name for vi in model.graph.input}
     averaged = [n for n in dict.fromkeys(means_of) if n not in inputs]
     augmented, reduced = _augmented(model, [n for n in wanted if n not in inputs], averaged)

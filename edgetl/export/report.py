@@ -16,7 +16,9 @@ REPORT_FILE = "export_report.json"
 LABELS_FILE = "labels.txt"
 COLUMNS = ("format", "mode", "path", "size_mb", "accuracy", "drop", "agreement", "max_abs_diff", "latency_ms",
            "status")
-FAILURE_KINDS = ("export", "verify", "float_parity", "max_drop", "app_runtime", "compatibility")
+FAILURE_KINDS = ("export", "verify", "float_parity", "max_drop", "app_runtime", "compatibility", "tflm", "budget")
+# Failures that are a gate (exit 1, like a failed evaluate): the file is sound but misses a budget the user set.
+GATE_FAILURES = ("max_drop", "budget")
 
 
 @dataclass

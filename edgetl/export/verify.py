@@ -12,11 +12,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgetl.core.errors import EdgetlError
+from edgetl.export.checks import get_check
+from edgetl.export.formats import get_format
 from edgetl.export.images import balanced_order
 from edgetl.export.modes import get_mode
 from edgetl.export.plan import DEFAULT_VERIFY_SECONDS
 from edgetl.export.reference import FLOAT_TOLERANCE, KerasReference
 from edgetl.export.report import ExportRow
+from edgetl.runtime.kinds import Kind, get_kind
 from edgetl.runtime.measure import Reference, compare, top1_accuracy
 from edgetl.runtime.timing import median_ms
 
@@ -48,6 +51,7 @@ MIN_VERIFY_SAMPLES = 50
 # A runtime that kept fewer cores than this busy on the probe runs its kernels on one thread whatever it is
 # given (int16x8's reference kernels: 1.0 with 2 threads, where XNNPACK's float kernels keep 1.8-2.0 busy).
 SINGLE_THREADED_CORES = 1.3
+APP_CHECK = "mediapipe"  # the checks table's record of the MediaPipe pass (edgetl.export.checks)
 _PROBE = 4  # images timed (after one warm-up call of the same size) to estimate a file's cost per image
 
 
@@ -62,10 +66,11 @@ def verify_file(row: ExportRow, path: Path, meta: dict[str, Any], ref: KerasRefe
     """
     from edgetl.runtime import open_model
 
+    kind = _kind_of(row)
     try:
         # TensorFlow's thread pools are fixed once it has run an op (it has: the Keras reference), so a
         # SavedModel is measured with the threads TensorFlow already has.
-        runner = open_model(path, threads=None if row.format == "saved_model" else threads)
+        runner = open_model(path, threads=None if kind.fixed_threads else threads, kind=kind.name)
     except EdgetlError as exc:
         if "flex" in str(exc).lower() or "select tensorflow op" in str(exc).lower():
             # Asked for with --allow-select-ops: stock LiteRT has no Flex delegate, so it cannot be run here.
@@ -92,7 +97,7 @@ def verify_file(row: ExportRow, path: Path, meta: dict[str, Any], ref: KerasRefe
                             APP_SAMPLES_CAPPED if capped else None)
         app = _AppPass(path, x[idx[on_app]]) if _app_pass_applies(row) else None
         try:
-            split = threads if row.format == "tflite" and threads > 1 and cores < SINGLE_THREADED_CORES \
+            split = threads if kind.side_by_side and threads > 1 and cores < SINGLE_THREADED_CORES \
                 and len(idx) >= 2 * _VERIFY_BATCH and not same else 1
             if split > 1:
                 row.extra["verify_runners"] = split
@@ -110,6 +115,10 @@ def verify_file(row: ExportRow, path: Path, meta: dict[str, Any], ref: KerasRefe
             row.max_abs_diff, row.agreement = m.max_abs_diff, m.agreement
             row.accuracy, row.drop = m.accuracy, m.drop
             row.latency_ms = _batch1_ms(runner, x[idx[:1]])
+            kernels = runner.int8_kernels() if get_mode(row.mode).calibrated else None
+            if kernels is not None:  # figures that depend on the build machine's CPU say so
+                row.extra["int8_kernels"] = kernels
+                log.info("%s %s int8 kernels: %s", row.format, row.mode, kernels)
         row.samples = int(len(idx))
     finally:
         runner.close()
@@ -123,7 +132,7 @@ def verify_file(row: ExportRow, path: Path, meta: dict[str, Any], ref: KerasRefe
         row.fail(f"accuracy drop {row.drop:.4f} > --max-drop {float(max_drop):g}", "max_drop")
     else:
         row.status = "ok"
-    if row.format == "tflite" and m is not None and not row.failed:
+    if get_check(APP_CHECK).applies(row.format, None) and m is not None and not row.failed:
         app_idx = idx[on_app]
         verify_in_app_runtime(row, path, x[app_idx], y[app_idx] if y is not None else None, m.probs[on_app],
                               list(meta.get("class_names") or []), app)
@@ -138,7 +147,7 @@ def _predict(runner: Runner, path: Path, images: np.ndarray, split: int) -> np.n
     from edgetl.runtime import open_model
 
     parts = np.array_split(np.arange(len(images)), split)
-    others = [open_model(path, threads=1) for _ in range(split - 1)]
+    others = [open_model(path, threads=1, kind=runner.kind) for _ in range(split - 1)]
     results: list[np.ndarray | None] = [None] * split
     errors: list[EdgetlError] = []
 
@@ -229,7 +238,12 @@ def _app_pass_applies(row: ExportRow) -> bool:
     """Whether verify_in_app_runtime will run MediaPipe on the file (a .tflite without int8 input; installed).
 
     One rule for starting MediaPipe's pass and for counting it in the verification budget."""
-    return row.format == "tflite" and row.input_dtype != "int8" and _app_runtime_available()
+    return get_check(APP_CHECK).applies(row.format, None) and row.input_dtype != "int8" and _app_runtime_available()
+
+
+def _kind_of(row: ExportRow) -> Kind:
+    """The runtime kind that opens the row's file (its format's record says which)."""
+    return get_kind(get_format(row.format).kind)
 
 
 def _sample(runner: Runner, row: ExportRow, x: np.ndarray, y: np.ndarray | None, reference: Reference,

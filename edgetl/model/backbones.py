@@ -319,6 +319,24 @@ def _tfsm_layer(folder: str, keras: Any) -> Any:
         raise ModelError(f"cannot load SavedModel '{folder}': {first_line(exc)}") from None
 
 
+def check_keras_archive(path: str | Path, what: str, fix: str) -> None:
+    """Refuse a .keras file that is not a zip archive (garbage, truncated, another format) in one line.
+
+    Keras reports such a file as "File not found", which sends the user looking for a file that is there.
+
+    Raises:
+        ModelError: the file is missing or not a zip archive; the message ends with `fix`.
+    """
+    import zipfile
+
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"{what} '{p}' does not exist. {fix}")
+    if not zipfile.is_zipfile(p):
+        raise ModelError(f"{what} '{p}' is damaged or not a Keras file (a .keras file is a zip archive; this one "
+                         f"is not, {p.stat().st_size} bytes). {fix}")
+
+
 def _build_from_file(path: Path, image_size: int) -> Any:
     import keras
 
@@ -326,6 +344,7 @@ def _build_from_file(path: Path, image_size: int) -> Any:
         return _tfsm_layer(str(path), keras)
     if path.suffix != ".keras":
         raise ModelError(f"backbone file '{path}' is not a .keras file or SavedModel folder.")
+    check_keras_archive(path, "backbone file", "Pass a .keras model saved by Keras 3 (model.save('base.keras')).")
     try:
         model = keras.saving.load_model(str(path), compile=False, safe_mode=True)
     except Exception as exc:

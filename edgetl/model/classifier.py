@@ -6,7 +6,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgetl.core.errors import ModelError, UsageError
-from edgetl.model.backbones import CAFFE_MEAN_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, PREPROCESSING_MODES
+from edgetl.model.backbones import (
+    CAFFE_MEAN_BGR,
+    IMAGENET_MEAN_RGB,
+    IMAGENET_STD_RGB,
+    PREPROCESSING_MODES,
+    check_keras_archive,
+)
 
 INPUT_NAME = "image"
 OUTPUT_LAYER = "predictions"
@@ -146,6 +152,8 @@ def load_model(path: str, *, safe_mode: bool = True) -> Any:
     """Load a .keras classifier saved by edgetl, in Keras' safe mode by default."""
     import keras
 
+    check_keras_archive(path, "Keras model", "Pass a .keras file saved by Keras 3 or a run directory; a run whose "
+                        "model.keras is damaged has to be trained again (edgetl train --force).")
     if _uses_keras_hub(path):
         import keras_hub  # noqa: F401  (registers KerasHub's backbone classes, which the file names)
     try:

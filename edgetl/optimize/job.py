@@ -37,7 +37,7 @@ from edgetl.optimize.qat import (
     quantize_for_training,
     save_qat_model,
 )
-from edgetl.optimize.tfmot import load_tfmot
+from edgetl.optimize.tfmot import load_tfmot, require_tfmot
 from edgetl.optimize.twin import TWIN_TOLERANCE, build_twin, check_source, copy_weights, max_output_diff, probe_images
 
 if TYPE_CHECKING:
@@ -102,6 +102,7 @@ def optimize_run(run_dir: str | os.PathLike[str], *, method: str, epochs: int | 
     opts = OptimizeOptions(method=method, epochs=epochs, lr=lr, sparsity=sparsity, schedule=schedule, block=block,
                            batch_size=batch_size)
     opts.check()
+    require_tfmot(f"edgetl optimize --method {opts.method}")
     src = rundir.load_run(run_dir)
     check_source(src)
     out = _check_output(src, output, force)

@@ -304,7 +304,7 @@ def qat_tflite(run_dir: str | Path | Run, mode: str = "int8-full", *, io_type: s
     import tensorflow as tf
 
     from edgetl.core.native import quiet_native_stderr
-    from edgetl.export.tflite import explain_error
+    from edgetl.export.formats.tflite import explain_error
 
     run = run_dir if isinstance(run_dir, Run) else load_run(run_dir)
     saved = run.qat_saved_model()

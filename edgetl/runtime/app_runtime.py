@@ -7,9 +7,8 @@ Three things live here, all behind `import mediapipe` inside functions (importin
   TENSOR_AXIS_LABELS file packed with it), as MediaPipe Model Maker and TFLite Model Maker write them.
 - `classify(path, images)`: MediaPipe's own `ImageClassifier` on an array batch -> top-1 label names and scores.
 
-mediapipe is not a dependency pip can resolve beside the project's (mediapipe >= 0.10.30 wants
-absl-py ~= 2.3, tensorflow-model-optimization 0.8.1 wants absl-py ~= 1.2); the parts edgetl uses do not
-import absl, so it is installed with --no-deps (Makefile). `available()` says whether it is there.
+mediapipe is a dependency of edgetl (pyproject.toml); `available()` still says whether it imports, so a
+broken environment degrades to edgetl's own metadata with a warning naming INSTALL_HINT.
 """
 
 from __future__ import annotations
@@ -33,8 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("edgetl")
 
 STANDARD_METADATA_NAME = "TFLITE_METADATA"  # the Model.metadata entry the standard metadata lives in
-INSTALL_HINT = ("pip install --no-deps mediapipe==1.2.3 opencv-contrib-python sounddevice cffi "
-                "(mediapipe's absl-py pin clashes with tensorflow-model-optimization's; edgetl does not use absl)")
+INSTALL_HINT = 'pip install "mediapipe>=1.2.3,<1.3"'
 
 # MediaPipe's wheels since 0.10.30 ship the metadata writers without the small C++ extension they import
 # for one value, the minimum metadata parser version. This is that computation, from the schema's own

@@ -243,18 +243,12 @@ def onnx_mobile_usability(path: str | os.PathLike[str]) -> dict[str, Any]:
     return {"providers": providers, "dynamic_inputs": sorted(d.name for d in dynamic or [])}
 
 
-def compatibility(path: str | os.PathLike[str], kind: str) -> dict[str, Any]:
-    """The accelerator checks of one model file: {"gpu", "npu"} for "tflite", {"onnx_mobile"} for "onnx"/"ort".
+def mcu_compatibility(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """TensorFlow Lite Micro's verdict on a .tflite (edgetl.runtime.tflm_ops.mcu_compatibility); {"error": why}
+    when it cannot be made (tflite-micro missing), so the other checks still show."""
+    from edgetl.runtime.tflm_ops import mcu_compatibility as check
 
-    An .ort file is checked through the .onnx beside it when there is one (the ORT format is not ONNX).
-    Other kinds get {}.
-    """
-    p = Path(path)
-    if kind == "tflite":
-        return {"gpu": gpu_compatibility(p), "npu": npu_compatibility(p)}
-    if kind == "onnx":
-        return {"onnx_mobile": onnx_mobile_usability(p)}
-    if kind == "ort":
-        twin = p.with_suffix(".onnx")
-        return {"onnx_mobile": onnx_mobile_usability(twin)} if twin.is_file() else {}
-    return {}
+    try:
+        return check(path)
+    except ModelError as exc:
+        return {"error": str(exc)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,8 @@ import numpy as np
 from edgetl.core.errors import ModelError, first_line
 from edgetl.core.native import quiet_native_stderr
 from edgetl.runtime.runner import Runner, static_square
+
+log = logging.getLogger("edgetl")
 
 
 class LiteRTRunner(Runner):
@@ -37,14 +40,8 @@ class LiteRTRunner(Runner):
                              "and a class output.")
         self.inp = ins[0]
         self.out = outs[0]
-        shape = [int(d) for d in self.inp["shape"]]
+        shape, self.input_dtype, self.num_outputs = image_io(path, self.inp, self.out)
         sig = [int(d) for d in self.inp.get("shape_signature", shape)]
-        if len(shape) != 4:
-            raise ModelError(f"'{path}' takes inputs of shape {shape}; edgetl needs images (N, H, W, 3).")
-        self.input_dtype = np.dtype(self.inp["dtype"]).name
-        if self.input_dtype not in ("float32", "uint8", "int8"):
-            raise ModelError(f"'{path}' takes {self.input_dtype} input; edgetl runs float32, uint8 or int8 models.")
-        self.num_outputs = int(self.out["shape"][-1])
         self._dynamic_batch = sig[0] == -1
         self._hw_dynamic = sig[1] == -1 or sig[2] == -1
         self._current_batch: int | None = None if self._hw_dynamic else shape[0]
@@ -97,6 +94,21 @@ class LiteRTRunner(Runner):
 # A tensor detail is the interpreter's own dict (name, index, shape, dtype, quantization_parameters, ...).
 
 
+def image_io(path: Path, inp: dict[str, Any], out: dict[str, Any]) -> tuple[list[int], str, int]:
+    """A TFLite file's image input shape, input dtype and class count, from its tensor details (LiteRT's or TFLM's).
+
+    Raises:
+        ModelError: the input is not an NHWC image batch, or of a type edgetl does not feed.
+    """
+    shape = [int(d) for d in inp["shape"]]
+    if len(shape) != 4:
+        raise ModelError(f"'{path}' takes inputs of shape {shape}; edgetl needs images (N, H, W, 3).")
+    dtype = np.dtype(inp["dtype"]).name
+    if dtype not in ("float32", "uint8", "int8"):
+        raise ModelError(f"'{path}' takes {dtype} input; edgetl runs float32, uint8 or int8 models.")
+    return shape, dtype, int(out["shape"][-1])
+
+
 def quantize(x: np.ndarray, dtype: str, detail: dict[str, Any]) -> np.ndarray:
     """Pixels 0..255 -> the input tensor's type, with its scale and zero point (from the tensor `detail`)."""
     if dtype == "float32":
@@ -127,3 +139,26 @@ def _quant_params(detail: dict[str, Any]) -> tuple[float, int]:
         return float(scales[0]), int(zps[0]) if zps is not None and len(zps) else 0
     scale, zp = detail.get("quantization", (0.0, 0))
     return float(scale), int(zp)
+
+
+def with_standard_metadata(runner: LiteRTRunner, p: Path, meta: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A .tflite without edgetl's labels: labels and input normalisation from its standard metadata, if any."""
+    from edgetl.runtime.app_runtime import read_standard_metadata
+
+    if meta and meta.get("class_names"):
+        return meta
+    try:
+        std = read_standard_metadata(p)
+    except ModelError as exc:
+        log.warning("ignoring the standard TFLite metadata of '%s' (%s)", p, exc)
+        return meta
+    if not std:
+        return meta
+    norm = std.get("normalization")
+    if norm and runner.input_dtype == "float32":
+        runner.set_normalization(norm["mean"], norm["std"])
+    out = dict(meta or {})
+    if std.get("class_names"):
+        out["class_names"] = std["class_names"]
+    out["standard_metadata"] = {k: v for k, v in std.items() if k != "class_names"}
+    return out

@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgetl import __version__
-from edgetl.core.errors import ModelError, first_line
-from edgetl.rundir import LABELS_FILE
+from edgetl.core.errors import ModelError
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -46,6 +45,7 @@ SAVED_MODEL_DIR = "assets.extra"
 SAVED_MODEL_FILE = "edgetl_metadata.json"
 SCHEMA_VERSION = 1
 TFLITE_IDENTIFIER = b"TFL3"
+OWN_MODEL = "keras"  # build_metadata's fmt for a run's own model.keras, opened in place
 
 
 def build_metadata(run: Run, *, fmt: str, quantization: str = "none", io_type: str | None = None) -> dict[str, Any]:
@@ -72,7 +72,7 @@ def build_metadata(run: Run, *, fmt: str, quantization: str = "none", io_type: s
     dtype = io_type if io_type else "float32"
     # fmt "keras" is the run's own model.keras opened in place: written by the training that made the run,
     # and not hashed (that would read the whole model again on every open; exported files record the hash).
-    own = fmt == "keras"
+    own = fmt == OWN_MODEL
     version = (manifest.get("versions") or {}).get("edgetl") if own else __version__
     return {
         "schema": SCHEMA_VERSION,
@@ -118,31 +118,15 @@ def run_fingerprint(run: Run) -> str | None:
         return None
 
 
-def load_embedded_metadata(path: Path, kind: str) -> dict[str, Any] | None:
-    """The edgetl metadata embedded in a "tflite", "onnx" or "saved_model" artifact, None when it has none.
+def read_run_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The metadata of a run directory's own model, built from its manifest (a run carries no embedded copy).
 
-    A damaged metadata block must not make a runnable model unusable: it is logged as a warning and
-    None is returned, so the caller falls back to the model's shapes and labels.txt.
+    Raises:
+        ModelError, DataError: the folder is not a readable run.
     """
-    reader = {"tflite": read_tflite_metadata, "onnx": read_onnx_metadata,
-              "saved_model": read_saved_model_metadata}[kind]
-    try:
-        meta = reader(path)
-    except Exception as exc:
-        log.warning("cannot read the edgetl metadata of '%s' (%s); reading shapes and %s instead",
-                    path, first_line(exc), LABELS_FILE)
-        return None
-    return meta if isinstance(meta, dict) else None
+    from edgetl.rundir import load_run
 
-
-def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """Read the metadata of any artifact by its kind (.tflite file, .onnx file, SavedModel folder)."""
-    p = Path(path)
-    if p.is_dir():
-        return read_saved_model_metadata(p)
-    if p.suffix.lower() == ".onnx":
-        return read_onnx_metadata(p)
-    return read_tflite_metadata(p)
+    return build_metadata(load_run(path), fmt=OWN_MODEL)
 
 
 def parse_json(data: bytes, where: str) -> dict[str, Any]:

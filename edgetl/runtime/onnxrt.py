@@ -1,4 +1,4 @@
-"""The ONNX Runtime runner: a .onnx file on the CPU execution provider, NHWC or NCHW input."""
+"""The ONNX Runtime runners: a .onnx or .ort file on the CPU execution provider, NHWC or NCHW input."""
 
 from __future__ import annotations
 
@@ -13,11 +13,31 @@ from edgetl.runtime.runner import Runner
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(int8)": "int8",
               "tensor(float16)": "float16"}
 
+X64_QUANT_PRECISION = "session.x64quantprecision"  # ONNX Runtime's switch for exact int8 on x86 without VNNI
+_VNNI_FLAGS = {"avx512_vnni", "avx_vnni"}  # /proc/cpuinfo's names of the int8 dot products into int32
+
+
+def int8_saturates() -> bool:
+    """True on an x86 CPU without VNNI, where ONNX Runtime's fused uint8 x int8 kernels add products in pairs
+    into int16 (vpmaddubsw), which saturates; VNNI and ARM kernels add into int32. False where it cannot tell
+    (no /proc/cpuinfo)."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
+    except OSError:
+        return False
+    return flags is not None and not _VNNI_FLAGS & set(flags)
+
 
 class OnnxRunner(Runner):
     """A .onnx file in ONNX Runtime (CPU execution provider)."""
 
     kind = "onnx"
+    load_format: str | None = None  # ONNX Runtime's session.load_model_format; None: from the file's suffix
 
     def __init__(self, path: Path, threads: int | None) -> None:
         super().__init__(path, threads)
@@ -27,11 +47,19 @@ class OnnxRunner(Runner):
             raise ModelError(f"ONNX Runtime is not installed ({exc}). Install onnxruntime.") from None
         opts = ort.SessionOptions()
         opts.log_severity_level = 3  # warnings about unused initialisers are noise to users
+        # x86 CPUs without VNNI multiply uint8 by int8 in pairs summed into int16 (vpmaddubsw), which
+        # saturates: a static int8 file then scores worse here than its own math (and than a phone's ARM
+        # kernels). This ONNX Runtime option runs such kernels as uint8 x uint8 instead, only on those CPUs.
+        opts.add_session_config_entry(X64_QUANT_PRECISION, "1")
+        if self.load_format is not None:  # a renamed .ort file is still one (detect_kind reads its identifier)
+            opts.add_session_config_entry("session.load_model_format", self.load_format)
         if threads is not None:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+            self.session = self._session(ort, opts)
+        except ModelError:
+            raise
         except Exception as exc:
             raise ModelError(f"'{path}' is not a valid ONNX model: {first_line(exc)}. "
                              "Pass a file written by 'edgetl export --format onnx'.") from None
@@ -56,6 +84,10 @@ class OnnxRunner(Runner):
         self.num_outputs = int(last) if isinstance(last, int) else 0
         if isinstance(self.shape[0], int) and self.shape[0] > 0:
             self.batch_fixed = int(self.shape[0])
+
+    def _session(self, ort: Any, opts: Any) -> Any:
+        """The ONNX Runtime session of the file (CPU here; a subclass picks another execution provider)."""
+        return ort.InferenceSession(str(self.path), sess_options=opts, providers=["CPUExecutionProvider"])
 
     def session_metadata(self) -> dict[str, Any] | None:
         """The edgetl metadata in the session's model properties: how an .ort file (onnx cannot load it) keeps it."""
@@ -84,5 +116,37 @@ class OnnxRunner(Runner):
             x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
         return self.session.run([self.out.name], {self.inp.name: x})[0]
 
+    def int8_kernels(self) -> str | None:
+        if not int8_saturates():
+            return None
+        return "u8u8: this x86 CPU lacks VNNI, so ONNX Runtime multiplies uint8 x uint8 (session.x64quantprecision)"
+
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]
+
+
+class OrtRunner(OnnxRunner):
+    """An .ort file (ONNX Runtime Mobile's format) in ONNX Runtime: its metadata is read through the session."""
+
+    kind = "ort"
+    load_format = "ORT"
+
+    def int8_kernels(self) -> str | None:
+        # The converter fixed the fused kernels in the file, so ONNX Runtime cannot switch them to uint8 x uint8.
+        if not int8_saturates():
+            return None
+        return ("saturating: this x86 CPU lacks VNNI and ONNX Runtime's uint8 x int8 kernels saturate int16 sums; "
+                "the figures are below the file's on ARM or VNNI CPUs")
+
+
+def read_ort_metadata(path: str | Path) -> dict[str, Any] | None:
+    """The edgetl metadata of an .ort file (ONNX Runtime's own format: only ONNX Runtime reads it), or None.
+
+    Raises:
+        ModelError: the file is not a model ONNX Runtime can load.
+    """
+    runner = OrtRunner(Path(path), 1)
+    try:
+        return runner.session_metadata()
+    finally:
+        runner.close()

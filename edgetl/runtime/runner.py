@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,11 +27,21 @@ log = logging.getLogger("edgetl")
 CHUNK = 32  # images per runtime call when the batch dimension is free: bounded memory, good throughput
 
 
+@dataclass(frozen=True)
+class OpenRequest:
+    """How open_model was asked to open a model (edgetl.runtime.open.open_model documents each field)."""
+
+    threads: int | None = None
+    safe_mode: bool = True
+    class_names: list[str] | None = None
+    image_size: int | None = None
+
+
 class Runner:
     """A model opened for inference; subclasses wrap one runtime each.
 
     Attributes:
-        kind: "keras", "saved_model", "tflite" or "onnx".
+        kind: its runtime kind's name (edgetl.runtime.kinds: "keras", "saved_model", "tflite", "onnx", "ort").
         path: the file or folder opened.
         image_size: square input size in pixels.
         class_names: class names in output order.
@@ -100,6 +111,11 @@ class Runner:
 
     def close(self) -> None:
         """Release the runtime's resources (the runner is unusable afterwards)."""
+
+    def int8_kernels(self) -> str | None:
+        """How this CPU computes a static int8 file's uint8 x int8 products, when the runtime's answer depends on
+        the CPU (recorded beside the file's figures); None: the same everywhere."""
+        return None
 
     def spatial_size(self) -> int | None:
         """Square input size from the model's input shape, None when the shape does not fix it.

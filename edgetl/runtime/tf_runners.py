@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgetl.core.errors import ModelError, first_line
-from edgetl.runtime.runner import Runner, static_square
+from edgetl.rundir import MANIFEST as MANIFEST_FILE
+from edgetl.rundir import Run
+from edgetl.runtime.metadata import OWN_MODEL, build_metadata
+from edgetl.runtime.runner import OpenRequest, Runner, size_on_disk, static_square
 
 if TYPE_CHECKING:
     import keras
@@ -130,3 +134,40 @@ def _set_tf_threads(threads: int | None) -> None:
         if tf.config.threading.get_intra_op_parallelism_threads() != threads:
             log.warning("TensorFlow was already running: --threads %d does not apply to the Keras/SavedModel "
                         "runner in this process", threads)
+
+
+def open_run(p: Path, req: OpenRequest) -> Runner:
+    """A run directory: its model.keras, with the metadata built from its manifest."""
+    from edgetl.rundir import load_run
+
+    run = load_run(p)
+    meta = build_metadata(run, fmt=OWN_MODEL)
+    runner = load_keras(run.model_path, req.threads, req.safe_mode)
+    runner.path = p
+    runner.size_bytes = size_on_disk(run.model_path)
+    runner.finish_metadata(meta, runner.spatial_size(), runner.num_outputs, req.class_names, None)
+    runner.embedded_metadata = True
+    return runner
+
+
+def keras_file_metadata(p: Path) -> dict[str, Any] | None:
+    """The metadata of a .keras file: built from the run manifest beside it, None when there is none."""
+    manifest_path = p.parent / MANIFEST_FILE
+    if manifest_path.is_file():
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            if isinstance(manifest, dict) and manifest.get("class_names") and manifest.get("input"):
+                return build_metadata(Run(p.parent, manifest), fmt=OWN_MODEL)
+        except (OSError, ValueError, UnicodeDecodeError):
+            log.warning("ignoring unreadable %s beside '%s'", MANIFEST_FILE, p)
+    return None
+
+
+def open_keras_file(p: Path, req: OpenRequest) -> Runner:
+    """A .keras file, with the metadata of the run manifest beside it when there is one."""
+    runner = load_keras(p, req.threads, req.safe_mode)
+    meta = keras_file_metadata(p)
+    runner.finish_metadata(meta, runner.spatial_size(), runner.num_outputs, req.class_names, req.image_size)
+    if meta:
+        runner.embedded_metadata = True
+    return runner

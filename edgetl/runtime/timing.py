@@ -50,3 +50,17 @@ def latency_stats(times: Sequence[float]) -> dict[str, float | int]:
     return {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
             "mean_ms": float(ms.mean()), "min_ms": float(ms.min()), "max_ms": float(ms.max()),
             "stdev_ms": float(statistics.pstdev(ms.tolist())), "runs": len(ms)}
+
+
+def cpu_name() -> str:
+    """This machine's CPU as the OS names it (/proc/cpuinfo's model name), for labelling latencies."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"

@@ -50,6 +50,20 @@ def check_option(value: str | None) -> None:
     if p.suffix.lower() not in (".yaml", ".yml") or not p.is_file():
         raise UsageError(f"--class-weights '{value}' is neither auto, none nor an existing .yaml file. Pass one of "
                          "those; a file maps class names to weights, e.g. 'cats: 2.0'.")
+    _read(p)  # a damaged file fails here, before a run folder exists
+
+
+def _read(path: Path) -> dict[Any, Any]:
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise UsageError(f"--class-weights file '{path}' cannot be read ({type(exc).__name__}). Write it as YAML: "
+                         "class name: weight, one a line.") from None
+    if not isinstance(raw, dict):
+        raise UsageError(f"--class-weights file '{path}' must map class names to weights (e.g. 'cats: 2.0').")
+    return raw
 
 
 def inverse_frequency(counts: Sequence[int]) -> list[float]:
@@ -87,16 +101,8 @@ def resolve(value: str | None, counts: Sequence[int], class_names: Sequence[str]
 
 
 def _from_file(path: Path, class_names: Sequence[str]) -> list[float]:
-    import yaml
-
     check_option(str(path))
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise UsageError(f"--class-weights file '{path}' cannot be read ({type(exc).__name__}). Write it as YAML: "
-                         "class name: weight, one a line.") from None
-    if not isinstance(raw, dict):
-        raise UsageError(f"--class-weights file '{path}' must map class names to weights (e.g. 'cats: 2.0').")
+    raw = _read(path)
     out = [1.0] * len(class_names)
     for key, weight in raw.items():
         name = str(key)

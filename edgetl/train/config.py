@@ -52,9 +52,13 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Reject impossible values with one clear line each; return self."""
-        _positive_int(self.epochs, "--epochs", 0)
+        # The head starts random: a run with no head epoch would look complete and answer at chance.
+        _positive_int(self.epochs, "--epochs", 1)
         _positive_int(self.batch_size, "--batch-size", 1)
         _positive_int(self.fine_tune_epochs, "--fine-tune-epochs", 0)
+        if self.fine_tune_layers is not None and self.fine_tune_epochs == 0:
+            raise UsageError(f"--fine-tune-layers {self.fine_tune_layers} with --fine-tune-epochs 0 fine-tunes "
+                             "nothing. Give --fine-tune-epochs 1 or more, or drop --fine-tune-layers.")
         _positive_int(self.patience, "--patience", 0)
         if self.image_size is not None:
             _positive_int(self.image_size, "--image-size", 1)

@@ -207,7 +207,7 @@ def _train(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: D
         reporter.info(f"class weights {weighting.source}: " + ", ".join(
             f"{n} {w:.3g}" for n, w in zip(splits.class_names, weighting.weights, strict=True)))
     if manifest is None:
-        manifest = _manifest(cfg, spec, size, mode, splits, clf)
+        manifest = run_manifest(cfg, spec, size, mode, splits, clf)
         if detail is not None:
             manifest["data"]["detail"] = detail
         manifest["class_weights"] = weighting.to_manifest(splits.class_names)
@@ -396,8 +396,9 @@ def _check_same_data(splits: DataSplits, manifest: dict[str, Any]) -> None:
                     "data: restore it, or start a new run.")
 
 
-def _manifest(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: DataSplits,
-              clf: Classifier) -> dict[str, Any]:
+def run_manifest(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: DataSplits,
+                 clf: Classifier) -> dict[str, Any]:
+    """The manifest a new run starts with (status running): what export, evaluate and predict read back."""
     return {
         **rundir.run_header(),  # edgetl_run, status running, created, versions, files
         "config": as_dict(cfg),

@@ -1,4 +1,4 @@
-"""TFLite (LiteRT) export: SavedModel or Keras model -> .tflite through TFLiteConverter.
+"""The tflite format (LiteRT): SavedModel, frozen pass or Keras model -> .tflite through TFLiteConverter.
 
 Builtin ops only unless the caller allows TensorFlow (Flex) ops; an op that needs Flex fails with
 the op names and the flag to pass. The edgetl metadata goes into the flatbuffer's metadata list, and the
@@ -18,12 +18,16 @@ from typing import Any
 from edgetl.core.errors import ExportError, UsageError, first_line
 from edgetl.core.fileio import write_bytes
 from edgetl.core.native import quiet_native_stderr
+from edgetl.export.formats.base import CALIBRATION, FROZEN, ExportContext, Format, WriteRequest
+from edgetl.export.images import representative
+from edgetl.export.modes import DEFAULT_IO_TYPE, get_mode
 from edgetl.export.standard_metadata import embed_tflite_metadata
 
 log = logging.getLogger("edgetl")
 
 _SELECT_RE = re.compile(r"(?:TF Select ops|Flex ops):\s*([A-Za-z0-9_, .]+)")
 _CUSTOM_RE = re.compile(r"Custom ops:\s*([A-Za-z0-9_, .]+)")
+MODES = ("none", "float16", "dynamic", "int8", "int8-full", "int16x8")
 
 
 def convert_tflite(model_or_savedmodel: Any, mode: str = "none", *,
@@ -42,8 +46,6 @@ def convert_tflite(model_or_savedmodel: Any, mode: str = "none", *,
     Raises:
         ExportError: the converter failed; ops that need Flex are named with the flag that allows them.
     """
-
-    from edgetl.export.modes import apply_tflite
 
     converter = _converter(model_or_savedmodel)
     apply_tflite(converter, mode, representative=representative, io_type=io_type, allow_select_ops=allow_select_ops)
@@ -73,8 +75,6 @@ def calibrate_tflite(source: Any, representative: Callable[[], Iterable[list[Any
     Raises:
         ExportError: the converter failed.
     """
-    from edgetl.export.modes import apply_tflite
-
     converter = _converter(source)
     apply_tflite(converter, "int8", representative=representative)
     converter._experimental_calibrate_only = True  # noqa: SLF001 - no public API; see the docstring
@@ -127,8 +127,6 @@ def quantize_calibrated(calibrated: bytes, mode: str, io_type: str | None = None
     from tensorflow.lite.python import lite
     from tensorflow.lite.python.optimize import calibrator
 
-    from edgetl.export.modes import DEFAULT_IO_TYPE
-
     with _converting(mode):
         if mode in ("int8", "int8-full"):
             io = {"uint8": tf.uint8, "int8": tf.int8}[io_type or DEFAULT_IO_TYPE] if mode == "int8-full" \
@@ -141,6 +139,56 @@ def quantize_calibrated(calibrated: bytes, mode: str, io_type: str | None = None
         else:
             raise UsageError(f"--quantize {mode} is not a calibrated TFLite mode.")
         return bytes(lite._deduplicate_readonly_buffers(data))  # noqa: SLF001 - as convert() ends
+
+
+def apply_tflite(converter: Any, mode: str, *, representative: Callable[[], Iterable[list[Any]]] | None = None,
+                 io_type: str | None = None, allow_select_ops: bool = False) -> Any:
+    """Configure a tf.lite.TFLiteConverter for `mode`; return it.
+
+    Args:
+        converter: a TFLiteConverter (from_saved_model or from_keras_model).
+        mode: a TFLite mode name.
+        representative: a generator function yielding [float32 batch of 1] for calibrated modes.
+        io_type: "uint8" or "int8" for int8-full.
+        allow_select_ops: let TensorFlow ops (Flex) into the model when no builtin op exists.
+
+    Raises:
+        UsageError: the mode does not exist for TFLite or needs calibration images that are missing.
+    """
+    import tensorflow as tf
+
+    m = get_mode(mode)
+    if mode not in MODES:
+        raise UsageError(f"--quantize {mode} does not exist for tflite. tflite modes: {', '.join(MODES)}.")
+    if m.calibrated and representative is None:
+        raise UsageError(f"--quantize {mode} needs calibration images and none were given.")
+    builtins = tf.lite.OpsSet.TFLITE_BUILTINS
+    ops = {builtins}
+    if mode == "none":
+        pass
+    elif mode == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif mode == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif mode in ("int8", "int8-full"):
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        ops = {tf.lite.OpsSet.TFLITE_BUILTINS_INT8}
+        if mode == "int8-full":
+            dtype = {"uint8": tf.uint8, "int8": tf.int8}[io_type or DEFAULT_IO_TYPE]
+            converter.inference_input_type = dtype
+            converter.inference_output_type = dtype
+    elif mode == "int16x8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        ops = {tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8}
+    if allow_select_ops:
+        ops = ops | {builtins, tf.lite.OpsSet.SELECT_TF_OPS}
+    converter.target_spec.supported_ops = ops
+    return converter
+
+
 
 
 @contextlib.contextmanager
@@ -225,3 +273,49 @@ def tflite_io(path_or_bytes: str | os.PathLike[str] | bytes) -> dict[str, Any]:
                 "scale": float(scale), "zero_point": int(zp)}
 
     return {"inputs": [_d(d) for d in it.get_input_details()], "outputs": [_d(d) for d in it.get_output_details()]}
+
+
+# ----------------------------------------------------------------------------------------------
+# The format's record: what the export asks of it
+
+
+def _qat_source(ctx: ExportContext, mode: str, meta: dict[str, Any]) -> Path | None:
+    """A QAT run's own SavedModel for an int8 file (its learned ranges), else None."""
+    if mode in ("int8", "int8-full"):
+        qat = ctx.run.qat_saved_model()
+        if qat is not None:
+            meta["qat"] = True
+            meta["batch"] = None  # the QAT SavedModel keeps a free batch dimension
+            return qat
+    return None
+
+
+def prepare(ctx: ExportContext, mode: str, meta: dict[str, Any]) -> tuple[Any, bytes | None]:
+    """What a file is converted from: (QAT SavedModel or frozen pass, the shared calibrated model or None)."""
+    qat = _qat_source(ctx, mode, meta)
+    batch = 1 if mode == "int8-full" else None
+    if qat is None and ctx.shares_calibration(NAME, mode):
+        return None, ctx.calibrated_model(batch)
+    return (qat if qat is not None else ctx.frozen(batch)), None
+
+
+def write(ctx: ExportContext, req: WriteRequest) -> dict[str, Any]:
+    """Write one .tflite file; returns the row's figures (how many kernels' biases were corrected)."""
+    extra: dict[str, Any] = {}
+    source, calibrated = req.source
+    rep = representative(ctx.calib) if ctx.calib is not None and get_mode(req.mode).calibrated else None
+    converted = ctx.float_tflite() if req.mode == "none" else None  # shared with the reference pass
+    if calibrated is not None:
+        converted, corrected = ctx.quantize_shared(req.mode, req.io_type, calibrated)
+        extra["bias_corrected"] = len(corrected)
+    export_tflite(source, req.path, req.mode, meta=req.meta, representative=rep, io_type=req.io_type,
+                  allow_select_ops=ctx.opts.allow_select_ops, calibrated=calibrated, converted=converted)
+    return extra
+
+
+NAME = "tflite"
+FORMAT = Format(
+    name=NAME, help="LiteRT (TensorFlow Lite) flatbuffer: Android, iOS, Linux, microcontrollers, MediaPipe",
+    suffix=".tflite", modes=MODES, kind="tflite", write=write, prepare=prepare,
+    needs=frozenset({FROZEN, CALIBRATION}), options=("io_type", "allow_select_ops"), batch_one=("int8-full",),
+    shared_calibration=True, reference_graph=("none",))

@@ -18,6 +18,7 @@ from typing import Any
 from edgetl.core.errors import ExportError, UsageError
 from edgetl.core.fileio import atomic_path
 from edgetl.core.native import quiet_native_stderr
+from edgetl.export.formats.base import CALIBRATION, FROZEN, ExportContext, Format, WriteRequest
 from edgetl.export.metadata import write_onnx_metadata
 
 log = logging.getLogger("edgetl")
@@ -28,6 +29,7 @@ MAX_OPSET = 18
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
 BATCH_DIM = "batch"
+MODES = ("none", "dynamic", "int8")
 
 
 def check_opset(opset: int) -> int:
@@ -146,14 +148,14 @@ def export_onnx(source: Any, path: str | os.PathLike[str], mode: str = "none", *
         bias_correction: for "int8", take each int8 kernel's mean output shift off its int32 bias
             (edgetl.export.onnx_bias); False: ONNX Runtime's quantized file as it is.
         folded_at_load: for "dynamic", int8 kernels ONNX Runtime folds when it loads the file (fast); False
-            for a file it will optimise ahead of time into .ort (see edgetl.export.modes.weight_only_conv_int8).
+            for a file it will optimise ahead of time into .ort (see edgetl.export.onnx_quant.weight_only_conv_int8).
 
     Returns:
         The written path.
     """
     import onnx
 
-    from edgetl.export.modes import quantize_onnx
+    from edgetl.export.onnx_quant import quantize_onnx
 
     work = Path(tempfile.mkdtemp(prefix="edgetl-onnx-"))
     try:
@@ -200,3 +202,28 @@ def export_onnx(source: Any, path: str | os.PathLike[str], mode: str = "none", *
         return Path(path)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# The format's record: what the export asks of it
+
+
+def write_from_frozen(ctx: ExportContext, req: WriteRequest, path: Path, *, folded_at_load: bool = True) -> Path:
+    """The request's ONNX file at `path`, converted from the export's frozen pass (int8 and dynamic quantize the
+    export's float ONNX file when it is written already: one tf2onnx conversion for all)."""
+    return export_onnx(ctx.frozen(None), path, req.mode, meta=req.meta, opset=ctx.opts.opset,
+                       calibration=ctx.calib if req.mode == "int8" else None,
+                       float_model=ctx.exported_float_onnx() if req.mode != "none" else None,
+                       bias_correction=ctx.opts.bias_correction, folded_at_load=folded_at_load)
+
+
+def write(ctx: ExportContext, req: WriteRequest) -> dict[str, Any]:
+    """Write one .onnx file."""
+    write_from_frozen(ctx, req, req.path)
+    return {}
+
+
+FORMAT = Format(
+    name="onnx", help="ONNX (tf2onnx; quantized by ONNX Runtime): ONNX Runtime on any platform, and other runtimes",
+    suffix=".onnx", modes=MODES, kind="onnx", write=write, needs=frozenset({FROZEN, CALIBRATION}), options=("opset",),
+    meta_options=("opset",), check=lambda opts: check_opset(opts.opset), convert_first=True, gives_float_onnx=True)

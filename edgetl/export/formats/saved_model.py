@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from edgetl.core.errors import ExportError
 from edgetl.core.fileio import atomic_path
 from edgetl.core.native import quiet_native_stderr
+from edgetl.export.formats.base import SAVED_MODEL, ExportContext, Format, WriteRequest
 from edgetl.export.metadata import SAVED_MODEL_DIR, write_saved_model_metadata
 
 if TYPE_CHECKING:
@@ -100,3 +101,15 @@ def export_saved_model(model_or_savedmodel: Any, path: str | os.PathLike[str], *
             if names:
                 (tmp / SAVED_MODEL_DIR / "labels.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
     return Path(path)
+
+
+def write(ctx: ExportContext, req: WriteRequest) -> dict[str, Any]:
+    """Write one SavedModel folder (a copy of the export's SavedModel, with the metadata)."""
+    export_saved_model(ctx.saved_model(), req.path, meta=req.meta)
+    return {}
+
+
+FORMAT = Format(
+    name="saved_model", help="TensorFlow SavedModel folder: TensorFlow Serving, TensorFlow.js converter, TF-TRT",
+    suffix="", modes=("none",), kind="saved_model", write=write, needs=frozenset({SAVED_MODEL}),
+    file_name="{stem}-saved_model")

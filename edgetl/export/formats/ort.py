@@ -16,9 +16,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from edgetl.core.errors import ExportError, first_line
 from edgetl.core.fileio import atomic_path
+from edgetl.export.formats.base import CALIBRATION, FROZEN, ExportContext, Format, WriteRequest
+from edgetl.export.formats.onnx import MODES, check_opset, write_from_frozen
 
 log = logging.getLogger("edgetl")
 
@@ -53,3 +56,21 @@ def export_ort(onnx_path: str | os.PathLike[str], ort_path: str | os.PathLike[st
             shutil.copyfile(made[0], target)
     log.debug("ORT converter: %s", printed.getvalue().strip())
     return dst
+
+
+def write(ctx: ExportContext, req: WriteRequest) -> dict[str, Any]:
+    """Write one .ort file: converted from an ONNX file of the same mode, written beside the staging file."""
+    onnx_path = req.path.with_name(req.path.name + ".onnx")
+    try:
+        # Its dynamic kernels through DequantizeLinear: the converter optimises ahead of time (see onnx_quant).
+        write_from_frozen(ctx, req, onnx_path, folded_at_load=False)
+        export_ort(onnx_path, req.path)
+    finally:
+        onnx_path.unlink(missing_ok=True)
+    return {}
+
+
+FORMAT = Format(
+    name="ort", help="ONNX Runtime Mobile's format (.ort, converted from the ONNX file of the same mode)",
+    suffix=".ort", modes=MODES, kind="ort", write=write, needs=frozenset({FROZEN, CALIBRATION}), options=("opset",),
+    meta_options=("opset",), check=lambda opts: check_opset(opts.opset), convert_first=True)

@@ -1,0 +1,255 @@
+"""OpenVINO export: the frozen float graph -> OpenVINO IR (a folder holding model.xml + model.bin) for Intel CPUs,
+GPUs and NPUs.
+
+The IR is converted by `openvino.convert_model` from the float ONNX file the export already wrote (1.0 CPU s on
+MobileNetV2 0.35 at 48) or, when there is none, from the frozen forward pass's GraphDef (2.1 CPU s; tf2onnx and
+then OpenVINO took 7): both match Keras within 4e-7. Modes:
+    none     float32 weights (the IR written without OpenVINO's default fp16 compression).
+    float16  float16 weights (half the size); OpenVINO's CPU plugin computes in float32 after loading them.
+    int8     NNCF post-training quantization (FakeQuantize before each Convolution/MatMul: int8 weights per
+             channel, int8/uint8 activations), calibrated on the same class-balanced images as every integer
+             file, with NNCF's fast bias correction standing in for edgetl's own.
+The two files live in one folder so the export's staging move places them together (one rename) and a reader never
+sees a .bin from another export beside an .xml. The edgetl metadata is the IR's rt_info entry METADATA_KEY (JSON),
+which OpenVINO keeps through read_model/save_model and ignores at run time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from edgetl.core.errors import ExportError, UsageError, first_line
+from edgetl.core.fileio import atomic_path
+from edgetl.core.native import quiet_native_stderr
+from edgetl.export.formats.base import CALIBRATION, FROZEN, ExportContext, Format, WriteRequest
+from edgetl.runtime.openvino import INPUT_NAME, METADATA_KEY, MODEL_FILE, OUTPUT_NAME, load_openvino
+
+log = logging.getLogger("edgetl")
+
+MODES = ("none", "float16", "int8")
+NNCF_PIP = "pip install 'nncf>=3.4,<3.5'"
+
+
+def convert_openvino(source: Any) -> Any:
+    """The float32 openvino.Model of `source`: a float .onnx file or SavedModel folder, or a frozen forward pass
+    (edgetl.export.formats.saved_model.frozen_forward), its input named "image" and its output "probabilities".
+
+    Raises:
+        ExportError: OpenVINO is missing, or could not convert the graph.
+    """
+    ov = load_openvino(ExportError)
+    try:
+        with quiet_native_stderr():  # front ends that do not take the file say so on stderr before one does
+            if isinstance(source, (str, os.PathLike)):
+                model = ov.convert_model(os.fspath(source))
+            else:
+                # OpenVINO's TensorFlow front end takes the frozen pass's GraphDef: no SavedModel or ONNX file first.
+                model = ov.convert_model(source.graph.as_graph_def())
+    except Exception as exc:
+        raise ExportError(f"OpenVINO conversion failed: {first_line(exc)[:300]}. Re-run with EDGETL_DEBUG=1 for the "
+                          "full error.") from None
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ExportError(f"the model has {len(model.inputs)} inputs and {len(model.outputs)} outputs; edgetl "
+                          "exports single-input single-output classifiers.")
+    model.inputs[0].get_tensor().set_names({INPUT_NAME})
+    model.outputs[0].get_tensor().set_names({OUTPUT_NAME})
+    rt = model.get_rt_info()
+    # What convert_model records of its call names a temporary file on this machine: not part of the file we ship.
+    with contextlib.suppress(Exception):
+        del rt["conversion_parameters"]
+    return model
+
+
+@contextlib.contextmanager
+def _quiet_nncf() -> Iterator[None]:
+    """NNCF draws progress bars on stdout and logs through its own handler: library code never prints, so both go
+    to edgetl's debug log."""
+    import nncf
+
+    out = io.StringIO()
+    logger = logging.getLogger("nncf")
+    level = logger.level
+    nncf.set_log_level(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            yield
+    finally:
+        logger.setLevel(level)
+        if out.getvalue().strip():
+            log.debug("NNCF: %s", out.getvalue().strip()[-2000:])
+
+
+def _nncf() -> Any:
+    try:
+        import nncf
+    except ImportError:
+        raise ExportError(f"--format openvino --quantize int8 needs NNCF, which is not installed. Run: {NNCF_PIP}"
+                          ) from None
+    return nncf
+
+
+def calibration_dataset(calibration: Any) -> Any:
+    """An nncf.Dataset over (N, H, W, 3) pixels 0..255 (uint8 or float), one float32 image at a time: the array is
+    the job's uint8 one, converted image by image, not copied whole to float."""
+    import numpy as np
+
+    nncf = _nncf()
+    return nncf.Dataset(range(len(calibration)), lambda i: np.asarray(calibration[i:i + 1], dtype=np.float32))
+
+
+def quantize_int8(model: Any, calibration: Any, *, bias_correction: bool = True) -> Any:
+    """NNCF post-training int8 quantization of an openvino.Model on every calibration image.
+
+    Raises:
+        UsageError: no calibration images; ExportError: NNCF is missing or failed.
+    """
+    if calibration is None or len(calibration) == 0:
+        raise UsageError("--format openvino --quantize int8 needs calibration images and none were given.")
+    nncf = _nncf()
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+
+    try:
+        with _quiet_nncf():
+            return nncf.quantize(model, calibration_dataset(calibration), subset_size=len(calibration),
+                                 advanced_parameters=AdvancedQuantizationParameters(
+                                     disable_bias_correction=not bias_correction))
+    except Exception as exc:
+        raise ExportError(f"NNCF int8 quantization failed: {first_line(exc)[:300]}.") from None
+
+
+def quantize_int8_within(model: Any, calibration: Any, images: Any, labels: Any, max_drop: float, *,
+                         bias_correction: bool = True, threads: int | None = None) -> tuple[Any, dict[str, Any]]:
+    """NNCF's accuracy-controlled int8 quantization: post-training int8, then the layers that lose most reverted to
+    float one by one until top-1 accuracy on `images` (labels `labels`) is within `max_drop` of the float model's.
+
+    Returns the model and what NNCF measured: {"float_accuracy", "accuracy", "drop", "float_ops": unquantized_ops}.
+    When no revert gets within the budget NNCF returns its best model, which the file's verification (and
+    --max-drop) then judges like any other.
+
+    Raises:
+        UsageError: no calibration or held-out images; ExportError: NNCF is missing or failed.
+    """
+    import numpy as np
+
+    if calibration is None or len(calibration) == 0:
+        raise UsageError("--format openvino --quantize int8 needs calibration images and none were given.")
+    if images is None or labels is None or len(images) == 0:
+        raise UsageError("--auto for openvino needs held-out images with labels (a test or val split) to measure the "
+                         "drop. Train with --test-split or --val-split.")
+    nncf = _nncf()
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters, AdvancedQuantizationParameters
+
+    x, y = np.asarray(images), np.asarray(labels)
+    scores: list[float] = []
+
+    def validate(compiled: Any, items: Any) -> tuple[float, list[float]]:
+        hits = [float(np.argmax(compiled(np.asarray(x[i:i + 1], dtype=np.float32))[0]) == int(y[i])) for i in items]
+        score = float(np.mean(hits)) if hits else 0.0
+        if len(hits) == len(x):  # NNCF also probes with one image and ranks on subsets: those are not the figures
+            scores.append(score)
+        return score, hits
+
+    try:
+        with _quiet_nncf():
+            out = nncf.quantize_with_accuracy_control(
+                model, calibration_dataset(calibration),
+                nncf.Dataset(range(len(x)), lambda i: np.asarray(x[i:i + 1], dtype=np.float32)), validate,
+                max_drop=float(max_drop), subset_size=len(calibration),
+                advanced_quantization_parameters=AdvancedQuantizationParameters(
+                    disable_bias_correction=not bias_correction),
+                advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+                    num_ranking_workers=threads or 1))
+    except Exception as exc:
+        raise ExportError(f"NNCF accuracy-controlled int8 quantization failed: {first_line(exc)[:300]}.") from None
+    # NNCF validates the float model first and the model it returns last, on every held-out image.
+    result: dict[str, Any] = {"float_accuracy": round(scores[0], 4) if scores else None,
+                              "accuracy": round(scores[-1], 4) if scores else None,
+                              "drop": round(scores[0] - scores[-1], 4) if scores else None,
+                              "float_ops": unquantized_ops(out)}
+    return out, result
+
+
+def unquantized_ops(model: Any) -> list[str]:
+    """Convolutions and MatMuls whose input does not come from a FakeQuantize: the ones that compute in float (NNCF
+    leaves two so in MobileNetV2, the first convolution and the classifier; accuracy control adds what it reverts)."""
+    names = []
+    for op in model.get_ops():
+        if op.get_type_name() not in ("Convolution", "GroupConvolution", "MatMul"):
+            continue
+        if op.input_value(0).get_node().get_type_name() != "FakeQuantize":
+            names.append(op.get_friendly_name())
+    return names
+
+
+def write_ir(model: Any, path: str | os.PathLike[str], *, meta: dict[str, Any] | None,
+             compress_to_fp16: bool = False) -> Path:
+    """Write `model` (with `meta` in its rt_info) as the folder `path` holding MODEL_FILE and its .bin, atomically."""
+    ov = load_openvino(ExportError)
+    if meta is not None:
+        model.set_rt_info(json.dumps(meta, sort_keys=True, ensure_ascii=False), [METADATA_KEY])
+    with atomic_path(path) as tmp:
+        tmp.mkdir()
+        try:
+            ov.save_model(model, str(tmp / MODEL_FILE), compress_to_fp16=compress_to_fp16)
+        except Exception as exc:
+            raise ExportError(f"OpenVINO could not write the IR: {first_line(exc)[:300]}.") from None
+    return Path(path)
+
+
+def export_openvino(source: Any, path: str | os.PathLike[str], mode: str = "none", *,
+                    meta: dict[str, Any] | None = None, calibration: Any = None,
+                    bias_correction: bool = True) -> Path:
+    """Write the OpenVINO IR folder `path` (model.xml + model.bin) in `mode`, atomically.
+
+    Args:
+        source: the float graph: a .onnx file or SavedModel folder, or a frozen forward pass (convert_openvino).
+        path: the folder to write.
+        mode: "none" (float32), "float16" (float16 weights) or "int8" (NNCF, calibrated).
+        meta: the edgetl metadata; None writes none.
+        calibration: for "int8", (N, H, W, 3) pixels 0..255, uint8 or float32.
+        bias_correction: for "int8", NNCF's fast bias correction (False: its quantized weights as they are).
+
+    Returns:
+        The written folder.
+
+    Raises:
+        UsageError: an unknown mode, or int8 without calibration images; ExportError: conversion failed.
+    """
+    if mode not in MODES:
+        raise UsageError(f"--quantize {mode} does not exist for openvino. openvino modes: {', '.join(MODES)}.")
+    if mode == "int8" and (calibration is None or len(calibration) == 0):
+        raise UsageError("--format openvino --quantize int8 needs calibration images and none were given.")
+    model = convert_openvino(source)
+    if mode == "int8":
+        model = quantize_int8(model, calibration, bias_correction=bias_correction)
+    return write_ir(model, path, meta=meta, compress_to_fp16=mode == "float16")
+
+
+def write(ctx: ExportContext, req: WriteRequest) -> dict[str, Any]:
+    """Write one IR folder: from the export's float ONNX file once it is written (the faster conversion), else from
+    the frozen forward pass."""
+    source = ctx.exported_float_onnx() or ctx.frozen(None)
+    if req.mode == "int8" and ctx.opts.accuracy_control:
+        # --auto: NNCF reverts layers to float until the held-out accuracy is within --max-drop (the same images the
+        # file is then verified on, as the TFLite search measures its candidates).
+        x, y, _ = ctx.images.held_out()
+        model, figures = quantize_int8_within(convert_openvino(source), ctx.calib, x, y, float(ctx.opts.max_drop),
+                                              bias_correction=ctx.opts.bias_correction, threads=ctx.threads)
+        write_ir(model, req.path, meta=req.meta)
+        return {"accuracy_control": figures}
+    export_openvino(source, req.path, req.mode, meta=req.meta, calibration=ctx.calib if req.mode == "int8" else None,
+                    bias_correction=ctx.opts.bias_correction)
+    return {}
+
+
+FORMAT = Format(
+    name="openvino", help="OpenVINO IR (a folder holding model.xml + model.bin; int8 by NNCF): OpenVINO Runtime on "
+    "Intel CPUs, GPUs and NPUs", suffix="", modes=MODES, kind="openvino", write=write,
+    needs=frozenset({FROZEN, CALIBRATION}), options=("accuracy_control",), file_name="{stem}-{tag}-openvino")

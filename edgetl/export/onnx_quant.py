@@ -1,0 +1,199 @@
+"""ONNX Runtime's quantizer for ONNX files (int8 static QDQ, dynamic), with edgetl's bias correction.
+
+Shared by the formats made from an ONNX file (onnx, ort): each format's module calls quantize_onnx.
+Nothing here imports ONNX Runtime at module level.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from edgetl.core.errors import UsageError
+
+log = logging.getLogger("edgetl")
+
+
+def quantize_onnx(src: str, dst: str, mode: str, *, calibration: Any = None, input_name: str = "image",
+                  bias_correction: bool = True, folded_at_load: bool = True) -> None:
+    """Quantize the float ONNX model `src` into `dst` with onnxruntime.quantization.
+
+    Args:
+        src, dst: ONNX file paths.
+        mode: "int8" (static QDQ: int8 weights per channel, uint8 activations, calibrated with MinMax)
+            or "dynamic" (int8 Conv kernels per channel, float Conv compute; MatMul/Gemm with uint8
+            weights and activations quantized at run time; no calibration).
+        calibration: for int8, an (N, H, W, 3) array of calibration images (pixels 0..255, uint8 or float32).
+        input_name: the model's input name.
+        bias_correction: for int8, take each int8 kernel's mean output shift off its int32 bias
+            (edgetl.export.onnx_bias), the means measured in the calibration pass; False: ORT's file as it is.
+        folded_at_load: for dynamic, the form of the int8 Conv kernels (see weight_only_conv_int8): True for a
+            file ONNX Runtime loads as it is, False for one it optimises ahead of time (.ort).
+    """
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    if mode == "dynamic":
+        # ORT's dynamic Conv (ConvInteger) takes one weight scale per tensor: BN-folded MobileNetV2 kernels,
+        # whose output channels differ in range by 100x and more, lose their small channels, and real photos
+        # scored near chance (0.20 against 0.60 float; BENCHMARKS.md, issue #13). Conv kernels get int8 per
+        # channel instead (weight_only_conv_int8); the rest keeps ORT's dynamic recipe, uint8 weights being
+        # the faster MatMulInteger path on x86.
+        import onnx
+
+        quantize_dynamic(src, dst, weight_type=QuantType.QUInt8, op_types_to_quantize=["MatMul", "Gemm"])
+        model = onnx.load(dst)
+        weight_only_conv_int8(model, folded_at_load=folded_at_load)
+        onnx.save(model, dst)
+        return
+    if mode != "int8":
+        raise UsageError(f"--quantize {mode} is not an ONNX Runtime quantization mode. Use int8 or dynamic.")
+    if calibration is None or len(calibration) == 0:
+        raise UsageError("--quantize int8 for onnx needs calibration images and none were given.")
+
+    import numpy as np
+
+    # uint8 activations: ORT's x86 and ARM kernels are U8S8. With int8 activations ORT converts to uint8
+    # itself but not at branch points, where Conv and Add fall back to float between Dequantize,
+    # Quantize and Transposes: MobileNetV2 224 ran 2.04 ms against 1.01 ms (BENCHMARKS.md).
+    recipe: dict[str, Any] = {
+        "quant_format": QuantFormat.QDQ, "per_channel": True, "activation_type": QuantType.QUInt8,
+        "weight_type": QuantType.QInt8, "calibrate_method": CalibrationMethod.MinMax,
+        "extra_options": {"ActivationSymmetric": False, "WeightSymmetric": True}}
+    if bias_correction:
+        _quantize_int8_corrected(src, dst, np.asarray(calibration), input_name, recipe)
+        return
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.i = 0
+
+        def get_next(self) -> dict[str, Any] | None:
+            if self.i >= len(calibration):
+                return None
+            batch = np.asarray(calibration[self.i:self.i + 1], dtype=np.float32)
+            self.i += 1
+            return {input_name: batch}
+
+        def rewind(self) -> None:
+            self.i = 0
+
+    quantize_static(src, dst, _Reader(), **recipe)
+
+
+def _quantize_int8_corrected(src: str, dst: str, calibration: Any, input_name: str, recipe: dict[str, Any]) -> None:
+    """quantize_static on ranges from edgetl's own calibration pass, then each kernel's mean shift off its bias.
+
+    The pass (edgetl.export.onnx_bias.collect_statistics) measures ORT's own MinMax ranges, handed to
+    quantize_static as its calibration cache (so ORT does not run the images a second time), and each
+    Conv/Gemm input's mean over the same images.
+    """
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, quantize_static
+    from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
+    from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
+
+    from edgetl.export.onnx_bias import collect_statistics, correct_bias, kernel_inputs
+
+    source = load_model_with_shape_infer(Path(src))  # the model quantize_static loads and calibrates
+    stats = collect_statistics(source, calibration, input_name, kernel_inputs(source))
+    # One-element float32 arrays: what ORT's MinMax calibrator hands its quantizer.
+    ranges = TensorsData(CalibrationMethod.MinMax, {k: (np.array([lo], np.float32), np.array([hi], np.float32))
+                                                    for k, (lo, hi) in stats.ranges.items()})
+    with tempfile.TemporaryDirectory(prefix="edgetl-calib-") as work:
+        cache = Path(work) / "ranges.json"
+        save_tensors_data(ranges, cache)
+        quantize_static(src, dst, None, calibration_cache_path=cache, **recipe)
+    model, done = correct_bias(onnx.load(dst), source, stats.means)
+    log.debug("ONNX int8 bias correction: %d of %d Conv/Gemm nodes corrected", len(done),
+              sum(n.op_type in ("Conv", "Gemm") for n in model.graph.node))
+    onnx.save(model, dst)
+
+
+# TFLite's dynamic range quantizer keeps kernels this small in float; they are the stem of most CNNs, whose
+# int8 error every later layer carries (MobileNetV2 on real photos: 94 against 81% agreement with float).
+MIN_QUANTIZED_CONV_WEIGHTS = 1024
+
+
+def weight_only_conv_int8(model: Any, min_weights: int = MIN_QUANTIZED_CONV_WEIGHTS, *,
+                          folded_at_load: bool = True) -> int:
+    """Store the float kernels of `model`'s Conv nodes as int8, one scale per output channel; return how many.
+
+    Each kernel becomes an int8 initializer (symmetric, -127..127, scale max|w|/127 per output channel),
+    so the file is about 4x smaller and the Conv itself still computes in float: standard ONNX, any runtime
+    runs it. Kernels with fewer than `min_weights` values, and kernels that are not initializers, are left
+    as they are.
+
+    With `folded_at_load` the kernel is read through Cast and Mul (by the per-channel scale): ONNX Runtime
+    folds those constants into a float kernel when it loads the file, so the Conv runs as fast as float32's
+    (MobileNetV2 1.0 at 224: 14.5 against 28.6 ms per image through DequantizeLinear, which ONNX Runtime
+    keeps in the graph, so its Conv kernels cannot be prepacked), with the same outputs up to float rounding
+    (the summation order). Without it, through DequantizeLinear (axis 0, zero point 0, opset 13+): for a graph
+    optimised ahead of time (.ort), where Cast and Mul would be folded into a float kernel in the file itself.
+    """
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    taken = set(inits) | {o for n in graph.node for o in n.output}
+    done: dict[str, str] = {}  # float kernel -> its dequantized tensor (a kernel shared by several Convs)
+    dequantize = []
+    for node in graph.node:
+        if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        name = node.input[1]
+        if name not in done:
+            w = numpy_helper.to_array(inits[name])
+            if w.dtype != np.float32 or w.ndim < 3 or w.size < min_weights:
+                continue
+            absmax = np.abs(w).reshape(w.shape[0], -1).max(axis=1)
+            scale = np.where(absmax > 0, absmax / 127.0, 1.0).astype(np.float32)
+            q = np.clip(np.rint(w / scale.reshape((-1,) + (1,) * (w.ndim - 1))), -127, 127).astype(np.int8)
+            stem = _unique(f"{name}_int8", taken)
+            q_name, s_name, out = stem, _unique(f"{stem}_scale", taken), _unique(f"{stem}_dequantized", taken)
+            graph.initializer.append(numpy_helper.from_array(q, q_name))
+            if folded_at_load:  # float(q) * scale: what DequantizeLinear computes with a zero point of 0
+                cast = _unique(f"{stem}_float", taken)
+                graph.initializer.append(numpy_helper.from_array(scale.reshape((-1,) + (1,) * (w.ndim - 1)),
+                                                                 s_name))
+                dequantize += [helper.make_node("Cast", [q_name], [cast], name=_unique(f"{stem}_Cast", taken),
+                                                to=onnx.TensorProto.FLOAT),
+                               helper.make_node("Mul", [cast, s_name], [out], name=_unique(f"{stem}_Mul", taken))]
+            else:
+                z_name = _unique(f"{stem}_zero_point", taken)
+                graph.initializer.extend([numpy_helper.from_array(scale, s_name),
+                                          numpy_helper.from_array(np.zeros(len(scale), np.int8), z_name)])
+                dequantize.append(helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [out],
+                                                   name=_unique(f"{stem}_DequantizeLinear", taken), axis=0))
+            done[name] = out
+        node.input[1] = done[name]
+    if not done:
+        return 0
+    used = {i for n in graph.node for i in n.input}
+    kept = [i for i in graph.initializer if i.name not in done or i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = dequantize + list(graph.node)  # initializers only in, so first is a topological place
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return len(done)
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    out, i = name, 1
+    while out in taken:
+        out, i = f"{name}_{i}", i + 1
+    taken.add(out)
+    return out

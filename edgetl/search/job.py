@@ -1,0 +1,202 @@
+"""The search: candidates on a small sample first, the promising ones on more images (successive halving),
+then the Pareto front within the budget, the recommendation and (with --train) its full training.
+
+Each round trains every surviving candidate's head on a class-balanced sample of the training split and
+validates it on one of the validation split (both `per_class` images a class); the next round keeps the
+best 1/reduction of the candidates within the budget, by Pareto rank (accuracy against latency) and then
+accuracy, on `reduction` times the images. Rounds end when fewer than two candidates would go on, or the
+sample cannot grow. Every result goes to the folder's Optuna study as it is measured: a rerun reuses it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import fields
+from typing import Any
+
+from edgetl.core.errors import ModelError, UsageError
+from edgetl.core.progress import Reporter
+from edgetl.search.candidates import Candidate, Weights, digest, find_weights
+from edgetl.search.config import Budget, SearchConfig
+from edgetl.search.result import Round, SearchResult, describe
+from edgetl.search.study import Results, pareto_ranks, prepare_folder, within_budget
+from edgetl.search.trial import MIN_HEAD_STEPS, Fidelity, Shared, evaluate
+
+log = logging.getLogger("edgetl")
+
+def search(cfg: SearchConfig, reporter: Reporter | None = None) -> SearchResult:
+    """Search the candidates for the most accurate model within the budget on the data of cfg.data.
+
+    Returns:
+        The SearchResult (also written as search.json in the search folder, with search.png and recipe.yaml).
+
+    Raises:
+        UsageError, DataError, RunExistsError: bad options, data or search folder (nothing measured).
+        ModelError: a candidate's base cannot be built from weights it was given.
+    """
+    from edgetl.core.tf import load_tensorflow
+    from edgetl.data import scan_folder
+    from edgetl.search import output
+    from edgetl.train.config import TrainConfig
+
+    t_start = time.perf_counter()
+    reporter = reporter or Reporter()
+    cfg.validate()
+    candidates = cfg.candidate_list()
+    folder = cfg.folder()
+    prepare_folder(folder, cfg.force)
+    train_cfg = TrainConfig(data=cfg.data)
+    splits = scan_folder(cfg.data, val_split=train_cfg.val_split, test_split=train_cfg.test_split,
+                         seed=train_cfg.seed, max_bad_fraction=train_cfg.max_bad_fraction)
+    if not splits.val:
+        raise UsageError(f"'{cfg.data}' gives no validation images; a search compares candidates on them. Add images "
+                         "(at least a few per class) or a val/ folder.")
+    weights, skipped = _weights(candidates, cfg, reporter)
+    if not weights:
+        raise UsageError(f"no candidate has weights ({len(skipped)} skipped, see above). Pass --weights-dir with "
+                         "Keras' weight files, or --weights none to search on random weights.")
+    load_tensorflow()
+    from edgetl.export.job import default_threads
+    from edgetl.train.distribute import place
+
+    identity = {"data": splits.fingerprint(), "head_steps": MIN_HEAD_STEPS,
+                **{f.name: getattr(train_cfg, f.name) for f in fields(TrainConfig)
+                   if f.name in ("val_split", "test_split", "seed", "epochs", "batch_size", "lr", "dropout",
+                                 "patience", "label_smoothing")}}
+    results = Results(folder, identity)
+    placement = place("default", "off")
+    threads = cfg.threads or default_threads()
+    shared = Shared(cfg, train_cfg, splits, folder, placement, reporter, threads)
+    latest, rounds = _halving(list(weights), weights, shared, results, skipped)
+    if not latest:
+        raise ModelError(f"no candidate could be built ({len(skipped)} skipped, see above). Pass --weights-dir with "
+                         "Keras' weight files (offline), or --weights none to search on random weights.")
+
+    ordered = list(latest.values())
+    ranks = pareto_ranks(ordered, cfg.budget)
+    final = set(rounds[-1].candidates)
+    for row, rank in zip(ordered, ranks, strict=True):
+        row["within_budget"] = within_budget(row, cfg.budget)
+        row["pareto_rank"] = rank
+        row["pareto"] = rank == 1
+        row["final_round"] = row["key"] in final
+    ordered.sort(key=lambda r: _order(r, cfg.budget))
+    eligible = [r for r in ordered if r["within_budget"] and r["final_round"]]
+    recommended = max(eligible, key=lambda r: (r["accuracy"], -r["latency_ms"])) if eligible else None
+    outside = [r for r in ordered if not r["within_budget"]]
+    closest = None if recommended else min(outside, key=lambda r: _order(r, cfg.budget), default=None)
+    for row in ordered:
+        row["recommended"] = row is recommended
+    machine = output.machine(threads)
+    result = SearchResult(folder=folder, target=cfg.target, budget=cfg.budget, rows=ordered, recommended=recommended,
+                          closest=closest, rounds=rounds, skipped=skipped, notes=output.notes(cfg.target, machine),
+                          machine=machine, seconds=0.0)
+    if recommended is not None:
+        result.train_command, result.recipe = output.write_recipe(folder, cfg, recommended, weights)
+    result.plot = output.plot(folder, result)
+    if cfg.train and recommended is not None:
+        result.run = output.train_recommended(folder, cfg, recommended, weights, reporter)
+    result.seconds = time.perf_counter() - t_start
+    output.write_json(folder, result.to_json())
+    return result
+
+
+def _weights(candidates: list[Candidate], cfg: SearchConfig, reporter: Reporter) -> tuple[dict[Candidate, Weights],
+                                                                                            list[str]]:
+    """Each candidate's weights; one line for each one without (skipped) and each on a nearest-size file."""
+    found: dict[Candidate, Weights] = {}
+    skipped: list[str] = []
+    where = f"'{cfg.weights_dir}'" if cfg.weights_dir else "Keras' cache"
+    for c in candidates:
+        w = find_weights(c, cfg.weights, cfg.weights_dir)
+        if w is None:
+            why = "edgetl ships no weights for it" if cfg.weights == "bundled" else f"no weights file for it in {where}"
+            line = f"skipping {c.key}: {why}"
+            skipped.append(line)
+            log.warning(line)
+            continue
+        if w.note:
+            log.warning(w.note)
+        found[c] = w
+    return found, skipped
+
+
+def _fidelity(shared: Shared, number: int, per_class: int) -> Fidelity:
+    from edgetl.data.sampling import balanced_sample
+
+    n_classes = len(shared.splits.class_names)
+    seed = shared.train_cfg.seed
+    return Fidelity(number, per_class, balanced_sample(shared.splits.train, per_class * n_classes, seed),
+                    balanced_sample(shared.splits.val, per_class * n_classes, seed))
+
+
+def _halving(survivors: list[Candidate], weights: dict[Candidate, Weights], shared: Shared, results: Results,
+             skipped: list[str]) -> tuple[dict[Candidate, dict[str, Any]], list[Round]]:
+    """The rounds of successive halving. Returns each candidate's figures at its last round, and the rounds."""
+    cfg = shared.cfg
+    latest: dict[Candidate, dict[str, Any]] = {}
+    rounds: list[Round] = []
+    per_class, number = cfg.images_per_class, 1
+    while True:
+        fid = _fidelity(shared, number, per_class)
+        rnd = Round(number, per_class, len(fid.train), len(fid.val), [c.key for c in survivors])
+        t0 = time.perf_counter()
+        shared.reporter.info(f"round {number}: {len(survivors)} candidates on {len(fid.train)} training and "
+                             f"{len(fid.val)} validation images")
+        for c in list(survivors):
+            try:
+                latest[c] = _measure(c, weights[c], fid, shared, results, rnd)
+            except ModelError as exc:
+                if weights[c].value != "imagenet":  # a file the user gave that does not load: theirs to fix
+                    raise
+                # Not in Keras' cache and not downloadable (offline): skipped, like a candidate without a file.
+                line = f"skipping {c.key}: {exc}"
+                skipped.append(line)
+                log.warning(line)
+                survivors.remove(c)
+        rnd.candidates = [c.key for c in survivors]
+        rnd.wall = time.perf_counter() - t0
+        rounds.append(rnd)
+        shared.reporter.info(rnd.line())
+        log.info(rnd.line())
+        if not survivors:
+            return latest, rounds
+        keep = math.ceil(len(survivors) / cfg.reduction)
+        ranked = [c for c in survivors if within_budget(latest[c], cfg.budget)]
+        ranks = dict(zip(ranked, pareto_ranks([latest[c] for c in ranked], cfg.budget), strict=True))
+        ranked.sort(key=lambda c: (ranks[c], -latest[c]["accuracy"], latest[c]["latency_ms"]))
+        grown = _fidelity(shared, number + 1, per_class * cfg.reduction)
+        if keep < 2 or len(ranked) < 2 or len(grown.train) <= len(fid.train):
+            return latest, rounds
+        survivors = ranked[:keep]
+        per_class *= cfg.reduction
+        number += 1
+
+
+def _measure(c: Candidate, w: Weights, fid: Fidelity, shared: Shared, results: Results, rnd: Round) -> dict[str, Any]:
+    """One candidate in one round: from the study when it was measured before, else measured and stored."""
+    cfg = shared.cfg
+    file_key = digest([c.key, w.identity, cfg.target, shared.threads])
+    trial_key = digest([file_key, len(fid.train), len(fid.val), fid.per_class])
+    figures = results.find(trial_key)
+    if figures is not None:
+        rnd.reused += 1
+        shared.reporter.info(f"  {c.key}: {describe(figures)} (reused)")
+        return figures
+    t0 = time.perf_counter()
+    figures = evaluate(c, w, fid, shared, results.file_figures(file_key))
+    for part, s in figures["seconds"].items():
+        rnd.seconds[part] = rnd.seconds.get(part, 0.0) + s
+    results.add(figures, trial_key, file_key)
+    shared.reporter.info(f"  {c.key}: {describe(figures)} ({time.perf_counter() - t0:.1f} s)")
+    return figures
+
+
+def _order(row: dict[str, Any], budget: Budget) -> tuple[Any, ...]:
+    """Table order: within the budget by Pareto rank (then accuracy), then the rest nearest the budget first."""
+    if row.get("within_budget"):
+        return (0, row["pareto_rank"] or 0, -row["accuracy"], row["latency_ms"])
+    excess = max(budget.excess(row).values(), default=0.0)
+    return (1, excess, -row["accuracy"], row["latency_ms"])

@@ -1,0 +1,225 @@
+"""One candidate at one fidelity: its frozen-base features, a head trained on them, its validation accuracy,
+and (once per candidate) the target's file converted, its size and its batch-1 latency measured here.
+
+Everything is edgetl's own machinery: the base and classifier (edgetl.model), the feature pass and the head's
+fit (edgetl.train), a run directory (edgetl.rundir), the export (edgetl.export) and the runtimes' timer
+(edgetl.runtime). What this module adds is the sample it runs them on and the figures it keeps.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgetl.core.progress import Reporter
+from edgetl.rundir import Run
+from edgetl.search.candidates import Candidate, Weights, digest
+from edgetl.search.features import FeatureStore
+
+if TYPE_CHECKING:
+    from edgetl.data.splits import DataSplits, Item
+    from edgetl.model.classifier import Classifier
+    from edgetl.search.config import SearchConfig
+    from edgetl.train.config import TrainConfig
+    from edgetl.train.distribute import Placement
+
+CANDIDATES_DIR = "candidates"
+# A head fitted on a small sample runs at least this many optimizer steps (more epochs on fewer images), so
+# that small samples compare candidates' features, not how far an under-trained head got: `edgetl train`
+# on 3,000 images runs about 940 steps in its 10 epochs. Early stopping on val loss ends it sooner.
+MIN_HEAD_STEPS = 300
+# Calibration images of the target's file: its size and latency do not depend on them (the search does not
+# measure the file's accuracy), so few are enough.
+CALIBRATION_SAMPLES = 32
+
+
+class Bars(Reporter):
+    """The search's reporter for the train job's steps: their progress bars, not their lines (a line per epoch
+    and per feature pass, for every candidate, would bury the search's own)."""
+
+    def __init__(self, outer: Reporter) -> None:
+        self.outer = outer
+
+    def start(self, task: str, total: int | None) -> None:
+        self.outer.start(task, total)
+
+    def advance(self, units: int = 1) -> None:
+        self.outer.advance(units)
+
+    def finish(self) -> None:
+        self.outer.finish()
+
+
+@dataclass
+class Shared:
+    """What every candidate of one search uses."""
+
+    cfg: SearchConfig
+    train_cfg: TrainConfig  # the training options: splits, seed, head (as `edgetl train` would use them)
+    splits: DataSplits
+    folder: Path
+    placement: Placement
+    reporter: Reporter
+    threads: int
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """The images one round trains and validates each candidate's head on (class-balanced samples)."""
+
+    round: int
+    per_class: int
+    train: list[Item]
+    val: list[Item]
+
+
+def feature_name(c: Candidate, weights: Weights) -> str:
+    """The feature file of a candidate: its slug and what its features depend on."""
+    return f"{c.slug}-{digest([c.key, weights.identity])}"
+
+
+def evaluate(c: Candidate, weights: Weights, fid: Fidelity, shared: Shared,
+             file_figures: dict[str, Any] | None) -> dict[str, Any]:
+    """Train the candidate's head on the round's sample and measure it; convert and time its file when
+    `file_figures` (an earlier round's) is None.
+
+    Returns:
+        The figures (JSON-ready): accuracy and its standard error, images used, latency_ms, size_mb,
+        ram_kb, file, and seconds per part (build, features, head, run, export, latency).
+    """
+    import keras
+
+    from edgetl.core.native import release_free_memory
+
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    tcfg = replace(shared.train_cfg, backbone=c.backbone, alpha=c.alpha, image_size=c.image_size,
+                   weights=weights.value)
+    clf, spec, mode = _build(c, tcfg, shared)
+    seconds["build"] = time.perf_counter() - t0
+    store = FeatureStore(shared.folder, feature_name(c, weights))
+    store.fill(clf, shared.splits, fid.train + fid.val, tcfg.batch_size, Bars(shared.reporter), shared.placement,
+               seconds)
+    train_xy, val_xy = store.get(fid.train), store.get(fid.val)
+    steps = -(-len(fid.train) // tcfg.batch_size)
+    tcfg = replace(tcfg, epochs=max(tcfg.epochs, math.ceil(MIN_HEAD_STEPS / steps)))
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="edgetl-search-") as work:
+        probs, epochs = _fit_head(Path(work), clf, tcfg, train_xy, val_xy, shared)
+    seconds["head"] = time.perf_counter() - t0
+    if file_figures is None:
+        t0 = time.perf_counter()
+        run = candidate_run(shared.folder / CANDIDATES_DIR / c.slug, c, tcfg, spec, mode, clf, fid, shared)
+        file_figures = measure_file(run, shared.cfg.target, shared.threads, len(fid.train))
+        file_seconds = file_figures.pop("seconds")
+        seconds["latency"] = file_seconds["latency"]
+        seconds["export"] = time.perf_counter() - t0 - seconds["latency"]
+    accuracy = float((probs.argmax(1) == val_xy[1]).mean())
+    keras.backend.clear_session()  # the next candidate builds on an empty graph: memory stays flat
+    release_free_memory()
+    return {
+        "key": c.key, "backbone": c.backbone, "alpha": c.alpha, "image_size": c.image_size,
+        "weights": Path(weights.value).name if weights.is_file else weights.value,
+        "round": fid.round, "per_class": fid.per_class,
+        "train_images": len(fid.train), "val_images": len(fid.val), "head_epochs": epochs,
+        "accuracy": round(accuracy, 4), "accuracy_stderr": round(stderr(accuracy, len(fid.val)), 4),
+        **{k: file_figures.get(k) for k in ("latency_ms", "size_mb", "ram_kb", "file", "mode")},
+        "seconds": {k: round(v, 2) for k, v in seconds.items()},
+    }
+
+
+def stderr(accuracy: float, n: int) -> float:
+    """The standard error of an accuracy measured on n images (binomial): its uncertainty from n alone."""
+    return math.sqrt(max(accuracy * (1 - accuracy), 0.0) / n) if n else math.inf
+
+
+def _build(c: Candidate, tcfg: TrainConfig, shared: Shared) -> tuple[Classifier, Any, str]:
+    import keras
+
+    from edgetl.model.backbones import build_base, resolve_backbone
+    from edgetl.model.classifier import build_classifier
+
+    spec = resolve_backbone(c.backbone)
+    mode = spec.default_preprocessing
+    keras.utils.set_random_seed(tcfg.seed)
+    with shared.placement.strategy.scope():
+        base = build_base(spec, weights=tcfg.weights, alpha=c.alpha, image_size=c.image_size)
+        clf = build_classifier(base, image_size=c.image_size, num_classes=len(shared.splits.class_names),
+                               preprocessing=mode, dropout=tcfg.dropout, seed=tcfg.seed)
+    return clf, spec, mode
+
+
+def _fit_head(folder: Path, clf: Classifier, tcfg: TrainConfig, train_xy: Any, val_xy: Any,
+              shared: Shared) -> tuple[np.ndarray, int]:
+    """The train job's head stage on cached features (early stopping on val loss, best weights kept)."""
+    from edgetl.train.checkpoint import Checkpoints
+    from edgetl.train.fit import fit_stage
+    from edgetl.train.history import History
+
+    history = History(folder / "history.csv")
+    ckpt = Checkpoints(folder)
+    epochs = fit_stage(clf.head, train_xy, val_xy, tcfg, tcfg.lr, tcfg.epochs, "head", history,
+                       Bars(shared.reporter), shared.placement, ckpt, None)
+    ckpt.remove()
+    probs = clf.head.predict(val_xy[0], batch_size=256, verbose=0)
+    return np.asarray(probs), epochs
+
+
+class LoadedRun(Run):
+    """A run whose model is the one in memory: the search exports each candidate's classifier as `edgetl export`
+    would export its run, without saving the model and loading it back (about 3 s a candidate)."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any], model: Any) -> None:
+        super().__init__(path, manifest)
+        self.model = model
+
+    def load_model(self, safe_mode: bool = True) -> Any:
+        return self.model
+
+
+def candidate_run(folder: Path, c: Candidate, tcfg: TrainConfig, spec: Any, mode: str, clf: Classifier,
+                  fid: Fidelity, shared: Shared) -> LoadedRun:
+    """The candidate as a run of the round's sample (its manifest as the train job writes it), in memory."""
+    from edgetl.data.splits import DataSplits
+    from edgetl.train.job import run_manifest
+
+    if folder.exists():  # the search's own folder: an earlier attempt's files
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    splits = DataSplits(root=shared.splits.root, class_names=shared.splits.class_names, train=list(fid.train),
+                        val=list(fid.val))
+    manifest = run_manifest(replace(tcfg, output=str(folder)), spec, c.image_size, mode, splits, clf)
+    return LoadedRun(folder, manifest, clf.model)
+
+
+def measure_file(run: Run, target: str, threads: int, calibration_pool: int) -> dict[str, Any]:
+    """The target's file of a run: exported as `edgetl export --target` makes it, its size, and its batch-1
+    latency in its runtime on this machine (edgetl.runtime's timer, as export verification times files).
+
+    The file's accuracy is not measured (the search compares candidates on their float heads).
+    """
+    from edgetl.export import export_run
+    from edgetl.runtime import median_ms, open_model
+
+    report = export_run(run, target=target, verify=False, output=run.path, force=True, threads=threads,
+                        calibration_samples=max(1, min(CALIBRATION_SAMPLES, calibration_pool)),
+                        bias_correction=False)
+    t0 = time.perf_counter()
+    row = report.rows[0]
+    path = Path(row.path)
+    runner = open_model(path, threads=threads)
+    try:
+        size = runner.image_size
+        image = np.random.default_rng(0).uniform(0, 255, (1, size, size, 3)).astype(np.float32)
+        latency = median_ms(lambda: runner.predict(image))
+    finally:
+        runner.close()
+    return {"latency_ms": latency, "size_mb": row.size_mb, "ram_kb": None, "file": str(path),
+            "mode": f"{row.format} {row.mode}", "seconds": {"latency": time.perf_counter() - t0}}

@@ -1,0 +1,106 @@
+"""The Hexagon NPU file (`-f qnn`) on real photos, against the TFLite and ONNX int8 files of the same run (issue #27).
+
+Trains tools/bench_real.py's CI-suite run (flowers, MobileNetV2 0.35 at 96, real ImageNet weights, a seeded subset
+of 160 photos per class), exports it to qnn (int8, and int16x8 unless --no-int16), tflite int8-full and onnx int8,
+each verified on every test photo (verify_seconds None), and prints one Markdown table row per file: accuracy,
+drop and top-1 agreement against Keras float, and for the qnn files the emulated NPU's agreement with ONNX Runtime's
+CPU kernels on the same QDQ file, the emulator's sample and its CPU ms per image.
+
+    .venv/bin/python tools/bench_qnn_real.py [--work DIR] [--no-int16] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _bench_real() -> Any:
+    """tools/bench_real.py, loaded by path (tools/ is no package): its suite, subset and train functions."""
+    spec = importlib.util.spec_from_file_location("bench_real", Path(__file__).with_name("bench_real.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def measure(work: Path, int16: bool) -> dict[str, Any]:
+    """Train the CI-suite head run in `work`, export and verify the files; their figures."""
+    from edgetl.core.errors import ExportError
+    from edgetl.export import export_run
+
+    br = _bench_real()
+    suite = br.SUITES["ci"]
+    run = work / "head"
+    manifest = run / "manifest.json"
+    if manifest.is_file():  # an earlier call's run in --work is reused (its photos left as they are)
+        trained = json.loads(manifest.read_text())["metrics"]
+    else:
+        trained = br.train_run(br.make_subset(work, suite.per_class, suite.seed), run, suite)
+    out: dict[str, Any] = {"train": trained, "machine": br.machine(), "files": {}}
+    jobs = [(("qnn",), ("int8", "int16x8") if int16 else ("int8",)), (("tflite",), ("int8-full",)),
+            (("onnx",), ("int8",))]
+    for formats, modes in jobs:
+        t0 = time.perf_counter()
+        try:
+            rep = export_run(run, formats=formats, quantize=modes, force=True, verify_seconds=None)
+        except ExportError as exc:  # a file failed a check: its row (the reason, the figures) is still the result
+            if exc.report is None:
+                raise
+            rep = exc.report
+        out.setdefault("reference", rep.reference)
+        for row in rep.rows:
+            d = row.to_dict() if hasattr(row, "to_dict") else dict(row)
+            out["files"][f"{d['format']}-{d['mode']}"] = {
+                k: d.get(k) for k in ("accuracy", "drop", "agreement", "status", "latency_ms", "verify_sample", "qnn")}
+        out.setdefault("export_seconds", {})["+".join(formats)] = round(time.perf_counter() - t0, 1)
+        print(f"{'+'.join(formats)} done", file=sys.stderr, flush=True)
+    return out
+
+
+def table(fig: dict[str, Any]) -> str:
+    """The files as a Markdown table."""
+    lines = ["| file | accuracy | drop (points) | top-1 agreement with float | emulated NPU vs ORT CPU kernels "
+             "(same QDQ file) | emulator sample | emulator CPU ms/image | latency ms | status |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    ref = fig["reference"]
+    lines.append(f"| Keras float ({ref.get('samples')} {ref.get('split')} photos) | {_pct(ref.get('accuracy'))} | - | "
+                 f"- | - | - | - | {ref.get('latency_ms')} | - |")
+    for name, f in fig["files"].items():
+        q = f.get("qnn") or {}
+        lines.append(f"| {name} | {_pct(f['accuracy'])} | {_pct(f['drop'])} | {_pct(f['agreement'])} | "
+                     f"{_pct(q.get('cpu_agreement'))} | {q.get('emulator_samples', '-')} | "
+                     f"{q.get('emulator_cpu_ms_per_image', '-')} | {f['latency_ms']} | {f['status']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, help="folder for the subset, the run and its files (default: a temp dir)")
+    ap.add_argument("--no-int16", action="store_true", help="skip the qnn int16x8 file")
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    args = ap.parse_args()
+    reason = _bench_real().available()
+    if reason:
+        sys.exit(reason)
+    with tempfile.TemporaryDirectory(prefix="edgetl-qnn-real-") as tmp:
+        fig = measure(args.work or Path(tmp), not args.no_int16)
+    if args.json:
+        args.json.write_text(json.dumps(fig, indent=1, default=str))
+    print(json.dumps({k: v for k, v in fig.items() if k != "files"}, default=str))
+    print(table(fig))
+
+
+if __name__ == "__main__":
+    main()
