@@ -233,6 +233,8 @@ def test_raw_onnx_metadata_reader_reads_what_was_written(real_onnx: bytes) -> No
 
 @SETTINGS
 @given(cut=st.integers(0, 10_000), flips=FLIPS)
+# Found by hypothesis in CI: a byte of the JSON set to 0x80 (not UTF-8), which protobuf hands back as bytes.
+@example(cut=0, flips=[(63, 128)])
 def test_raw_onnx_metadata_reader_on_truncated_and_corrupted_files(real_onnx: bytes, cut: int,
                                                                    flips: list[tuple[int, int]]) -> None:
     near = real_onnx.index(b'"class_names"')

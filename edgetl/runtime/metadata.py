@@ -129,6 +129,11 @@ def read_run_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     return build_metadata(load_run(path), fmt=OWN_MODEL)
 
 
+def prop_bytes(value: str | bytes) -> bytes:
+    """An ONNX metadata_props value as bytes: protobuf hands a string field back as bytes when it is not UTF-8."""
+    return value if isinstance(value, bytes) else value.encode("utf-8")
+
+
 def parse_json(data: bytes, where: str) -> dict[str, Any]:
     """The metadata JSON object in `data` (read from `where`).
 
@@ -236,7 +241,7 @@ def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
         raise ModelError(f"'{p}' is not a readable ONNX model ({type(exc).__name__}).") from None
     for prop in model.metadata_props:
         if prop.key == ONNX_KEY:
-            return parse_json(prop.value.encode("utf-8"), str(p))
+            return parse_json(prop_bytes(prop.value), str(p))
     return None
 
 

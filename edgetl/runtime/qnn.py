@@ -23,7 +23,7 @@ from typing import Any
 
 from edgetl.core.errors import EdgetlError, ModelError, UsageError, first_line
 from edgetl.core.native import capture_native_stderr, quiet_native_stderr, quiet_native_stdout
-from edgetl.runtime.metadata import ONNX_KEY, parse_json
+from edgetl.runtime.metadata import ONNX_KEY, parse_json, prop_bytes
 from edgetl.runtime.onnxrt import OnnxRunner
 
 log = logging.getLogger("edgetl")
@@ -318,7 +318,7 @@ def is_qnn_model(path: str | os.PathLike[str]) -> bool:
     for prop in model.metadata_props:
         if prop.key == ONNX_KEY:
             try:
-                if parse_json(prop.value.encode("utf-8"), str(path)).get("format") == KIND:
+                if parse_json(prop_bytes(prop.value), str(path)).get("format") == KIND:
                     return True
             except ModelError:  # damaged metadata: the graph below still tells
                 pass
