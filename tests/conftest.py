@@ -46,12 +46,12 @@ def files(trained_run: Path) -> dict[str, Path]:
     import json
 
     from edgetl.export import export_run
+    from edgetl.export.report import report_paths
 
     out = trained_run.parent / "edgetl-test-exports"
     export_run(trained_run, formats=("tflite", "onnx", "saved_model"), quantize=("none", "int8-full"), output=out,
                verify=False, force=True)
-    rows = json.loads((out / "export_report.json").read_text())["rows"]
-    return {f"{r['format']}-{r['mode']}": Path(r["path"]) for r in rows}
+    return report_paths(json.loads((out / "export_report.json").read_text()), out)
 
 
 class LineReporter(Reporter):

@@ -537,8 +537,10 @@ def test_int8_io_type_and_force_and_report_merge(exported: Any, tiny_run: Path, 
     inp = it.get_input_details()[0]
     assert inp["dtype"] == np.int8 and inp["quantization"] == (1.0, -128)
     doc = json.loads((out / "export_report.json").read_text())
-    assert {Path(r["path"]).name for r in doc["rows"]} == {f"tiny_cnn-{SIZE}-float32.tflite",
-                                                            f"tiny_cnn-{SIZE}-int8-full-int8.tflite"}
+    # The report ships with the files: paths relative to its folder, the run as seen from there.
+    assert {r["path"] for r in doc["rows"]} == {f"tiny_cnn-{SIZE}-float32.tflite",
+                                                f"tiny_cnn-{SIZE}-int8-full-int8.tflite"}
+    assert (out / doc["run"]).resolve() == tiny_run.resolve() and doc["output"] == "."
     again = export_run(tiny_run, target="mcu", output=out, calibration_samples=16, verify=False, force=True)
     assert again.rows[0]["status"] == "unverified"
 

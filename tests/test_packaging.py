@@ -13,6 +13,8 @@ import re
 import shlex
 import subprocess
 import sys
+import tarfile
+import zipfile
 from importlib.metadata import version
 from pathlib import Path
 
@@ -108,7 +110,14 @@ def test_wheel_in_a_fresh_venv_gives_files_mediapipe_reads(tmp_path: Path) -> No
     warnings = [ln for ln in (built.stdout + built.stderr).splitlines() if re.search(r"warn|deprecat|!!", ln, re.I)]
     assert not warnings, warnings
     wheel = next((tmp_path / "dist").glob("edgetl-*.whl"))
-    assert next((tmp_path / "dist").glob("edgetl-*.tar.gz"))
+    sdist = next((tmp_path / "dist").glob("edgetl-*.tar.gz"))
+    # The licence text travels with both (its SPDX name alone is not the licence's terms).
+    with zipfile.ZipFile(wheel) as whl:
+        assert any(n.endswith(".dist-info/licenses/LICENSE") for n in whl.namelist())
+        assert "License-Expression: Apache-2.0" in whl.read(next(n for n in whl.namelist()
+                                                                  if n.endswith(".dist-info/METADATA"))).decode()
+    with tarfile.open(sdist) as tar:
+        assert any(n.endswith("/LICENSE") for n in tar.getnames())
 
     venv = tmp_path / "venv"
     assert _run([sys.executable, "-m", "venv", venv]).returncode == 0
@@ -139,7 +148,7 @@ def test_wheel_in_a_fresh_venv_gives_files_mediapipe_reads(tmp_path: Path) -> No
         assert done.returncode == 0, (cmd, done.stderr[-2000:])
         assert "no standard TFLite metadata" not in done.stderr, done.stderr
     report = json.loads((work / "run" / "export" / "export_report.json").read_text())
-    files = {r["mode"]: work / r["path"] for r in report["rows"]}
+    files = {r["mode"]: work / "run" / "export" / r["path"] for r in report["rows"]}
     assert set(files) == {"none", "int8-full"}
     assert all(r["mediapipe"]["status"] == "ok" for r in report["rows"]), [r["mediapipe"] for r in report["rows"]]
 

@@ -294,8 +294,8 @@ def test_export_cli_writes_a_qnn_row_and_evaluate_gates_the_file(trained_run: Pa
     assert (row["format"], row["mode"], row["status"]) == ("qnn", "int8", "ok")
     assert row["qnn"]["soc"] == "SM8650" and row["qnn"]["emulator_samples"] >= 1
     assert row["qnn"]["context_max_diff"] <= 0.15 and row["accuracy"] is not None
-    context = Path(row["path"])
-    portable = Path(row["qnn"]["portable"])
+    context = out / row["path"]  # the report names files relative to its own folder
+    portable = out / row["qnn"]["portable"]
     assert context.is_file() and portable.is_file() and context.name.endswith("-int8-qnn.onnx")
     assert detect_kind(context) == detect_kind(portable) == "qnn"  # by metadata: both are .onnx files
 

@@ -26,7 +26,7 @@ def mcu_export(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     assert res.exit_code == 0, res.output
     assert "RAM KB" in res.output and "TensorFlow Lite Micro" in res.output
     (row,) = json.loads((out / "export_report.json").read_text())["rows"]
-    return row
+    return dict(row, path=str(out / row["path"]))  # the report names files relative to its own folder
 
 
 @pytest.fixture(scope="module")

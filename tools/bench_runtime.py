@@ -52,7 +52,7 @@ def main() -> None:
         export_run(run, formats=("tflite", "onnx"), quantize=("none", "float16", "dynamic", "int8", "int8-full"),
                    output=exports, calibration_samples=32, verify=False, force=True)
     report = json.loads((exports / "export_report.json").read_text())
-    models = [str(run)] + [r["path"] for r in report["rows"] if r["status"] in ("ok", "unverified")]
+    models = [str(run)] + [str(exports / r["path"]) for r in report["rows"] if r["status"] in ("ok", "unverified")]
     prep = time.perf_counter() - t0
     rows = []
     machine = None

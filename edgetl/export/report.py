@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -148,24 +149,56 @@ class ExportReport:
                 "seconds": self.seconds, "phases": list(self.phases.rows), "phase_totals": self.phases.by_phase()}
 
 
+# Row fields that hold a file's path (the QNN row names its portable file too).
+PATH_FIELDS = ("path", "portable")
+
+
+def _shipped(value: Any, folder: Path, base: Path, key: str = "") -> Any:
+    """`value` with every path (relative ones taken from `base`) written relative to `folder` (posix): the report
+    ships with the files."""
+    if isinstance(value, dict):
+        return {k: _shipped(v, folder, base, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shipped(v, folder, base) for v in value]
+    if isinstance(value, str) and value and (key in PATH_FIELDS or Path(value).is_absolute()):
+        try:
+            return Path(os.path.relpath((base / value).resolve(), folder)).as_posix()
+        except (OSError, ValueError):  # another drive on Windows: keep the name only
+            return Path(value).name
+    return value
+
+
+def report_paths(doc: dict[str, Any], folder: Path) -> dict[str, Path]:
+    """The files an export_report.json in `folder` names, by "FORMAT-MODE", as paths on this machine."""
+    return {f"{r['format']}-{r['mode']}": folder / str(r["path"]) for r in doc.get("rows", [])}
+
+
 def write_beside(class_names: list[str], folder: Path, report: ExportReport) -> None:
-    """labels.txt and export_report.json beside the files; the report keeps rows of files written before."""
+    """labels.txt and export_report.json beside the files; the report keeps rows of files written before.
+
+    The JSON leaves the machine with the files, so its paths are relative to its own folder ("path" the file's
+    name, "run" the run folder as seen from there): no build-machine path ships."""
     from edgetl.core.fileio import write_json, write_text
 
     write_text(folder / LABELS_FILE, "\n".join(class_names) + "\n")
     path = folder / REPORT_FILE
+    here = folder.resolve()
+    run = Path(os.path.relpath(Path(report.run_dir).resolve(), here)).as_posix()
+    doc = _shipped(report.to_dict(), here, Path.cwd())
+    doc.update(run=run, output=".")
     old_rows: list[dict[str, Any]] = []
     if path.is_file():
         try:
             old = json.loads(path.read_text(encoding="utf-8"))
-            new_paths = {r.path for r in report.rows}
-            if old.get("run") == str(report.run_dir):  # rows of another run's export are not ours to keep
-                old_rows = [r for r in old.get("rows", []) if isinstance(r, dict) and r.get("path") not in new_paths
-                            and Path(str(r.get("path"))).exists()
+            new_paths = {r["path"] for r in doc["rows"]}
+            # Rows of another run's export are not ours to keep (an older report held absolute paths).
+            if old.get("run") in (run, str(report.run_dir)):
+                old_rows = [_shipped(r, here, here) for r in old.get("rows", []) if isinstance(r, dict)
+                            and (folder / str(r.get("path"))).exists()
                             and not str(r.get("status", "")).startswith("failed")]
+                old_rows = [r for r in old_rows if r.get("path") not in new_paths]
         except (OSError, ValueError, AttributeError):
             old_rows = []
-    doc = report.to_dict()
     doc["rows"] = old_rows + doc["rows"]
     doc["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     write_json(path, doc)
