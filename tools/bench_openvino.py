@@ -4,7 +4,8 @@ Accuracy: one `edgetl export RUN --format tflite --format onnx --format openvino
 (every file verified on all of the run's held-out images against Keras, as a user runs it) gives each file's
 accuracy, drop, top-1 agreement and size. Beside them, on the same images and the same calibration images, the
 int8 IRs edgetl does not write, for comparison: NNCF's post-training quantization with its defaults (what
-`-f openvino -q int8` wrote before) and the int8 TFLite file converted to IR. For each IR, the kernels the CPU
+`-f openvino -q int8` wrote first), the export's QDQ ONNX int8 file converted to IR, and its int8 TFLite file as
+OpenVINO converts it (what `-q int8` is made from, without int8_weights_at_kernels). For each IR, the kernels the CPU
 plugin runs in int8 (its execution graph's runtime precision).
 
 Latency (--latency): each file timed alone in its own process (`--time-file`: one runtime's thread pool, nothing
@@ -80,10 +81,11 @@ def variants(run_dir: Path, rows: dict[str, dict[str, Any]], out: Path, threads:
     calib = images.calibration(Reporter(), np.uint8)
     keras_top = np.asarray(run.load_model().predict(x.astype(np.float32), verbose=0)).argmax(1)
     made = {"int8 (NNCF defaults)": quantize_nncf(convert_openvino(Path(rows["onnx none"]["path"])), calib),
-            "int8 (TFLite int8 file)": ov.convert_model(rows["tflite int8"]["path"])}
+            "int8 (the QDQ ONNX file)": convert_openvino(Path(rows["onnx int8"]["path"])),
+            "int8 (the TFLite int8 file as converted)": ov.convert_model(rows["tflite int8"]["path"])}
     result = {}
     for name, model in made.items():
-        folder = write_ir(model, out / name.replace(" ", "_").replace("(", "").replace(")", ""), meta=None)
+        folder = write_ir(model, out / "".join(c if c.isalnum() else "_" for c in name), meta=None)
         result[name] = {"path": str(folder), "size_mb": round(sum(f.stat().st_size for f in folder.iterdir()) / 1e6,
                                                                3), **figures(folder, x, y, keras_top, threads)}
     # The written IRs' kernels too (the export's rows do not give them).
