@@ -211,7 +211,8 @@ def _show(report: ExportReport, as_json: bool) -> None:
                             soft_wrap=True)
     corrected = [r for r in report.rows if r.get("bias_corrected")]
     if corrected:
-        out_console().print(f"bias correction: {len(corrected)} integer TFLite file(s), up to "
+        kinds = ", ".join(sorted({r["format"] for r in corrected}))
+        out_console().print(f"bias correction: {len(corrected)} integer file(s) ({kinds}), up to "
                             f"{max(r['bias_corrected'] for r in corrected)} kernels each (--no-bias-correction: off)",
                             soft_wrap=True)
     if report.json_path:
