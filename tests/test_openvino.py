@@ -12,7 +12,7 @@ from tests.conftest import IMAGE_SIZE
 
 pytest.importorskip("openvino")
 
-CALIBRATION = 32  # training images: enough for NNCF's ranges on the tiny model, cheap on 2 cores
+CALIBRATION = 32  # training images: enough for the int8 ranges on the tiny model, cheap on 2 cores
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +64,7 @@ def test_each_mode_runs_in_openvino_and_matches_keras(ir: dict[str, Path], train
             assert r.compiled_threads() == 1  # --threads reaches OpenVINO's CPU plugin
             probs = r.predict(x)
             sizes[mode] = r.size_bytes
+            precisions = r.kernel_precisions()
         assert probs.shape == keras_probs.shape
         agreement = float(np.mean(probs.argmax(1) == keras_probs.argmax(1)))
         if mode == "none":
@@ -71,9 +72,14 @@ def test_each_mode_runs_in_openvino_and_matches_keras(ir: dict[str, Path], train
         elif mode == "float16":
             np.testing.assert_allclose(probs, keras_probs, atol=2e-2)
         else:
-            # NNCF's int8: close to Keras, not equal (on this tiny model: 0.9+ agreement, max diff 0.1-0.3).
+            # edgetl's int8 graph: close to Keras, not equal (on this tiny model: 0.9+ agreement, max diff 0.1-0.3).
             assert agreement >= 0.75, agreement
             assert not np.allclose(probs, keras_probs, atol=1e-3)
+        # The CPU plugin runs every convolution and the classifier on int8 kernels in the int8 IR, none in the others
+        # (its execution graph names the float16 IR's kernels by their f16 weights).
+        allowed = {"int8": {"u8", "i8"}, "float16": {"f16", "f32"}, "none": {"f32"}}[mode]
+        assert set(precisions) <= allowed, (mode, precisions)
+        assert sum(precisions.values()) >= 10, precisions
     # float16 weights halve the weights file; int8 quarters it (the int8 .xml is bigger: its FakeQuantize nodes).
     bins = {m: (ir[m] / "model.bin").stat().st_size for m in ir}
     assert bins["float16"] < 0.6 * bins["none"] and bins["int8"] < 0.4 * bins["none"], bins
@@ -83,6 +89,7 @@ def test_each_mode_runs_in_openvino_and_matches_keras(ir: dict[str, Path], train
 def test_int8_ir_holds_quantize_nodes_and_any_batch_gives_the_same_answers(ir: dict[str, Path],
                                                                            held_and_calib: tuple[np.ndarray, ...]
                                                                            ) -> None:
+    from edgetl.export.formats.openvino import unquantized_ops
     from edgetl.runtime.openvino import open_openvino
 
     text = (ir["int8"] / "model.xml").read_text(encoding="utf-8")
@@ -90,11 +97,29 @@ def test_int8_ir_holds_quantize_nodes_and_any_batch_gives_the_same_answers(ir: d
     assert 'type="FakeQuantize"' not in (ir["none"] / "model.xml").read_text(encoding="utf-8")
     x = held_and_calib[0][:5]
     with open_openvino(ir["int8"] / "model.xml") as r:  # the .xml itself opens as well as its folder
+        assert unquantized_ops(r.model) == []  # edgetl's graph quantizes the first convolution and the classifier too
         whole = r.predict(x)
         one_by_one = np.concatenate([r.predict(x[i]) for i in range(len(x))])
         floats = r.predict(x.astype(np.float32), batch_size=2)
     np.testing.assert_allclose(whole, one_by_one, atol=1e-5)
     np.testing.assert_allclose(whole, floats, atol=1e-5)
+
+
+def test_int8_ir_carries_edgetl_bias_correction(trained_run: Path, ir: dict[str, Path],
+                                                held_and_calib: tuple[np.ndarray, ...], tmp_path: Path) -> None:
+    """--no-bias-correction reaches the IR: the int8 graph is edgetl's, not a quantizer's the option cannot touch."""
+    from edgetl.export.formats.openvino import export_openvino
+    from edgetl.export.formats.saved_model import frozen_forward
+    from edgetl.rundir import load_run
+    from edgetl.runtime.openvino import open_openvino
+
+    source = frozen_forward(load_run(trained_run).load_model(), batch=None)
+    plain = export_openvino(source, tmp_path / "plain", "int8", calibration=held_and_calib[3], bias_correction=False)
+    x = held_and_calib[0]
+    with open_openvino(plain) as a, open_openvino(ir["int8"]) as b:
+        pa, pb = a.predict(x), b.predict(x)
+    assert (plain / "model.bin").read_bytes() != (ir["int8"] / "model.bin").read_bytes()
+    assert not np.allclose(pa, pb, atol=1e-4)
 
 
 def test_ir_from_the_float_onnx_file_matches_too(trained_run: Path, held_and_calib: tuple[np.ndarray, ...],
@@ -216,6 +241,20 @@ def test_export_writes_verified_openvino_rows_that_evaluate_predict_and_inspect_
     assert described["inputs"][0]["shape"] == [None, IMAGE_SIZE, IMAGE_SIZE, 3]
     pred = CliRunner().invoke(cli, ["predict", str(Path(rows[("openvino", "none")]["path"])), data, "--json"])
     assert pred.exit_code == 0, pred.output
+
+
+def test_auto_keeps_edgetl_int8_ir_within_the_budget(trained_run: Path, tmp_path: Path) -> None:
+    """--auto measures edgetl's int8 IR first and writes it when it meets --max-drop (NNCF's slower search only
+    when it does not): its figures are the verification's, on the same held-out images."""
+    from edgetl.export import export_run
+
+    rep = export_run(trained_run, formats=("openvino",), quantize=("int8",), max_drop=1.0, accuracy_control=True,
+                     calibration_samples=32, output=tmp_path, threads=2)
+    row = rep.rows[0]
+    figures = row["accuracy_control"]
+    assert row["status"] == "ok" and row["written"], row
+    assert figures["quantizer"] == "edgetl" and figures["float_ops"] == [], figures
+    assert figures["accuracy"] == round(row["accuracy"], 4) and figures["drop"] == round(row["drop"], 4), (figures, row)
 
 
 def test_accuracy_control_is_refused_where_it_does_not_apply(trained_run: Path, tmp_path: Path) -> None:

@@ -6,7 +6,9 @@ each verified on every test photo (verify_seconds None), and prints one Markdown
 drop and top-1 agreement against Keras float, and for the qnn files the emulated NPU's agreement with ONNX Runtime's
 CPU kernels on the same QDQ file, the emulator's sample and its CPU ms per image.
 
-    .venv/bin/python tools/bench_qnn_real.py [--work DIR] [--no-int16] [--json FILE]
+    .venv/bin/python tools/bench_qnn_real.py [--work DIR] [--no-int16] [--alpha 1.0 --size 224] [--json FILE]
+
+With --alpha/--size the same photos and training budget with another MobileNetV2 (1.0 at 224: the issue's figure).
 """
 
 from __future__ import annotations
@@ -35,20 +37,26 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
-def measure(work: Path, int16: bool) -> dict[str, Any]:
-    """Train the CI-suite head run in `work`, export and verify the files; their figures."""
+def measure(work: Path, int16: bool, alpha: float | None = None, size: int | None = None) -> dict[str, Any]:
+    """Train the CI-suite head run in `work` (its photos and budget; `alpha` and `size` in place of its backbone's when
+    given), export and verify the files; their figures."""
+    from dataclasses import replace
+
     from edgetl.core.errors import ExportError
     from edgetl.export import export_run
 
     br = _bench_real()
     suite = br.SUITES["ci"]
+    suite = replace(suite, alpha=suite.alpha if alpha is None else alpha,
+                    image_size=suite.image_size if size is None else size)
     run = work / "head"
     manifest = run / "manifest.json"
     if manifest.is_file():  # an earlier call's run in --work is reused (its photos left as they are)
         trained = json.loads(manifest.read_text())["metrics"]
     else:
         trained = br.train_run(br.make_subset(work, suite.per_class, suite.seed), run, suite)
-    out: dict[str, Any] = {"train": trained, "machine": br.machine(), "files": {}}
+    out: dict[str, Any] = {"train": trained, "machine": br.machine(), "files": {},
+                           "backbone": f"mobilenet_v2 {suite.alpha:g}@{suite.image_size}"}
     jobs = [(("qnn",), ("int8", "int16x8") if int16 else ("int8",)), (("tflite",), ("int8-full",)),
             (("onnx",), ("int8",))]
     for formats, modes in jobs:
@@ -89,13 +97,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, help="folder for the subset, the run and its files (default: a temp dir)")
     ap.add_argument("--no-int16", action="store_true", help="skip the qnn int16x8 file")
+    ap.add_argument("--alpha", type=float, choices=(0.35, 1.0), help="MobileNetV2's width (default: the CI suite's "
+                    "0.35; 1.0 with the real 1.0_224 weights)")
+    ap.add_argument("--size", type=int, help="input size in pixels (default: the CI suite's 96)")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
     reason = _bench_real().available()
     if reason:
         sys.exit(reason)
     with tempfile.TemporaryDirectory(prefix="edgetl-qnn-real-") as tmp:
-        fig = measure(args.work or Path(tmp), not args.no_int16)
+        fig = measure(args.work or Path(tmp), not args.no_int16, args.alpha, args.size)
     if args.json:
         args.json.write_text(json.dumps(fig, indent=1, default=str))
     print(json.dumps({k: v for k, v in fig.items() if k != "files"}, default=str))

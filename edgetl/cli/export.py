@@ -58,11 +58,12 @@ _SOC_HELP = ", ".join(f"{s.name} ({s.product})" for s in SOCS.values())
               "Keras model's by more than this fraction (0.01 = 1 point).")
 @click.option("--auto", is_flag=True, help="With --max-drop: post-training int8-full first; if it loses more, keep "
               "the layers that lose most in float, then try int16x8; write the first file that meets the budget. "
-              "With --format openvino: int8 through NNCF's accuracy-controlled quantization.")
+              "With --format openvino: edgetl's int8 IR if it meets the budget, else NNCF's accuracy-controlled "
+              "quantization.")
 @click.option("--bias-correction/--no-bias-correction", default=True, show_default=True,
-              help="Calibrated integer files (TFLite int8, int8-full, int16x8; ONNX int8): take the mean shift each "
-                   "kernel's int8 rounding causes off its bias, measured on the calibration images (the quantizer's "
-                   "own file otherwise).")
+              help="Calibrated integer files (TFLite int8, int8-full, int16x8; ONNX, OpenVINO int8): take the mean "
+                   "shift each kernel's int8 rounding causes off its bias, measured on the calibration images (the "
+                   "quantizer's own file otherwise).")
 @click.option("--max-ram-kb", type=float, help="Fail a microcontroller file (--target mcu) whose tensor arena in "
               "TensorFlow Lite Micro needs more RAM than this many KB (1024 bytes); the report gives ram_kb.")
 @click.option("--max-flash-kb", type=float, help="Fail a microcontroller file (--target mcu) larger than this many KB "
@@ -210,7 +211,8 @@ def _show(report: ExportReport, as_json: bool) -> None:
                             soft_wrap=True)
     corrected = [r for r in report.rows if r.get("bias_corrected")]
     if corrected:
-        out_console().print(f"bias correction: {len(corrected)} integer TFLite file(s), up to "
+        kinds = ", ".join(sorted({r["format"] for r in corrected}))
+        out_console().print(f"bias correction: {len(corrected)} integer file(s) ({kinds}), up to "
                             f"{max(r['bias_corrected'] for r in corrected)} kernels each (--no-bias-correction: off)",
                             soft_wrap=True)
     if report.json_path:

@@ -61,8 +61,9 @@ class ExportOptions:
     # larger tensor arena (KB of RAM) or the file is larger (KB of flash) than these (edgetl.export.tflm_check).
     max_ram_kb: float | None = None
     max_flash_kb: float | None = None
-    # With max_drop: formats that search within the budget themselves do (OpenVINO int8: NNCF's accuracy-controlled
-    # quantization reverts the layers that lose most to float); `edgetl export --auto` for those formats.
+    # With max_drop: formats that search within the budget themselves do (OpenVINO int8: edgetl's int8 IR when it
+    # meets the budget, else NNCF's accuracy-controlled quantization reverts the layers that lose most to float);
+    # `edgetl export --auto` for those formats.
     accuracy_control: bool = False
 
 

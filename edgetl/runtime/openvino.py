@@ -24,6 +24,7 @@ METADATA_KEY = "edgetl"  # the rt_info entry holding the edgetl metadata JSON
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
 OPENVINO_PIP = "pip install 'openvino>=2026.4,<2026.5'"
+KERNEL_LAYERS = ("Convolution", "FullyConnected")  # the execution graph's layer types of the weighted kernels
 _OV_TYPES = {"f32": "float32", "u8": "uint8", "i8": "int8", "f16": "float16"}
 
 
@@ -174,6 +175,17 @@ class OpenVinoRunner(Runner):
             return int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
         except Exception:  # noqa: BLE001 - a plugin without the property
             return None
+
+    def kernel_precisions(self) -> dict[str, int]:
+        """How many convolution and fully connected kernels the compiled model runs in each precision ("u8", "i8":
+        int8 kernels; "f32": float), from the CPU plugin's execution graph: whether an int8 IR really runs in int8."""
+        counts: dict[str, int] = {}
+        for op in self.compiled.get_runtime_model().get_ops():
+            info = op.get_rt_info()
+            if "layerType" in info and info["layerType"].astype(str) in KERNEL_LAYERS:
+                precision = info["runtimePrecision"].astype(str)
+                counts[precision] = counts.get(precision, 0) + 1
+        return counts
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         request = self.request
