@@ -156,8 +156,10 @@ def _single_device_pass(clf: Classifier, ds: tf.data.Dataset, total: int, size: 
     trace_seconds = time.perf_counter() - t0
     cpu_only = not placement.mixed_precision and not any("GPU" in d.upper() or "TPU" in d.upper()
                                                          for d in placement.devices)
-    # The first batch includes the kernels' set-up; the second gives TensorFlow's steady speed.
-    decide_at = 0 if engine == "tflite" else 1
+    # The first batch includes the kernels' set-up; the second gives TensorFlow's steady speed, which the choice
+    # needs only to weigh a conversion: with none to make (forced, or cached), it is made at the first batch.
+    cached = engine == "auto" and cpu_only and engines.has_cached_conversion(clf, size)
+    decide_at = 0 if engine == "tflite" or cached else 1
     record.update(engine="keras", reason="too few batches to decide")
     # Where the pass's time goes (edgetl.train.walltime: the features_* parts).
     spent = {"trace": trace_seconds, "base": 0.0, "wait": 0.0, "convert": 0.0, "check": 0.0}
@@ -184,7 +186,8 @@ def _single_device_pass(clf: Classifier, ds: tf.data.Dataset, total: int, size: 
             parts.append(part)
             if i == decide_at:
                 choice = engines.decide(engine, cpu_only=cpu_only, remaining=total - done - len(part),
-                                        seconds_per_image=seconds / max(len(part), 1), trace_seconds=trace_seconds)
+                                        seconds_per_image=seconds / max(len(part), 1), trace_seconds=trace_seconds,
+                                        cached=cached)
                 t2 = time.perf_counter()
                 fast = _switch(clf, size, images, part, seconds, choice, reporter, record,
                                extract.get_concrete_function())
@@ -225,7 +228,9 @@ def _switch(clf: Classifier, size: int, images: tf.Tensor, reference: np.ndarray
             speedup = keras_seconds / max(time.perf_counter() - t0, 1e-9)
             diff = engines.max_relative_diff(reference, check)
             record.update(convert_seconds=round(fast.convert_seconds, 2), max_relative_diff=float(f"{diff:.3g}"),
-                          measured_speedup=round(speedup, 2), threads=fast.threads, cached=fast.cached)
+                          measured_speedup=round(speedup, 2), threads=fast.threads, cached=fast.cached,
+                          keras_ms=round(1000 * keras_seconds / len(check), 2),  # both engines, the same batch
+                          tflite_ms=round(1000 * keras_seconds / speedup / len(check), 2))
             if not diff <= engines.FEATURE_TOLERANCE:
                 fast.forget()  # a cached conversion that fails is not used again
                 record.update(engine="keras", reason=f"TFLite features differ from TensorFlow's by {diff:.2g} "
