@@ -16,6 +16,8 @@ For each size (class-balanced subsets of ../shared/realdata/flowers, symlinked i
     .venv/bin/python tools/bench_fixed.py --sizes 1000,4317 --guide 1000 --json /tmp/fixed.json
     # another source tree's edgetl (e.g. `git archive` of an older commit, unpacked), for before/after:
     .venv/bin/python tools/bench_fixed.py --sizes 1000 --src /tmp/before
+    # a search candidate's head fit, durable epochs (before) against edgetl.search.trial.scratch_fit (after):
+    .venv/bin/python tools/bench_fixed.py --search-head 3
 """
 
 from __future__ import annotations
@@ -222,6 +224,52 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def search_head(repeat: int) -> dict[str, Any]:
+    """One search candidate's head fit, in this process: the train job's durable epochs (checkpoint, best weights,
+    state.json and a history row per epoch, as the search did before) against edgetl.search.trial.scratch_fit,
+    alternating; round 1's shape for MobileNetV2 1.0 (160 + 160 images of 1,280 features, 60 epochs of 5 steps:
+    MIN_HEAD_STEPS). Medians of wall seconds."""
+    import numpy as np
+
+    from edgetl.core.tf import load_tensorflow
+
+    load_tensorflow()
+    import keras
+
+    from edgetl.core.progress import Reporter
+    from edgetl.search.trial import MIN_HEAD_STEPS, scratch_fit
+    from edgetl.train.checkpoint import Checkpoints
+    from edgetl.train.config import TrainConfig
+    from edgetl.train.distribute import place
+    from edgetl.train.fit import fit_stage
+    from edgetl.train.history import History
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 5, 320).astype(np.int32)
+    x = (np.eye(5, 1280)[y] + rng.normal(0, 1.0, (320, 1280))).astype(np.float32)
+    epochs = -(-MIN_HEAD_STEPS // 5)
+    cfg = TrainConfig(data=".", batch_size=32, patience=epochs, seed=0)
+    placement = place("default", "off")
+    times: dict[str, list[float]] = {"durable (before)": [], "scratch_fit (after)": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(2 * repeat):
+            kind = list(times)[i % 2]
+            folder = Path(tmp) / str(i)
+            folder.mkdir()
+            if i % 2 == 0:
+                history, ckpt = History(folder / "history.csv"), Checkpoints(folder)
+            else:
+                history, ckpt = scratch_fit(folder)
+            keras.utils.set_random_seed(0)
+            head = keras.Sequential([keras.Input((1280,)), keras.layers.Dropout(0.2), keras.layers.Dense(5, "softmax")])
+            t0 = time.perf_counter()
+            fit_stage(head, (x[:160], y[:160]), (x[160:], y[160:]), cfg, 1e-3, epochs, "head", history, Reporter(),
+                      placement, ckpt, None)
+            ckpt.remove()
+            times[kind].append(time.perf_counter() - t0)
+    return {k: {"median": round(sorted(v)[len(v) // 2], 2), "all": [round(t, 2) for t in v]} for k, v in times.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1000,4317", help="photos per run, comma-separated (4317 or more: all)")
@@ -233,7 +281,12 @@ def main() -> None:
     ap.add_argument("--sample", type=int, default=256, help="photos on which both engines' speed is measured")
     ap.add_argument("--src", help="run the edgetl of this source tree (its parent of edgetl/) instead")
     ap.add_argument("--json", help="write the figures here too")
+    ap.add_argument("--search-head", type=int, metavar="N", help="only the search candidate's head fit, before "
+                    "against after, N times each (alternating, in this process)")
     args = ap.parse_args()
+    if args.search_head:
+        print(f"load {load()}: {json.dumps(search_head(args.search_head))} (load {load()} at the end)")
+        return
     args.guide = {int(s) for s in args.guide.split(",") if s}
     if not FLOWERS.is_dir():
         sys.exit(f"skipped: {FLOWERS} is absent (see CONTRIBUTING.md, real photos)")

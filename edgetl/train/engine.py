@@ -201,13 +201,19 @@ class TFLiteExtractor:
         return interp
 
     def _store(self, blob: bytes) -> None:
-        """Keep the conversion for later runs (the newest CACHE_KEEP); a cache that cannot be written is skipped."""
-        from edgetl.core.fileio import write_bytes
+        """Keep the conversion for later runs (the newest CACHE_KEEP); a cache that cannot be written is skipped.
+
+        Written atomically but not fsync'd: a cache needs no durability (a file lost or damaged in a crash is
+        unreadable, or fails the check against TensorFlow's features, and is converted again), and forcing 9 MB to
+        disk is the one write of the pass that waits on other processes' I/O.
+        """
+        from edgetl.core.fileio import atomic_path
 
         if self.cache_path is None:
             return
         try:
-            write_bytes(self.cache_path, blob)
+            with atomic_path(self.cache_path) as tmp:
+                tmp.write_bytes(blob)
             kept = sorted(self.cache_path.parent.glob("*.tflite"), key=lambda p: p.stat().st_mtime, reverse=True)
             for old in kept[CACHE_KEEP:]:
                 old.unlink(missing_ok=True)
