@@ -158,11 +158,13 @@ def _single_device_pass(clf: Classifier, ds: tf.data.Dataset, total: int, size: 
                                                          for d in placement.devices)
     # The first batch includes the kernels' set-up; the second gives TensorFlow's steady speed, which the choice
     # needs only to weigh a conversion: with none to make (forced, or cached), it is made at the first batch.
+    t0 = time.perf_counter()
     cached = engine == "auto" and cpu_only and engines.has_cached_conversion(clf, size)
+    lookup = time.perf_counter() - t0  # hashing the weights: part of the conversion's cost
     decide_at = 0 if engine == "tflite" or cached else 1
     record.update(engine="keras", reason="too few batches to decide")
     # Where the pass's time goes (edgetl.train.walltime: the features_* parts).
-    spent = {"trace": trace_seconds, "base": 0.0, "wait": 0.0, "convert": 0.0, "check": 0.0}
+    spent = {"trace": trace_seconds, "base": 0.0, "wait": 0.0, "convert": lookup, "check": 0.0}
     fast: engines.TFLiteExtractor | None = None
     parts: list[np.ndarray] = []
     done = 0
@@ -192,8 +194,8 @@ def _single_device_pass(clf: Classifier, ds: tf.data.Dataset, total: int, size: 
                 fast = _switch(clf, size, images, part, seconds, choice, reporter, record,
                                extract.get_concrete_function())
                 switch = time.perf_counter() - t2
-                spent["convert"] = float(record.get("convert_seconds", 0.0))
-                spent["check"] = max(0.0, switch - spent["convert"])
+                spent["convert"] = lookup + float(record.get("convert_seconds", 0.0))
+                spent["check"] = max(0.0, switch - spent["convert"] + lookup)
         done += len(parts[-1])
         reporter.advance(1)
     record["images"] = done

@@ -23,7 +23,8 @@ and, inside features (not added to total), when the pass ran on one device:
     features_base     inside the base's forward calls over the pass's images: TensorFlow's, then the
                       engine's (the check batch excluded): the pass at the engines' measured throughput
     features_wait     waiting for decoded, resized batches from the input pipeline
-    features_convert  converting the base to TFLite, or loading its conversion from the cache (edgetl.train.engine)
+    features_convert  converting the base to TFLite, or looking its conversion up in the cache and loading it
+                      (edgetl.train.engine)
     features_check    TFLite's first invoke and its check batch against TensorFlow's features
     features_other    the rest of the pass (its set-up and hand-over; seconds where all is well)
     features_save     writing the features to the run's checkpoint (for --resume)
