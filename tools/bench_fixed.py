@@ -95,7 +95,8 @@ print(json.dumps({"images": len(x), "keras_ms": round(1000 * keras_spi, 2), "tfl
 def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, str, str]:
     """A fresh process timed whole; exits with its stderr's tail when it fails."""
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    # Run outside the repository: `python -c` puts the current folder first on sys.path, which would shadow --src.
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tempfile.gettempdir())
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.exit(f"failed: {' '.join(cmd[:3])} ...\n{proc.stderr[-3000:]}")
