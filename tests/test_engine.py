@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from edgetl.train.engine import (
+    CACHED_LOAD_SECONDS,
     CONVERT_OVER_TRACE,
     FEATURE_TOLERANCE,
     PAYBACK_MARGIN,
@@ -44,6 +45,18 @@ def test_cost_model_converts_only_when_the_images_pay_for_it() -> None:
     assert decide("auto", cpu_only=False, remaining=10**6, seconds_per_image=1.0, trace_seconds=0.1).engine == "keras"
     assert decide("keras", cpu_only=True, remaining=10**6, seconds_per_image=1.0, trace_seconds=0.1).engine == "keras"
     assert decide("tflite", cpu_only=True, remaining=1, seconds_per_image=1e-6, trace_seconds=100).engine == "tflite"
+
+
+def test_a_cached_conversion_is_charged_its_load_not_a_conversion() -> None:
+    # 200 images at 10 ms save about 1 s: less than a 12 s conversion, more than loading the cached file.
+    per_image, trace = 0.010, 2.0
+    assert 200 * per_image * (1 - 1 / TFLITE_SPEEDUP) > PAYBACK_MARGIN * CACHED_LOAD_SECONDS
+    cold = decide("auto", cpu_only=True, remaining=200, seconds_per_image=per_image, trace_seconds=trace)
+    warm = decide("auto", cpu_only=True, remaining=200, seconds_per_image=per_image, trace_seconds=trace, cached=True)
+    assert cold.engine == "keras" and warm.engine == "tflite"
+    assert "cached conversion" in warm.reason
+    assert decide("auto", cpu_only=False, remaining=10**6, seconds_per_image=1.0, trace_seconds=0.1,
+                  cached=True).engine == "keras"
 
 
 def test_max_relative_diff_is_scaled_by_the_feature_magnitude() -> None:
@@ -140,7 +153,7 @@ def test_train_records_the_feature_engine(demo_dir: Path, tmp_path: Path) -> Non
 
 def test_converted_base_is_cached_and_reloaded_by_content(classifier, _own_cache: Path,  # noqa: ANN001
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    from edgetl.train.engine import TFLiteExtractor, base_key, cache_dir
+    from edgetl.train.engine import TFLiteExtractor, base_key, cache_dir, has_cached_conversion
 
     x = np.random.default_rng(2).uniform(0, 255, (4, SIZE, SIZE, 3)).astype(np.float32)
     first = TFLiteExtractor(classifier, SIZE)
@@ -159,6 +172,7 @@ def test_converted_base_is_cached_and_reloaded_by_content(classifier, _own_cache
     finally:
         var.assign(old)
     assert base_key(classifier, SIZE) == first.cache_path.stem
+    assert has_cached_conversion(classifier, SIZE) and not has_cached_conversion(classifier, SIZE + 16)
     # A damaged file is converted again and rewritten; forget() deletes it; "off" caches nothing.
     first.cache_path.write_bytes(b"not a model")
     repaired = TFLiteExtractor(classifier, SIZE)
@@ -168,6 +182,7 @@ def test_converted_base_is_cached_and_reloaded_by_content(classifier, _own_cache
     monkeypatch.setenv("EDGETL_CACHE_DIR", "off")
     off = TFLiteExtractor(classifier, SIZE)
     assert cache_dir() is None and off.cache_path is None and not off.cached
+    assert not has_cached_conversion(classifier, SIZE)
 
 
 def test_a_second_run_loads_the_base_it_converted(demo_dir: Path, tmp_path: Path) -> None:

@@ -260,3 +260,27 @@ def test_rerunning_the_search_reuses_its_results(searched: dict[str, Any]) -> No
     assert {p: p.stat().st_mtime_ns for p in (out / "features").iterdir()} == stamps
     assert "reused" in res.stderr and "already holds" in res.stderr
     assert json.loads(res.stdout)["recommended"]["key"] == searched["doc"]["recommended"]["key"]
+
+
+def test_a_candidate_head_trains_with_early_stopping_and_writes_no_files(tmp_path: Path) -> None:
+    """The search fits heads it never resumes: the train job's head stage, without per-epoch checkpoints or rows."""
+    import keras
+    import numpy as np
+
+    from edgetl.core.progress import Reporter
+    from edgetl.search.trial import scratch_fit
+    from edgetl.train.config import TrainConfig
+    from edgetl.train.distribute import place
+    from edgetl.train.fit import fit_stage
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 120).astype(np.int32)
+    x = (np.eye(3, 16)[y] * 3 + rng.normal(0, 0.3, (120, 16))).astype(np.float32)  # separable features
+    head = keras.Sequential([keras.Input((16,)), keras.layers.Dense(3, activation="softmax")])
+    history, ckpt = scratch_fit(tmp_path)
+    cfg = TrainConfig(data=str(tmp_path), batch_size=16, patience=2, seed=0)
+    epochs = fit_stage(head, (x[:90], y[:90]), (x[90:], y[90:]), cfg, 0.05, 40, "head", history, Reporter(),
+                       place("default", "off"), ckpt, None)
+    assert 0 < epochs == len(history.rows) and all(r["stage"] == "head" for r in history.rows)
+    assert float((head.predict(x[90:], verbose=0).argmax(1) == y[90:]).mean()) > 0.9
+    assert list(tmp_path.iterdir()) == []  # nothing written: no checkpoints, no history.csv

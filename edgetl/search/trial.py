@@ -158,18 +158,42 @@ def _build(c: Candidate, tcfg: TrainConfig, shared: Shared) -> tuple[Classifier,
 
 def _fit_head(folder: Path, clf: Classifier, tcfg: TrainConfig, train_xy: Any, val_xy: Any,
               shared: Shared) -> tuple[np.ndarray, int]:
-    """The train job's head stage on cached features (early stopping on val loss, best weights kept)."""
-    from edgetl.train.checkpoint import Checkpoints
+    """The train job's head stage on cached features (early stopping on val loss, best weights kept), without
+    its files: a candidate's head is never resumed, so neither a checkpoint nor a durable history row is written
+    per epoch (see scratch_fit)."""
     from edgetl.train.fit import fit_stage
-    from edgetl.train.history import History
 
-    history = History(folder / "history.csv")
-    ckpt = Checkpoints(folder)
+    history, ckpt = scratch_fit(folder)
     epochs = fit_stage(clf.head, train_xy, val_xy, tcfg, tcfg.lr, tcfg.epochs, "head", history,
                        Bars(shared.reporter), shared.placement, ckpt, None)
     ckpt.remove()
     probs = clf.head.predict(val_xy[0], batch_size=256, verbose=0)
     return np.asarray(probs), epochs
+
+
+def scratch_fit(folder: Path) -> tuple[Any, Any]:
+    """A History and Checkpoints for a fit that is never resumed: rows kept in memory, no checkpoint written.
+
+    The train job makes every epoch durable (the weights and optimizer state, the best weights, state.json and
+    a history row, each fsync'd) so that --resume can continue; a search candidate's head runs at least
+    MIN_HEAD_STEPS steps, 60 epochs on round 1's sample, and its folder is deleted after the fit, so those writes
+    were pure cost (BENCHMARKS.md, "train: fixed costs"). Early stopping keeps its best weights in memory.
+    """
+    from edgetl.train.checkpoint import Checkpoints, State
+    from edgetl.train.history import History
+
+    class Rows(History):
+        def __init__(self, path: Path) -> None:  # no history.csv
+            self.path, self.rows = path, []
+
+        def append(self, row: dict[str, Any]) -> None:
+            self.rows.append(row)
+
+    class NoCheckpoints(Checkpoints):
+        def save(self, state: State, model: Any = None, best: list[np.ndarray] | None = None) -> State:
+            return state
+
+    return Rows(folder / "history.csv"), NoCheckpoints(folder)
 
 
 class LoadedRun(Run):

@@ -141,6 +141,7 @@ def _single_device_pass(clf: Classifier, ds: tf.data.Dataset, total: int, size: 
     Fills `record` with the engine, why, and the seconds of the pass's parts (record["seconds"]).
     """
     import itertools
+    import threading
     import time
 
     import tensorflow as tf
@@ -156,15 +157,21 @@ def _single_device_pass(clf: Classifier, ds: tf.data.Dataset, total: int, size: 
     trace_seconds = time.perf_counter() - t0
     cpu_only = not placement.mixed_precision and not any("GPU" in d.upper() or "TPU" in d.upper()
                                                          for d in placement.devices)
-    # The first batch includes the kernels' set-up; the second gives TensorFlow's steady speed.
-    decide_at = 0 if engine == "tflite" else 1
+    # The first batch includes the kernels' set-up; the second gives TensorFlow's steady speed, which the choice
+    # needs only to weigh a conversion: with none to make (forced, or cached), it is made at the first batch.
+    t0 = time.perf_counter()
+    cached = engine == "auto" and cpu_only and engines.has_cached_conversion(clf, size)
+    lookup = time.perf_counter() - t0  # hashing the weights: part of the conversion's cost
+    decide_at = 0 if engine == "tflite" or cached else 1
     record.update(engine="keras", reason="too few batches to decide")
     # Where the pass's time goes (edgetl.train.walltime: the features_* parts).
-    spent = {"trace": trace_seconds, "base": 0.0, "wait": 0.0, "convert": 0.0, "check": 0.0}
+    spent = {"trace": trace_seconds, "base": 0.0, "wait": 0.0, "convert": lookup, "check": 0.0}
     fast: engines.TFLiteExtractor | None = None
     parts: list[np.ndarray] = []
     done = 0
-    batches = iter(ds)
+    t0 = time.perf_counter()
+    batches = iter(ds)  # starts the input pipeline's threads: waiting for the input
+    spent["wait"] += time.perf_counter() - t0
     for i in itertools.count():
         t0 = time.perf_counter()
         try:
@@ -184,18 +191,31 @@ def _single_device_pass(clf: Classifier, ds: tf.data.Dataset, total: int, size: 
             parts.append(part)
             if i == decide_at:
                 choice = engines.decide(engine, cpu_only=cpu_only, remaining=total - done - len(part),
-                                        seconds_per_image=seconds / max(len(part), 1), trace_seconds=trace_seconds)
+                                        seconds_per_image=seconds / max(len(part), 1), trace_seconds=trace_seconds,
+                                        cached=cached)
                 t2 = time.perf_counter()
                 fast = _switch(clf, size, images, part, seconds, choice, reporter, record,
                                extract.get_concrete_function())
                 switch = time.perf_counter() - t2
-                spent["convert"] = float(record.get("convert_seconds", 0.0))
-                spent["check"] = max(0.0, switch - spent["convert"])
+                spent["convert"] = lookup + float(record.get("convert_seconds", 0.0))
+                spent["check"] = max(0.0, switch - spent["convert"] + lookup)
         done += len(parts[-1])
         reporter.advance(1)
+    # Ending the pass is timed too: the features joined, then the input pipeline, the interpreter and the traced
+    # function released now rather than at the return (unnamed seconds were seen here on loaded machines).
+    t0 = time.perf_counter()
+    feats = np.concatenate(parts)
+    # Deleting the input pipeline's iterator waits for tf.data's background threads to stop: milliseconds mostly,
+    # but 1.9-2.9 s in 3 of 10 runs on 2 loaded cores (and up to 38 s seen as "other" before this part had a name).
+    # Nothing needs that wait: a daemon thread deletes it (the op runs without the GIL) while training goes on.
+    holder = [batches]
+    del batches
+    threading.Thread(target=holder.clear, name="edgetl-release-input", daemon=True).start()
+    del fast, extract
+    spent["release"] = time.perf_counter() - t0
     record["images"] = done
     record["seconds"] = spent
-    return np.concatenate(parts)
+    return feats
 
 
 def _switch(clf: Classifier, size: int, images: tf.Tensor, reference: np.ndarray, keras_seconds: float, choice: Any,
@@ -225,7 +245,9 @@ def _switch(clf: Classifier, size: int, images: tf.Tensor, reference: np.ndarray
             speedup = keras_seconds / max(time.perf_counter() - t0, 1e-9)
             diff = engines.max_relative_diff(reference, check)
             record.update(convert_seconds=round(fast.convert_seconds, 2), max_relative_diff=float(f"{diff:.3g}"),
-                          measured_speedup=round(speedup, 2), threads=fast.threads, cached=fast.cached)
+                          measured_speedup=round(speedup, 2), threads=fast.threads, cached=fast.cached,
+                          keras_ms=round(1000 * keras_seconds / len(check), 2),  # both engines, the same batch
+                          tflite_ms=round(1000 * keras_seconds / speedup / len(check), 2))
             if not diff <= engines.FEATURE_TOLERANCE:
                 fast.forget()  # a cached conversion that fails is not used again
                 record.update(engine="keras", reason=f"TFLite features differ from TensorFlow's by {diff:.2g} "

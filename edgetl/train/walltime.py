@@ -22,9 +22,12 @@ and, inside features (not added to total), when the pass ran on one device:
     features_trace    tracing TensorFlow's forward function
     features_base     inside the base's forward calls over the pass's images: TensorFlow's, then the
                       engine's (the check batch excluded): the pass at the engines' measured throughput
-    features_wait     waiting for decoded, resized batches from the input pipeline
-    features_convert  converting the base to TFLite, or loading its conversion from the cache (edgetl.train.engine)
+    features_wait     starting the input pipeline and waiting for its decoded, resized batches
+    features_convert  converting the base to TFLite, or looking its conversion up in the cache and loading it
+                      (edgetl.train.engine)
     features_check    TFLite's first invoke and its check batch against TensorFlow's features
+    features_release  ending the pass: its features joined, its input pipeline, TFLite interpreter and traced
+                      function released
     features_other    the rest of the pass (its set-up and hand-over; seconds where all is well)
     features_save     writing the features to the run's checkpoint (for --resume)
 """
@@ -35,7 +38,7 @@ import os
 import time
 
 PARTS = ("scan", "detail", "build", "setup", "features", "head", "fine_tune", "evaluate", "save")
-FEATURE_PARTS = ("input", "trace", "base", "wait", "convert", "check", "other", "save")
+FEATURE_PARTS = ("input", "trace", "base", "wait", "convert", "check", "release", "other", "save")
 
 
 def process_age() -> float | None:
