@@ -115,7 +115,7 @@ def run_train(edgetl: str, data: Path, out: Path, extra: list[str]) -> dict[str,
     # The parts after "start" are contiguous on the child's clock: each phase's window, then its peak RSS.
     phase_rss: dict[str, float] = {}
     at = float(seconds.get("start", 0.0))
-    phase_rss["start"] = max((k for t, k in samples if t <= at), default=0) / 1024
+    phase_rss["start"] = round(max((k for t, k in samples if t <= at), default=0) / 1024)
     for name in PHASES:
         if name not in seconds:
             continue
@@ -123,7 +123,9 @@ def run_train(edgetl: str, data: Path, out: Path, extra: list[str]) -> dict[str,
         inside = [k for t, k in samples if lo <= t <= hi + 0.1]
         phase_rss[name] = round(max(inside, default=0) / 1024)
         at = hi
+    timeline = [(round(t, 1), round(k / 1024)) for i, (t, k) in enumerate(samples) if i % 10 == 0]  # 1 s steps
     return {"wall": round(wall, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024), "seconds": seconds,
+            "rss_timeline_mb": timeline,
             "phase_rss_mb": phase_rss, "val_accuracy": (manifest.get("metrics") or {}).get("val")}
 
 

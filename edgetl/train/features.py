@@ -236,8 +236,10 @@ def feature_dataset(xy: Features, batch_size: int, shuffle: bool, seed: int) -> 
         y.set_shape((None,))
         return x, y
 
+    from edgetl.data.pipeline import bounded
+
     ds = ds.batch(batch_size).map(_rows, num_parallel_calls=tf.data.AUTOTUNE)
-    return shard_by_data(ds.prefetch(tf.data.AUTOTUNE))
+    return shard_by_data(bounded(ds.prefetch(tf.data.AUTOTUNE)))
 
 
 def head_probabilities(head: keras.Model, xy: Features, batch_size: int = 256) -> np.ndarray:
