@@ -22,9 +22,11 @@ if TYPE_CHECKING:
     from edgetl.data.splits import Item
 
 
-# The RAM tf.data's autotuner may spend on its buffers (prefetch, parallel map). Its default is half the free RAM:
-# under load it kept growing prefetch buffers through a pass (a 20,000-image `edgetl train` rose by 200 MB more in
-# one run than in the next). A few batches ahead are all a pass needs: 32 images at 224 px are 19 MB.
+# Batches made ahead of the consumer. Not tf.data.AUTOTUNE: its prefetch buffer doubles whenever the consumer finds
+# it empty, which on busy cores is all the time, up to half the free RAM: a 200,000-image `edgetl train` grew by
+# 200 MB in steps through its feature pass. The consumer (the base, the head) is the slow side; two batches suffice.
+PREFETCH_BATCHES = 2
+# The RAM tf.data's autotuner may still spend on the parallel maps' buffers (its default: half the free RAM).
 RAM_BUDGET = 256 << 20
 
 
@@ -122,4 +124,4 @@ def make_dataset(
             return x, y
 
         ds = ds.map(_augment, num_parallel_calls=tf.data.AUTOTUNE)
-    return bounded(ds.prefetch(tf.data.AUTOTUNE))
+    return bounded(ds.prefetch(PREFETCH_BATCHES))

@@ -236,20 +236,20 @@ def feature_dataset(xy: Features, batch_size: int, shuffle: bool, seed: int) -> 
         y.set_shape((None,))
         return x, y
 
-    from edgetl.data.pipeline import bounded
+    from edgetl.data.pipeline import PREFETCH_BATCHES, bounded
 
     ds = ds.batch(batch_size).map(_rows, num_parallel_calls=tf.data.AUTOTUNE)
-    return shard_by_data(bounded(ds.prefetch(tf.data.AUTOTUNE)))
+    return shard_by_data(bounded(ds.prefetch(PREFETCH_BATCHES)))
 
 
 def head_probabilities(head: keras.Model, xy: Features, batch_size: int = 256) -> np.ndarray:
     """The head's class probabilities over cached features, read and run a batch at a time."""
     reader = FeatureReader(xy)
-    parts = [np.asarray(head.predict_on_batch(reader.rows(np.arange(i, min(i + batch_size, reader.n)))[0]))
-             for i in range(0, reader.n, batch_size)]
-    if not parts:
-        return np.zeros((0, int(head.output_shape[-1])), np.float32)
-    return np.concatenate(parts)
+    out = np.empty((reader.n, int(head.output_shape[-1])), np.float32)  # filled in place: no list of parts
+    for i in range(0, reader.n, batch_size):
+        rows = np.arange(i, min(i + batch_size, reader.n))
+        out[rows] = np.asarray(head.predict_on_batch(reader.rows(rows)[0]))
+    return out
 
 
 def extract_batch_size(batch_size: int, placement: Placement) -> int:
