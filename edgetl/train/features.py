@@ -242,13 +242,17 @@ def feature_dataset(xy: Features, batch_size: int, shuffle: bool, seed: int) -> 
     return shard_by_data(bounded(ds.prefetch(PREFETCH_BATCHES)))
 
 
-def head_probabilities(head: keras.Model, xy: Features, batch_size: int = 256) -> np.ndarray:
-    """The head's class probabilities over cached features, read and run a batch at a time."""
+def head_probabilities(head: keras.Model, xy: Features, batch_size: int = 256, chunk_batches: int = 16) -> np.ndarray:
+    """The head's class probabilities over cached features, read chunk_batches batches at a time.
+
+    Keras' predict runs each chunk (predict_on_batch would not split a batch across a strategy's replicas).
+    """
     reader = FeatureReader(xy)
     out = np.empty((reader.n, int(head.output_shape[-1])), np.float32)  # filled in place: no list of parts
-    for i in range(0, reader.n, batch_size):
-        rows = np.arange(i, min(i + batch_size, reader.n))
-        out[rows] = np.asarray(head.predict_on_batch(reader.rows(rows)[0]))
+    step = batch_size * chunk_batches
+    for i in range(0, reader.n, step):
+        rows = np.arange(i, min(i + step, reader.n))
+        out[rows] = head.predict(reader.rows(rows)[0], batch_size=batch_size, verbose=0)
     return out
 
 
