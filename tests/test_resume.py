@@ -80,7 +80,7 @@ def test_resume_during_fine_tuning_with_cached_features(demo_dir: Path, tmp_path
                       output=str(tmp_path / "ft"))
     with pytest.raises(KeyboardInterrupt):
         train(cfg, CrashAt("fine_tune", 2))
-    assert (tmp_path / "ft" / "cache" / "train.npz").is_file()  # features survive for the head stage
+    assert (tmp_path / "ft" / "cache" / "train.npy").is_file()  # features survive for the head stage
     result = resume(tmp_path / "ft")
     stages = [(r["stage"], int(r["epoch"])) for r in history(result.run_dir)]
     assert stages == [("head", 1), ("head", 2), ("head", 3), ("head", 4), ("fine_tune", 5), ("fine_tune", 6),

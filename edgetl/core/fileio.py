@@ -112,7 +112,13 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write JSON (indented, keys kept in order) atomically."""
-    write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+    # Streamed to the file: json.dumps(indent=...) builds the text from a list of every chunk first, which for a
+    # run's manifest (a few lines per image) held about 0.7 KB per image at once (146 MB at 200,000 images).
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, default=_json_default)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _json_default(obj: Any) -> Any:

@@ -33,6 +33,7 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 _SPLIT_DIR_NAMES = {"train": ("train",), "val": ("val", "validation", "valid"), "test": ("test",)}
 # Folders that are never classes: zip archives made on macOS carry these.
 _IGNORED_DIRS = frozenset({"__MACOSX"})
+_PROBE_CHUNK = 2048  # files probed per batch of thread tasks
 _MAX_WARNINGS = 20  # per scan: beyond this, unreadable files are summarised, not listed one by one
 
 
@@ -125,10 +126,13 @@ def _probe_all(root: str, paths: list[str]) -> dict[str, str]:
         return bad
     with ThreadPoolExecutor(max_workers=min(default_workers() * 2, len(paths))) as pool:
         # I/O waits and Pillow decoding both release the GIL, so more threads than cores help here.
-        reasons = pool.map(lambda p: probe_image(os.path.join(root, *p.split("/"))), paths)
-        for p, reason in zip(paths, reasons, strict=True):
-            if reason is not None:
-                bad[p] = reason
+        # A chunk at a time: pool.map makes every task's future up front, about 1 KB per file.
+        for lo in range(0, len(paths), _PROBE_CHUNK):
+            chunk = paths[lo:lo + _PROBE_CHUNK]
+            reasons = pool.map(lambda p: probe_image(os.path.join(root, *p.split("/"))), chunk)
+            for p, reason in zip(chunk, reasons, strict=True):
+                if reason is not None:
+                    bad[p] = reason
     return bad
 
 

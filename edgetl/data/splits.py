@@ -15,9 +15,11 @@ from edgetl.core.errors import DataError, UsageError
 SPLITS = ("train", "val", "test")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Item:
     """One image: its path relative to the data root (POSIX separators) and its class index."""
+
+    # slots: no per-instance __dict__, about 100 bytes less per image (a folder holds hundreds of thousands)
 
     path: str
     label: int

@@ -4,7 +4,7 @@ Layout inside a run directory (removed when the run completes):
     checkpoints/state.json          the pointer: stage, epochs done, weights file, early-stopping state
     checkpoints/<stage>-<n>.weights.h5   model and optimizer state after epoch n of a stage
     checkpoints/<stage>-best.npz    best weights so far (early stopping keeps them)
-    cache/<split>.npz               features of the frozen base (fast path)
+    cache/<split>.npy, <split>-labels.npy   features of the frozen base (fast path; edgetl.train.features)
 Every file is written atomically and state.json is written last, so a run killed at any instant
 (even with SIGKILL) resumes from the last epoch whose files are all complete.
 """
@@ -109,17 +109,11 @@ class Checkpoints:
         with np.load(path) as data:
             return [data[f"arr_{i}"] for i in range(len(data.files))]
 
-    def save_features(self, split: str, x: np.ndarray, y: np.ndarray) -> None:
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.cache_dir / f"{split}.npz", suffix=".npz") as tmp, open(tmp, "wb") as f:
-            np.savez(f, x=x, y=y)
-
     def load_features(self, split: str) -> tuple[np.ndarray, np.ndarray] | None:
-        path = self.cache_dir / f"{split}.npz"
-        if not path.is_file():
-            return None
-        with np.load(path) as data:
-            return data["x"], data["y"]
+        """A split's cached (features memory-mapped, labels), or None when the pass must compute them."""
+        from edgetl.train.features import load_cached
+
+        return load_cached(self.cache_dir, split)
 
     def remove(self) -> None:
         """A complete run needs neither checkpoints nor cached features."""

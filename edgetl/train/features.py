@@ -4,15 +4,28 @@ The fast path runs the frozen base over every image a single time and trains the
 cached features. Without augmentation (the only case it is used) that is exact, since the base is
 frozen and in inference mode, and it spares the base's forward pass at every epoch, which dominates
 naive transfer learning on a CPU.
+
+Memory stays flat in the number of images: the pass writes each batch's features straight to
+`<cache>/<split>.npy` files (plain .npy, which np.load(..., mmap_mode="r") maps), and the head reads
+them back in batches with positioned reads (FeatureReader): neither the features nor a copy of them
+is ever whole in RAM. Positioned reads rather than the memory map itself, because a mapped page
+that was read stays in the process's resident set until unmapped: a memory-mapped feeder shows the
+whole file as RSS after one epoch, though the kernel could drop it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgetl.core.fileio import atomic_path
+
 if TYPE_CHECKING:
+    import keras
     import tensorflow as tf
 
     from edgetl.core.progress import Reporter
@@ -51,14 +64,196 @@ def shard_by_data(ds: tf.data.Dataset) -> tf.data.Dataset:
     return ds.with_options(options)
 
 
+def cache_paths(cache_dir: Path, split: str) -> tuple[Path, Path]:
+    """The feature file (n, d) float32 and the label file (n,) int32 of a split in a feature cache folder."""
+    return cache_dir / f"{split}.npy", cache_dir / f"{split}-labels.npy"
+
+
+def load_cached(cache_dir: Path, split: str) -> Features | None:
+    """A split's cached (features, labels), the features memory-mapped (nothing read yet); None when absent.
+
+    An unreadable or inconsistent pair counts as absent: the pass computes it again.
+    """
+    x_path, y_path = cache_paths(cache_dir, split)
+    if not (x_path.is_file() and y_path.is_file()):
+        return None
+    try:
+        y = np.load(y_path)
+        x = np.load(x_path, mmap_mode="r") if y.size else np.load(x_path)
+    except (OSError, ValueError):
+        return None
+    if x.ndim != 2 or x.dtype != np.float32 or y.ndim != 1 or len(x) != len(y):
+        return None
+    return x, y.astype(np.int32, copy=False)
+
+
+class FeatureWriter:
+    """Takes the pass's features batch by batch, in the order of the splits' items, and files them per split.
+
+    With a cache folder each split goes to its .npy files (cache_paths), written as the batches come and
+    renamed into place together when the pass ends (an interrupted pass leaves no file); the result maps
+    them back read-only. Without one, each split fills an array of its final size (no list of parts).
+    Use as a context manager; `result()` after it closes.
+    """
+
+    def __init__(self, splits: DataSplits, names: list[str], cache_dir: Path | None) -> None:
+        self.names = list(names)
+        self.labels = {name: labels_of(splits.split(name)) for name in self.names}
+        self.sizes = [len(self.labels[name]) for name in self.names]
+        self.cache_dir = cache_dir
+        self.seconds = 0.0  # writing to disk: the pass's "save" part
+        self.done = 0
+        self._stack = contextlib.ExitStack()
+        self._sinks: list[Any] = []  # per split: an open file, or an array; made at the first batch
+        self._closed = False
+
+    def __enter__(self) -> FeatureWriter:
+        self._stack.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import time
+
+        t0 = time.perf_counter()
+        self._closed = True
+        if exc[0] is None and self.done != sum(self.sizes):
+            err = RuntimeError(f"the feature pass gave {self.done} rows for {sum(self.sizes)} images")
+            self._stack.__exit__(RuntimeError, err, None)  # removes the partial files
+            raise err
+        self._stack.__exit__(*exc)  # closes the files, then renames them into place (or removes them)
+        if exc[0] is None and self.cache_dir is not None:
+            for name in self.names:
+                with atomic_path(cache_paths(self.cache_dir, name)[1], suffix=".npy") as tmp:
+                    np.save(tmp, self.labels[name])
+        self.seconds += time.perf_counter() - t0
+
+    def _open(self, dim: int) -> None:
+        for name, n in zip(self.names, self.sizes, strict=True):
+            if self.cache_dir is None:
+                self._sinks.append(np.empty((n, dim), np.float32))
+                continue
+            tmp = self._stack.enter_context(atomic_path(cache_paths(self.cache_dir, name)[0], suffix=".npy"))
+            f = self._stack.enter_context(open(tmp, "wb"))  # noqa: SIM115 - closed by the stack
+            np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                                                     "fortran_order": False, "shape": (n, dim)})
+            self._sinks.append(f)
+
+    def write(self, batch: np.ndarray) -> None:
+        """File the next rows of features (b, d)."""
+        import time
+
+        t0 = time.perf_counter()
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if not self._sinks:
+            self._open(int(batch.shape[1]))
+        row, start = 0, 0
+        for sink, n in zip(self._sinks, self.sizes, strict=True):
+            lo, hi = max(self.done + row, start), min(self.done + len(batch), start + n)
+            if lo < hi:
+                part = batch[lo - self.done:hi - self.done]
+                if isinstance(sink, np.ndarray):
+                    sink[lo - start:hi - start] = part
+                else:
+                    sink.write(part.tobytes())
+                row = hi - self.done
+            start += n
+        if row != len(batch):
+            raise RuntimeError(f"the feature pass gave more rows than its {sum(self.sizes)} images")
+        self.done += len(batch)
+        self.seconds += time.perf_counter() - t0
+
+    def result(self) -> dict[str, Features]:
+        """Per split, (features, labels): memory-mapped from the cache folder, or the arrays."""
+        if not self._closed:
+            raise RuntimeError("FeatureWriter.result() before the pass ended")
+        if self.cache_dir is None:
+            return {name: (x, self.labels[name]) for name, x in zip(self.names, self._sinks, strict=True)}
+        out = {}
+        for name in self.names:
+            xy = load_cached(self.cache_dir, name)
+            if xy is None:
+                raise RuntimeError(f"the feature cache of split {name} in {self.cache_dir} could not be read back")
+            out[name] = xy
+        return out
+
+
+class FeatureReader:
+    """Rows of (features, labels) by index, in the order asked.
+
+    Features memory-mapped from a .npy file (load_cached) are read with positioned reads, one per run of
+    consecutive rows (an unshuffled batch is one read), so the process never holds the file's pages;
+    features in RAM are indexed.
+    """
+
+    def __init__(self, xy: Features) -> None:
+        x, y = xy
+        self.labels = np.asarray(y, dtype=np.int32)
+        self.n, self.dim = int(x.shape[0]), int(x.shape[1])
+        self._path: str | None = None
+        self._x: np.ndarray | None = None
+        if isinstance(x, np.memmap) and x.filename and x.dtype == np.float32 and x.flags.c_contiguous:
+            self._path, self._offset = str(x.filename), int(x.offset)
+        else:
+            self._x = np.asarray(x, dtype=np.float32)
+
+    def rows(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(features (k, d) float32, labels (k,) int32) of the rows `idx`."""
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        if self._x is not None:
+            return self._x[idx], self.labels[idx]
+        out = np.empty((len(idx), self.dim), np.float32)
+        if len(idx):
+            row_bytes = self.dim * 4
+            breaks = np.flatnonzero(np.diff(idx) != 1) + 1
+            starts, stops = np.r_[0, breaks], np.r_[breaks, len(idx)]
+            with open(self._path, "rb", buffering=0) as f:
+                fd = f.fileno()
+                for a, b in zip(starts.tolist(), stops.tolist(), strict=True):
+                    view = memoryview(out[a:b]).cast("B")
+                    got = os.preadv(fd, [view], self._offset + int(idx[a]) * row_bytes)
+                    if got != len(view):
+                        raise OSError(f"the feature cache '{self._path}' is shorter than its header says")
+        return out, self.labels[idx]
+
+
 def feature_dataset(xy: Features, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
-    """Cached features and labels as batches (shuffled each epoch when asked), sharded like the image data."""
+    """Cached features and labels as batches (shuffled each epoch when asked), sharded like the image data.
+
+    Only row indices go through tf.data (shuffled there, seeded: the order is the one a shuffle of the
+    features themselves gives); each batch's rows are then read (FeatureReader), so memory holds a few
+    batches, not the features.
+    """
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices(xy)
+    reader = FeatureReader(xy)
+    ds = tf.data.Dataset.range(reader.n)
     if shuffle:
-        ds = ds.shuffle(len(xy[1]), seed=seed, reshuffle_each_iteration=True)
-    return shard_by_data(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE))
+        ds = ds.shuffle(max(reader.n, 1), seed=seed, reshuffle_each_iteration=True)
+
+    def _rows(idx: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        x, y = tf.numpy_function(reader.rows, [idx], (tf.float32, tf.int32), stateful=False)
+        x.set_shape((None, reader.dim))
+        y.set_shape((None,))
+        return x, y
+
+    from edgetl.data.pipeline import PREFETCH_BATCHES, bounded
+
+    ds = ds.batch(batch_size).map(_rows, num_parallel_calls=tf.data.AUTOTUNE)
+    return shard_by_data(bounded(ds.prefetch(PREFETCH_BATCHES)))
+
+
+def head_probabilities(head: keras.Model, xy: Features, batch_size: int = 256, chunk_batches: int = 16) -> np.ndarray:
+    """The head's class probabilities over cached features, read chunk_batches batches at a time.
+
+    Keras' predict runs each chunk (predict_on_batch would not split a batch across a strategy's replicas).
+    """
+    reader = FeatureReader(xy)
+    out = np.empty((reader.n, int(head.output_shape[-1])), np.float32)  # filled in place: no list of parts
+    step = batch_size * chunk_batches
+    for i in range(0, reader.n, step):
+        rows = np.arange(i, min(i + step, reader.n))
+        out[rows] = head.predict(reader.rows(rows)[0], batch_size=batch_size, verbose=0)
+    return out
 
 
 def extract_batch_size(batch_size: int, placement: Placement) -> int:
@@ -75,7 +270,7 @@ def extract_batch_size(batch_size: int, placement: Placement) -> int:
 
 def extract_features(clf: Classifier, splits: DataSplits, names: list[str], size: int, batch_size: int,
                      reporter: Reporter, placement: Placement, *, engine: str = "auto",
-                     record: dict[str, Any] | None = None) -> dict[str, Features]:
+                     record: dict[str, Any] | None = None, cache_dir: Path | None = None) -> dict[str, Features]:
     """Run the frozen base once over the images of these splits: the fast path's whole cost.
 
     One pass over all splits together: one traced predict function and full batches, instead of
@@ -88,6 +283,8 @@ def extract_features(clf: Classifier, splits: DataSplits, names: list[str], size
         engine: "auto", "keras" or "tflite" (edgetl.train.engine.ENGINES).
         record: when given, filled with the engine used, why, its conversion and check figures, and the
             seconds of the pass's parts (record["seconds"]: edgetl.train.walltime's features_* parts).
+        cache_dir: when given, the features are written there batch by batch (cache_paths, load_cached)
+            and returned memory-mapped: memory does not grow with the number of images.
 
     Returns:
         Per split name, (features, labels) in the split's item order.
@@ -112,33 +309,31 @@ def extract_features(clf: Classifier, splits: DataSplits, names: list[str], size
         def on_predict_batch_end(self, batch: int, logs: Any = None) -> None:
             reporter.advance(1)
 
-    if placement.name == "mirrored":
-        feats = clf.extractor.predict(ds, verbose=0, callbacks=[_Tick()])  # split across the replicas
-    else:
-        # One compiled function over the batches: about twice the throughput of Keras' predict on a
-        # CPU (measured: MobileNetV2-224, 52 vs 28 img/s). Under multi-worker training every worker
-        # needs every feature, and this reads the mirrored weights locally.
-        feats = _single_device_pass(clf, ds, len(items), size, reporter, placement, engine,
-                                    record if record is not None else {})
+    writer = FeatureWriter(splits, names, cache_dir)
+    with writer:
+        if placement.name == "mirrored":
+            writer.write(clf.extractor.predict(ds, verbose=0, callbacks=[_Tick()]))  # split across the replicas
+        else:
+            # One compiled function over the batches: about twice the throughput of Keras' predict on a
+            # CPU (measured: MobileNetV2-224, 52 vs 28 img/s). Under multi-worker training every worker
+            # needs every feature, and this reads the mirrored weights locally.
+            _single_device_pass(clf, ds, len(items), size, reporter, placement, engine,
+                                record if record is not None else {}, writer)
     reporter.finish()
-    feats = np.asarray(feats, dtype=np.float32)
-    out, start = {}, 0
-    for name in names:
-        split_items = splits.split(name)
-        out[name] = feats[start:start + len(split_items)], labels_of(split_items)
-        start += len(split_items)
+    out = writer.result()
     if record is not None:
-        parts = {"input": input_seconds, **record.get("seconds", {})}
+        parts = {"input": input_seconds, **record.get("seconds", {}), "save": writer.seconds}
         parts["other"] = max(0.0, time.perf_counter() - t0 - sum(parts.values()))  # what no part names
         record["seconds"] = parts
     return out
 
 
 def _single_device_pass(clf: Classifier, ds: tf.data.Dataset, total: int, size: int, reporter: Reporter,
-                        placement: Placement, engine: str, record: dict[str, Any]) -> np.ndarray:
+                        placement: Placement, engine: str, record: dict[str, Any], writer: FeatureWriter) -> None:
     """The pass on one device: TensorFlow for the first batches, then the engine the cost model picks.
 
-    Fills `record` with the engine, why, and the seconds of the pass's parts (record["seconds"]).
+    Each batch's features go to `writer`. Fills `record` with the engine, why, and the seconds of the
+    pass's parts (record["seconds"]; the writer's own seconds are not in them).
     """
     import itertools
     import threading
@@ -167,7 +362,6 @@ def _single_device_pass(clf: Classifier, ds: tf.data.Dataset, total: int, size: 
     # Where the pass's time goes (edgetl.train.walltime: the features_* parts).
     spent = {"trace": trace_seconds, "base": 0.0, "wait": 0.0, "convert": lookup, "check": 0.0}
     fast: engines.TFLiteExtractor | None = None
-    parts: list[np.ndarray] = []
     done = 0
     t0 = time.perf_counter()
     batches = iter(ds)  # starts the input pipeline's threads: waiting for the input
@@ -182,13 +376,12 @@ def _single_device_pass(clf: Classifier, ds: tf.data.Dataset, total: int, size: 
         t1 = time.perf_counter()
         spent["wait"] += t1 - t0
         if fast is not None:
-            parts.append(fast(images))
+            part = fast(images)
             spent["base"] += time.perf_counter() - t1
         else:
             part = np.asarray(extract(images), dtype=np.float32)
             seconds = time.perf_counter() - t1
             spent["base"] += seconds
-            parts.append(part)
             if i == decide_at:
                 choice = engines.decide(engine, cpu_only=cpu_only, remaining=total - done - len(part),
                                         seconds_per_image=seconds / max(len(part), 1), trace_seconds=trace_seconds,
@@ -199,12 +392,12 @@ def _single_device_pass(clf: Classifier, ds: tf.data.Dataset, total: int, size: 
                 switch = time.perf_counter() - t2
                 spent["convert"] = lookup + float(record.get("convert_seconds", 0.0))
                 spent["check"] = max(0.0, switch - spent["convert"] + lookup)
-        done += len(parts[-1])
+        writer.write(part)
+        done += len(part)
         reporter.advance(1)
-    # Ending the pass is timed too: the features joined, then the input pipeline, the interpreter and the traced
-    # function released now rather than at the return (unnamed seconds were seen here on loaded machines).
+    # Ending the pass is timed too: the input pipeline, the interpreter and the traced function released now rather
+    # than at the return (unnamed seconds were seen here on loaded machines).
     t0 = time.perf_counter()
-    feats = np.concatenate(parts)
     # Deleting the input pipeline's iterator waits for tf.data's background threads to stop: milliseconds mostly,
     # but 1.9-2.9 s in 3 of 10 runs on 2 loaded cores (and up to 38 s seen as "other" before this part had a name).
     # Nothing needs that wait: a daemon thread deletes it (the op runs without the GIL) while training goes on.
@@ -215,7 +408,6 @@ def _single_device_pass(clf: Classifier, ds: tf.data.Dataset, total: int, size: 
     spent["release"] = time.perf_counter() - t0
     record["images"] = done
     record["seconds"] = spent
-    return feats
 
 
 def _switch(clf: Classifier, size: int, images: tf.Tensor, reference: np.ndarray, keras_seconds: float, choice: Any,

@@ -31,7 +31,7 @@ from edgetl.model.backbones import (
     resolve_backbone,
 )
 from edgetl.train.config import TrainConfig, as_dict
-from edgetl.train.features import Features, extract_features, split_dataset
+from edgetl.train.features import Features, extract_features, head_probabilities, split_dataset
 from edgetl.train.fit import fit_stage
 from edgetl.train.history import History
 from edgetl.train.walltime import Clock, describe
@@ -232,14 +232,10 @@ def _train(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: D
     if use_cache and (not state.head_done or cfg.fine_tune_layers is None):
         feats = {name: ckpt.load_features(name) if resuming else None for name in ("train", "val", "test")}
         todo = [name for name, f in feats.items() if f is None and splits.split(name)]
-        extracted = extract_features(clf, splits, todo, size, cfg.batch_size, reporter, placement,
-                                     engine=cfg.feature_cache, record=feature_engine)
-        t1 = time.perf_counter()
-        for name, xy in extracted.items():
-            feats[name] = xy
-            if placement.chief:
-                ckpt.save_features(name, *xy)
-        inner = {**feature_engine.pop("seconds", {}), "save": time.perf_counter() - t1}
+        # Written batch by batch into the run's cache (what --resume reads), returned memory-mapped.
+        feats.update(extract_features(clf, splits, todo, size, cfg.batch_size, reporter, placement,
+                                      engine=cfg.feature_cache, record=feature_engine, cache_dir=ckpt.cache_dir))
+        inner = feature_engine.pop("seconds", {})
         clock.seconds.update({f"features_{k}": v for k, v in inner.items()})
         clock.part("features")
     if state.head_done:
@@ -283,7 +279,7 @@ def _train(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: D
             metrics[name] = None
             continue
         if use_features_for_eval:
-            probs = clf.head.predict(feats[name][0], batch_size=256, verbose=0)
+            probs = head_probabilities(clf.head, feats[name])  # read from the cache a batch at a time
         else:
             probs = clf.model.predict(split_dataset(splits, name, size, cfg, augment=False), verbose=0)
         from edgetl.core.metrics import classification_metrics
