@@ -341,3 +341,25 @@ def test_input_scaling_stays_float_and_is_quantized_once(int8_files: dict[str, P
 
     fused, exact = run(ort.GraphOptimizationLevel.ORT_ENABLE_ALL), run(ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     np.testing.assert_array_equal(fused, exact)
+
+
+def test_scaled_input_is_off_the_ties_where_it_is_quantized(int8_files: dict[str, Path]) -> None:
+    """Where the input scaling must be quantized (qnn), its step leaves every whole pixel value at least a few
+    float32 resolutions off the tie between two levels, so every runtime rounds it the same way (#27)."""
+    import onnx
+    from onnxruntime.quantization import QuantType
+
+    from edgetl.export.onnx_quant import input_scaling_nodes, input_scaling_overrides
+
+    model = onnx.load(str(int8_files["none"]))
+    last = [n.output[0] for n in model.graph.node if n.name in set(input_scaling_nodes(model, "image"))][-1]
+    for qtype, levels in ((QuantType.QUInt8, 255), (QuantType.QUInt16, 65535)):
+        (override,) = input_scaling_overrides(model, "image", {last: (-1.0, 1.0)}, qtype)[last]
+        scale, zero_point = float(override["scale"]), int(override["zero_point"])
+        assert abs(scale / (2 / levels) - 1 - 1e-3) < 1e-6 and zero_point == (levels + 1) // 2
+        x = np.arange(256, dtype=np.float32)
+        level = (x / np.float32(127.5) - 1) / np.float32(scale) + zero_point
+        assert np.abs(np.abs(level - np.floor(level) - 0.5)).min() > 1e-4  # with 2 / levels: 0.0 for every pixel
+        # ... and each value still rounds to one of the tie's two levels: less than half a uint8 step from it.
+        assert np.abs(level - (x / 127.5 - 1) / (2 / levels) - zero_point).max() * 255 / levels < 0.5
+    assert input_scaling_overrides(model, "image", {}, QuantType.QUInt8) == {}

@@ -124,6 +124,34 @@ def input_scaling_nodes(model: Any, input_name: str) -> list[str]:
     return out
 
 
+# How much wider than its calibrated range the scaled input is quantized where it cannot stay float (qnn):
+# enough to move every whole pixel value off the tie between two levels (by up to 1e-3 / 2 of a level; float32
+# resolves 1e-5), little enough to cost nothing (a 0.1% coarser step).
+TIE_BREAK = 1e-3
+
+
+def input_scaling_overrides(model: Any, input_name: str, ranges: dict[str, tuple[float, float]],
+                            activation_type: Any) -> dict[str, list[dict[str, Any]]]:
+    """ORT TensorQuantOverrides quantizing the output of `model`'s input scaling (input_scaling_nodes) with a
+    scale TIE_BREAK wider than its calibrated one, the zero point ORT's own; empty without input scaling.
+
+    Why: MobileNetV2's x / 127.5 - 1 on [-1, 1] puts every whole pixel value exactly between two levels, which
+    each kernel rounds its own way (ORT's fused QLinearAdd all down, the HTP likewise): a half-level shift of the
+    whole image. A slightly wider step leaves no tie, so every runtime rounds as the file says.
+    """
+    import numpy as np
+    from onnxruntime.quantization.quant_utils import compute_scale_zp, get_qmin_qmax_for_qType
+
+    scaling = set(input_scaling_nodes(model, input_name))
+    last = [n.output[0] for n in model.graph.node if n.name in scaling][-1:]
+    if not last or last[0] not in ranges:
+        return {}
+    qmin, qmax = get_qmin_qmax_for_qType(activation_type.tensor_type)
+    lo, hi = ranges[last[0]]
+    zero_point, scale = compute_scale_zp(np.array(lo, np.float32), np.array(hi, np.float32), qmin, qmax)
+    return {last[0]: [{"scale": np.array(scale * (1 + TIE_BREAK), np.float32), "zero_point": zero_point}]}
+
+
 def _quantize_int8_corrected(src: str, dst: str, calibration: Any, input_name: str, recipe: dict[str, Any]) -> None:
     """quantize_static on ranges from edgetl's own calibration pass, then each kernel's mean shift off its bias.
 
