@@ -16,6 +16,8 @@ ONNX Runtime's MinMax ranges to the bit, handed to the quantizer as its calibrat
 kernel's mean rounding shift is taken off its int32 bias (edgetl.export.onnx_bias.correct_bias), as for the
 ONNX int8 file. Per-tensor uint8 weights (the QNN recipe's default) took a real-photo MobileNetV2 1.0 at 224
 from 0.94 to 0.63 on the emulated HTP; per-channel int8 weights kept 0.95 (issue #27).
+The model's input scaling (x / 127.5 - 1) is quantized on a step slightly wider than its range's, so that no
+pixel value sits on a tie between two levels (edgetl.export.onnx_quant.input_scaling_overrides).
 
 Both files carry edgetl's metadata (format "qnn", labels, image size, the SoC), so open_model reads them.
 """
