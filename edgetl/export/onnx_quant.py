@@ -125,8 +125,8 @@ def input_scaling_nodes(model: Any, input_name: str) -> list[str]:
 
 
 # How much wider than its calibrated range the scaled input is quantized where it cannot stay float (qnn):
-# enough to move every whole pixel value off the tie between two levels (by up to 1e-3 / 2 of a level; float32
-# resolves 1e-5), little enough to cost nothing (a 0.1% coarser step).
+# every whole pixel value moves at least 5e-4 of a level off its tie (float32 resolves about 1e-5 there) and at
+# most 0.13 of a level (a 0.1% coarser step).
 TIE_BREAK = 1e-3
 
 
@@ -136,8 +136,8 @@ def input_scaling_overrides(model: Any, input_name: str, ranges: dict[str, tuple
     scale TIE_BREAK wider than its calibrated one, the zero point ORT's own; empty without input scaling.
 
     Why: MobileNetV2's x / 127.5 - 1 on [-1, 1] puts every whole pixel value exactly between two levels, which
-    each kernel rounds its own way (ORT's fused QLinearAdd all down, the HTP likewise): a half-level shift of the
-    whole image. A slightly wider step leaves no tie, so every runtime rounds as the file says.
+    each kernel rounds its own way (ORT's fused QLinearAdd all down; the emulated HTP lost as much): a half-level
+    shift of the whole image. A slightly wider step leaves no tie, so every runtime rounds as the file says.
     """
     import numpy as np
     from onnxruntime.quantization.quant_utils import compute_scale_zp, get_qmin_qmax_for_qType
