@@ -190,7 +190,8 @@ def test_only_int32_biases_change(int8_files: dict[str, Path]) -> None:
 
 
 def test_plain_int8_is_onnx_runtimes_own(int8_files: dict[str, Path], tmp_path: Path) -> None:
-    """bias_correction=False: quantize_static's file, calibrated by ORT itself, as edgetl wrote it before."""
+    """bias_correction=False: quantize_static's file with edgetl's recipe (the input scaling left in float),
+    calibrated by ORT itself."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -200,6 +201,8 @@ def test_plain_int8_is_onnx_runtimes_own(int8_files: dict[str, Path], tmp_path: 
         quantize_static,
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from edgetl.export.onnx_quant import input_scaling_nodes
 
     calib = _pictures(48, seed=2)
 
@@ -216,7 +219,8 @@ def test_plain_int8_is_onnx_runtimes_own(int8_files: dict[str, Path], tmp_path: 
     quantize_static(str(pre), str(own), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     calibrate_method=CalibrationMethod.MinMax,
-                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+                    nodes_to_exclude=input_scaling_nodes(onnx.load(str(pre)), "image"))
     mine, theirs = onnx.load(str(int8_files["plain"])), onnx.load(str(own))
     assert [n.SerializeToString() for n in mine.graph.node] == [n.SerializeToString() for n in theirs.graph.node]
     assert sorted(i.SerializeToString() for i in mine.graph.initializer) == \
@@ -298,3 +302,64 @@ def test_edgetl_runs_an_int8_file_as_its_own_math_on_any_x86(int8_files: dict[st
         got = runner.session.run(None, {"image": x})[0]  # the session edgetl runs the file in
         assert np.abs(got - exact).mean() < 0.01, np.abs(got - exact).mean()
         assert (got.argmax(1) == exact.argmax(1)).mean() >= 0.95
+
+
+def test_input_scaling_stays_float_and_is_quantized_once(int8_files: dict[str, Path], tmp_path: Path) -> None:
+    """The model's x / 127.5 - 1 runs in float and the first Conv reads it through one QuantizeLinear, which ONNX
+    Runtime's fused kernels compute as the file says: every whole pixel value lands on a tie between two uint8
+    levels, and ORT's fused QLinearAdd rounded all ties down (ORT's QuantizeLinear rounds them half to even),
+    shifting the whole image by half a level: MobileNetV2 1.0 at 224 lost 7.5 points more on real photos (#27)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from edgetl.export.formats.onnx import export_onnx
+    from edgetl.export.onnx_quant import input_scaling_nodes
+
+    scaling = input_scaling_nodes(onnx.load(str(int8_files["none"])), "image")
+    # Whole pixel values with some black and white, as photos have: the scaled input's range is [-1, 1] exactly.
+    calib = np.rint(_pictures(48, seed=2))
+    calib[:, 0, 0], calib[:, 0, 1] = 0.0, 255.0
+    path = export_onnx(None, tmp_path / "int8.onnx", "int8", calibration=calib, float_model=int8_files["none"])
+    model = onnx.load(str(path))
+    nodes = {n.name: n for n in model.graph.node}
+    assert [nodes[name].op_type for name in scaling] == ["Mul", "Add"]
+    made = {o: n for n in model.graph.node for o in n.output}
+    for name in scaling:  # float in, float out: not quantized
+        assert all(made[i].op_type != "DequantizeLinear" for i in nodes[name].input if i in made)
+    # The uint8 tensor the first Conv reads (through DequantizeLinear), as an output of the file.
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    first = made[made[conv.input[0]].input[0]].output[0]
+    model.graph.output.append(helper.make_tensor_value_info(first, TensorProto.UINT8, None))
+    x = np.rint(_pictures(8, seed=5))  # whole pixel values, as decoded photos are
+
+    def run(level: Any) -> np.ndarray:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = level
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return session.run([first], {"image": x.astype(np.float32)})[0]
+
+    fused, exact = run(ort.GraphOptimizationLevel.ORT_ENABLE_ALL), run(ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    np.testing.assert_array_equal(fused, exact)
+
+
+def test_scaled_input_is_off_the_ties_where_it_is_quantized(int8_files: dict[str, Path]) -> None:
+    """Where the input scaling must be quantized (qnn), its step leaves every whole pixel value at least a few
+    float32 resolutions off the tie between two levels, so every runtime rounds it the same way (#27)."""
+    import onnx
+    from onnxruntime.quantization import QuantType
+
+    from edgetl.export.onnx_quant import input_scaling_nodes, input_scaling_overrides
+
+    model = onnx.load(str(int8_files["none"]))
+    last = [n.output[0] for n in model.graph.node if n.name in set(input_scaling_nodes(model, "image"))][-1]
+    for qtype, levels in ((QuantType.QUInt8, 255), (QuantType.QUInt16, 65535)):
+        (override,) = input_scaling_overrides(model, "image", {last: (-1.0, 1.0)}, qtype)[last]
+        scale, zero_point = float(override["scale"]), int(override["zero_point"])
+        assert abs(scale / (2 / levels) - 1 - 1e-3) < 1e-6 and zero_point == (levels + 1) // 2
+        x = np.arange(256, dtype=np.float32)
+        level = (x / np.float32(127.5) - 1) / np.float32(scale) + zero_point
+        assert np.abs(np.abs(level - np.floor(level) - 0.5)).min() > 1e-4  # with 2 / levels: 0.0 for every pixel
+        # ... and each value still rounds to one of the tie's two levels: less than half a uint8 step from it.
+        assert np.abs(level - (x / 127.5 - 1) / (2 / levels) - zero_point).max() * 255 / levels < 0.5
+    assert input_scaling_overrides(model, "image", {}, QuantType.QUInt8) == {}
