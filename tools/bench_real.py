@@ -203,9 +203,11 @@ def measure(suite: Suite, work: Path, stages: tuple[str, ...] = tuple(STAGE_EXPO
     """These stages of the suite in `work` (head always); the figures keyed by file (what realdata.json records)."""
     data = make_subset(work, suite.per_class, suite.seed)
     figures: dict[str, Any] = {"files": {}, "export_seconds": {}}
-    figures["train-head"] = train_run(data, work / "head", suite)
+    # Recorded figures come from the TensorFlow engine, chosen by option: the cost model's choice follows the
+    # machine's clock, and the other engine's features differ in the last bits (enough to move a QAT run's figures).
+    figures["train-head"] = train_run(data, work / "head", suite, engine="keras")
     if "fine-tune" in stages:
-        figures["train-fine-tune"] = train_run(data, work / "fine-tune", suite, fine_tune=True)
+        figures["train-fine-tune"] = train_run(data, work / "fine-tune", suite, fine_tune=True, engine="keras")
     for method in ("qat", "prune"):
         if method in stages:
             figures[method] = optimize_figures(work / "head", work / method, method, suite)
