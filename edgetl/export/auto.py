@@ -99,6 +99,7 @@ def search_int8(run_dir: str | os.PathLike[str], *, max_drop: float, calibration
     """
     from edgetl.core.tf import load_tensorflow
     from edgetl.export.formats.saved_model import save_serving
+    from edgetl.export.formats.tflite import Quantizer
     from edgetl.export.images import ExportImages, representative
     from edgetl.export.modes import IO_TYPES
     from edgetl.export.reference import keras_reference
@@ -133,7 +134,7 @@ def search_int8(run_dir: str | os.PathLike[str], *, max_drop: float, calibration
                               reference={"accuracy": ref.accuracy, "samples": int(len(x)), "split": split})
         saved = save_serving(model, work / "saved_model")
         reporter.start("calibrating", None)
-        quantizer = _Quantizer(saved, calib, threads, bias_correction)
+        quantizer = Quantizer(str(saved), calib, threads, bias_correction)
         reporter.finish()
 
         def try_candidate(name: str, mode: str, data: bytes, float_layers: list[str]) -> Candidate:
@@ -182,32 +183,6 @@ def search_int8(run_dir: str | os.PathLike[str], *, max_drop: float, calibration
     finally:
         reporter.finish()
         shutil.rmtree(work, ignore_errors=True)
-
-
-class _Quantizer:
-    """The SavedModel calibrated once, in LiteRT with the kernels' mean inputs where it can (as `edgetl export`
-    does); its integer files, and any other file of the same graph, bias-corrected."""
-
-    def __init__(self, saved: Path, calib: Any, threads: int | None, bias_correction: bool) -> None:
-        from edgetl.export.calibration import calibrate_graph
-        from edgetl.export.formats.tflite import calibrate_tflite
-        from edgetl.export.images import representative
-
-        result = calibrate_graph(calibrate_tflite(str(saved), representative(calib[:1])), calib, threads,
-                                 means=bias_correction)
-        self.calibrated, self.means = result.data, result.means
-
-    def quantize(self, mode: str, io_type: str | None) -> tuple[bytes, list[str]]:
-        """The calibrated model quantized to `mode` (int8, int8-full, int16x8), corrected; and the ops corrected."""
-        from edgetl.export.formats.tflite import quantize_calibrated
-
-        return self.correct(quantize_calibrated(self.calibrated, mode, io_type if mode == "int8-full" else None))
-
-    def correct(self, data: bytes) -> tuple[bytes, list[str]]:
-        """A quantized file of the same graph with its int8 kernels' mean shifts taken off (as it is without means)."""
-        from edgetl.export.tflite_bias import correct_bias
-
-        return correct_bias(data, self.calibrated, self.means) if self.means else (data, [])
 
 
 def _debugger(saved: Path, rep: Any, calib: Any, options: Any = None) -> Any:

@@ -138,22 +138,14 @@ def tflite_int8(source: Any, calibration: Any, *, bias_correction: bool = True, 
     Raises:
         UsageError: no calibration images, or a source TFLite cannot convert (an .onnx file); ExportError: failed.
     """
-    from edgetl.export.calibration import calibrate_graph
-    from edgetl.export.formats.tflite import calibrate_tflite, quantize_calibrated
-    from edgetl.export.images import representative
-    from edgetl.export.tflite_bias import correct_bias
+    from edgetl.export.formats.tflite import Quantizer
 
     if calibration is None or len(calibration) == 0:
         raise UsageError("--format openvino --quantize int8 needs calibration images and none were given.")
     if isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() == ".onnx":
         raise UsageError("openvino int8 is made from the model's TFLite int8 graph: pass the frozen forward pass or a "
                          "SavedModel folder, not an .onnx file.")
-    calibrated = calibrate_graph(calibrate_tflite(source, representative(calibration[:1])), calibration, threads,
-                                 means=bias_correction)
-    data = quantize_calibrated(calibrated.data, "int8")
-    if bias_correction and calibrated.means:
-        data, _ = correct_bias(data, calibrated.data, calibrated.means)
-    return data
+    return Quantizer(source, calibration, threads, bias_correction).quantize("int8", None)[0]
 
 
 def int8_ir(tflite: bytes, work: str | os.PathLike[str]) -> Any:

@@ -319,3 +319,26 @@ FORMAT = Format(
     suffix=".tflite", modes=MODES, kind="tflite", write=write, prepare=prepare,
     needs=frozenset({FROZEN, CALIBRATION}), options=("io_type", "allow_select_ops"), batch_one=("int8-full",),
     shared_calibration=True, reference_graph=("none",))
+
+
+class Quantizer:
+    """A float graph calibrated once, in LiteRT with the kernels' mean inputs where it can (as `edgetl export`
+    does); its integer files, and any other file of the same graph, bias-corrected."""
+
+    def __init__(self, source: Any, calib: Any, threads: int | None, bias_correction: bool) -> None:
+        """source: what calibrate_tflite converts (a SavedModel folder or a frozen forward pass)."""
+        from edgetl.export.calibration import calibrate_graph
+
+        result = calibrate_graph(calibrate_tflite(source, representative(calib[:1])), calib, threads,
+                                 means=bias_correction)
+        self.calibrated, self.means = result.data, result.means
+
+    def quantize(self, mode: str, io_type: str | None) -> tuple[bytes, list[str]]:
+        """The calibrated model quantized to `mode` (int8, int8-full, int16x8), corrected; and the ops corrected."""
+        return self.correct(quantize_calibrated(self.calibrated, mode, io_type if mode == "int8-full" else None))
+
+    def correct(self, data: bytes) -> tuple[bytes, list[str]]:
+        """A quantized file of the same graph with its int8 kernels' mean shifts taken off (as it is without means)."""
+        from edgetl.export.tflite_bias import correct_bias
+
+        return correct_bias(data, self.calibrated, self.means) if self.means else (data, [])
