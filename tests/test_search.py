@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from edgetl.cli import main
 from edgetl.core.errors import RunExistsError, UsageError
+from edgetl.data import scan_folder
 from edgetl.search import job as search_job
 from edgetl.search.candidates import Candidate, default_candidates, find_weights, keras_file_name, parse_candidates
 from edgetl.search.config import Budget
@@ -119,7 +120,12 @@ def test_rounds_keep_the_promising_candidates_and_recommend_within_the_budget(
     doc = json.loads(res.stdout)
     rounds = doc["rounds"]
     assert [len(r["candidates"]) for r in rounds] == [8, 4, 2]
-    assert [r["train_images"] for r in rounds] == [8, 16, 32]  # 4 classes x 2, 4, 8 images a class
+    assert [r["train_images"] for r in rounds[:2]] == [8, 16]  # 4 classes x 2, then 4 images a class
+    # The last round (two left) measures on the whole splits, as `edgetl train` would: not 8 a class.
+    splits = scan_folder(str(demo_dir), val_split=0.2, test_split=0.1, seed=42)
+    assert [r["whole"] for r in rounds] == [False, False, True]
+    assert (rounds[2]["train_images"], rounds[2]["val_images"]) == (len(splits.train), len(splits.val)) != (32, 32)
+    assert rounds[2]["per_class"] is None
     # Over the budget (6 and 11 ms) never goes on; round 2 holds the within-budget front first.
     assert not {"mobilenet_v2:1@160", "mobilenet_v2:1@224"} & set(rounds[1]["candidates"])
     assert set(rounds[2]["candidates"]) == {"mobilenet_v2:1@128", "mobilenet_v2:0.35@224"}
@@ -244,7 +250,8 @@ def test_train_writes_a_run_that_export_takes(searched: dict[str, Any]) -> None:
     run = load_run(searched["doc"]["run"])
     rec = searched["doc"]["recommended"]
     assert run.image_size == rec["image_size"] and run.manifest["backbone"]["alpha"] == rec["alpha"]
-    assert len(run.splits().train) > rec["train_images"]  # trained fully, not on the search's sample
+    # Trained fully: the whole training split, which the search's last round measured the candidate on.
+    assert len(run.splits().train) == rec["train_images"] and rec["per_class"] is None
     report = export_run(run, formats="tflite", quantize="none", verify=False, output=run.path / "x")
     with open_model(report.rows[0].path) as runner:
         assert runner.predict(__import__("numpy").zeros((1, rec["image_size"], rec["image_size"], 3))).shape[1] == 4

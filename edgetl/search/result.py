@@ -24,16 +24,22 @@ class Round:
     reused: int = 0
     seconds: dict[str, float] = field(default_factory=dict)  # per part, summed over the candidates measured
     wall: float = 0.0
+    whole: bool = False  # the entire training and validation splits, not per_class a class
 
     def line(self) -> str:
         parts = ", ".join(f"{k} {self.seconds[k]:.1f}" for k in PARTS if self.seconds.get(k))
         reused = f"; {self.reused} reused from the study" if self.reused else ""
         return (f"round {self.number}: {len(self.candidates)} candidates on {self.train_images} training + "
-                f"{self.val_images} validation images ({self.per_class} a class): {self.wall:.1f} s"
+                f"{self.val_images} validation images ({self.sample()}): {self.wall:.1f} s"
                 f"{f' ({parts})' if parts else ''}{reused}")
 
+    def sample(self) -> str:
+        """The round's images in words."""
+        return "the whole splits" if self.whole else f"{self.per_class} a class"
+
     def to_dict(self) -> dict[str, Any]:
-        return {"round": self.number, "per_class": self.per_class, "train_images": self.train_images,
+        return {"round": self.number, "per_class": None if self.whole else self.per_class, "whole": self.whole,
+                "train_images": self.train_images,
                 "val_images": self.val_images, "candidates": self.candidates, "reused": self.reused,
                 "seconds": {k: round(v, 2) for k, v in self.seconds.items()}, "wall_seconds": round(self.wall, 2)}
 

@@ -72,12 +72,14 @@ class Shared:
 
 @dataclass(frozen=True)
 class Fidelity:
-    """The images one round trains and validates each candidate's head on (class-balanced samples)."""
+    """The images one round trains and validates each candidate's head on (class-balanced samples, or with
+    `whole` the entire training and validation splits)."""
 
     round: int
     per_class: int
     train: list[Item]
     val: list[Item]
+    whole: bool = False
 
 
 def feature_name(c: Candidate, weights: Weights) -> str:
@@ -127,7 +129,7 @@ def evaluate(c: Candidate, weights: Weights, fid: Fidelity, shared: Shared,
     return {
         "key": c.key, "backbone": c.backbone, "alpha": c.alpha, "image_size": c.image_size,
         "weights": Path(weights.value).name if weights.is_file else weights.value,
-        "round": fid.round, "per_class": fid.per_class,
+        "round": fid.round, "per_class": None if fid.whole else fid.per_class,
         "train_images": len(fid.train), "val_images": len(fid.val), "head_epochs": epochs,
         "accuracy": round(accuracy, 4), "accuracy_stderr": round(stderr(accuracy, len(fid.val)), 4),
         **{k: file_figures.get(k) for k in ("latency_ms", "size_mb", "ram_kb", "file", "mode")},
