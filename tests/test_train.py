@@ -51,6 +51,21 @@ def test_run_directory_is_complete(trained_run: Path) -> None:
             assert im.format == "PNG" and im.size[0] > 300
 
 
+def test_confusion_plot_of_many_classes_stays_a_bounded_image(tmp_path: Path) -> None:
+    """A run of 150 classes gets a readable-size PNG (its drawing took 860 MB at 100 classes when it grew with n)."""
+    from edgetl.core.plots import CONFUSION_MAX_INCHES, plot_confusion
+
+    sizes = {}
+    for n in (4, 30, 150):
+        cm = np.random.default_rng(n).integers(0, 5, (n, n))
+        plot_confusion(cm, [f"class_{i:03d}" for i in range(n)], tmp_path / f"cm{n}.png")
+        with Image.open(tmp_path / f"cm{n}.png") as im:
+            sizes[n] = im.size
+    assert sizes[4][0] < sizes[30][0]  # a few classes: a small picture, as before
+    limit = (CONFUSION_MAX_INCHES + 2) * 110  # the figure, the colour bar and the names, at 110 dpi
+    assert max(sizes[150]) <= limit and max(sizes[30]) <= limit, sizes
+
+
 def test_model_takes_raw_pixels_and_learns(trained_run: Path) -> None:
     from edgetl.data import load_images
     from edgetl.model.classifier import load_model
