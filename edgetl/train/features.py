@@ -384,9 +384,10 @@ def _single_device_pass(clf: Classifier, ds: tf.data.Dataset, total: int, size: 
     def extract(images: tf.Tensor) -> tf.Tensor:
         return clf.extractor(images, training=False)
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.thread_time()
     extract.get_concrete_function()
     trace_seconds = time.perf_counter() - t0
+    trace_cpu = time.thread_time() - cpu0  # the cost model's measure of graph work: load stretches the wall time
     cpu_only = not placement.mixed_precision and not any("GPU" in d.upper() or "TPU" in d.upper()
                                                          for d in placement.devices)
     # The first batch includes the kernels' set-up; the second gives TensorFlow's steady speed, which the choice
@@ -395,7 +396,7 @@ def _single_device_pass(clf: Classifier, ds: tf.data.Dataset, total: int, size: 
     cached = engine == "auto" and cpu_only and engines.has_cached_conversion(clf, size)
     lookup = time.perf_counter() - t0  # hashing the weights: part of the conversion's cost
     decide_at = 0 if engine == "tflite" or cached else 1
-    record.update(engine="keras", reason="too few batches to decide")
+    record.update(engine="keras", reason="too few batches to decide", trace_cpu_seconds=round(trace_cpu, 2))
     # Where the pass's time goes (edgetl.train.walltime: the features_* parts).
     spent = {"trace": trace_seconds, "base": 0.0, "wait": 0.0, "convert": lookup, "check": 0.0}
     fast: engines.TFLiteExtractor | None = None
@@ -421,8 +422,8 @@ def _single_device_pass(clf: Classifier, ds: tf.data.Dataset, total: int, size: 
             spent["base"] += seconds
             if i == decide_at:
                 choice = engines.decide(engine, cpu_only=cpu_only, remaining=total - done - len(part),
-                                        seconds_per_image=seconds / max(len(part), 1), trace_seconds=trace_seconds,
-                                        cached=cached)
+                                        seconds_per_image=seconds / max(len(part), 1),
+                                        trace_cpu_seconds=trace_cpu, cached=cached)
                 t2 = time.perf_counter()
                 fast = _switch(clf, size, images, part, seconds, choice, reporter, record,
                                extract.get_concrete_function())
