@@ -66,6 +66,27 @@ def test_confusion_plot_of_many_classes_stays_a_bounded_image(tmp_path: Path) ->
     assert max(sizes[150]) <= limit and max(sizes[30]) <= limit, sizes
 
 
+def test_manifest_image_lists_leave_memory_while_training_and_come_back_the_same(demo_dir: Path) -> None:
+    from edgetl.data.scan import scan_folder
+    from edgetl.train.job import _file_stats, compact_image_lists
+
+    splits = scan_folder(demo_dir, val_split=0.2, test_split=0.1, seed=0)
+    manifest = {"data": {**splits.to_manifest(), "detail": {"x": 1}}, "data_files": _file_stats(splits), "z": 2}
+    before = json.dumps(manifest, indent=2)
+    restore = compact_image_lists(manifest, splits)
+    assert not {"train", "val", "test"} & set(manifest["data"]) and manifest["data_files"] is None
+    assert manifest["data"]["fingerprint"] and manifest["data"]["detail"] == {"x": 1}
+    restore()
+    assert json.dumps(manifest, indent=2) == before  # same keys, same order, same values
+    # A list that is not the splits' (an older run's manifest read back) stays where it is.
+    other = {"data": {**splits.to_manifest(), "val": [["elsewhere.jpg", 0]]}, "data_files": {"a.jpg": [1, 2]}}
+    restore = compact_image_lists(other, splits)
+    assert other["data"]["val"] == [["elsewhere.jpg", 0]] and other["data_files"] == {"a.jpg": [1, 2]}
+    assert "train" not in other["data"]
+    restore()
+    assert other["data"]["train"] == splits.to_manifest()["train"] and list(other["data"])[3] == "train"
+
+
 def test_model_takes_raw_pixels_and_learns(trained_run: Path) -> None:
     from edgetl.data import load_images
     from edgetl.model.classifier import load_model
