@@ -60,6 +60,59 @@ def test_mirrored_over_two_logical_cpus_matches_one_device(demo_dir: Path, train
     assert abs(mean_accuracy(out) - mean_accuracy(trained_run)) <= 0.15
 
 
+MIRRORED_PASS = """
+import json, sys
+from pathlib import Path
+import numpy as np
+from edgetl.core.progress import Reporter
+from edgetl.data.scan import scan_folder
+from edgetl.model.backbones import build_base, resolve_backbone
+from edgetl.model.classifier import build_classifier
+from edgetl.train import features
+from edgetl.train.distribute import place
+
+data, out = Path(sys.argv[1]), Path(sys.argv[2])
+splits = scan_folder(data, val_split=0.2, test_split=0.1, seed=0)
+mirrored = place("mirrored", "off")
+with mirrored.strategy.scope():
+    base = build_base(resolve_backbone("mobilenet_v2"), weights="bundled", alpha=0.35, image_size=48)
+    clf = build_classifier(base, image_size=48, num_classes=len(splits.class_names), preprocessing="tf", dropout=0.2)
+rows = []  # what the writer receives: each call's row count
+write = features.FeatureWriter.write
+features.FeatureWriter.write = lambda self, batch: (rows.append(len(batch)), write(self, batch))[1]
+names = ["train", "val", "test"]
+record = {}
+# batch 7: the last global batch (of 5 on the demo's 96 images) is cut unevenly across the two replicas
+features.extract_features(clf, splits, names, 48, 7, Reporter(), mirrored, record=record, cache_dir=out / "mirrored")
+features.FeatureWriter.write = write
+features.extract_features(clf, splits, names, 48, 7, Reporter(), place("default", "off"), engine="keras",
+                          cache_dir=out / "single")
+print(json.dumps({"rows": rows, "replicas": mirrored.replicas, "record": record}))
+"""
+
+
+def test_mirrored_pass_streams_the_single_device_features_to_the_cache(demo_dir: Path, tmp_path: Path) -> None:
+    """Under MirroredStrategy the pass hands the cache one batch at a time (never the whole split), and the cache
+    files hold the single-device pass's features."""
+    from edgetl.train.features import cache_paths, load_cached
+
+    proc = subprocess.run([sys.executable, "-c", MIRRORED_PASS, str(demo_dir), str(tmp_path)], capture_output=True,
+                          text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", EDGETL_LOGICAL_CPUS="2"),
+                          timeout=400)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["replicas"] == 2
+    total = sum(len(load_cached(tmp_path / "single", name)[1]) for name in ("train", "val", "test"))
+    assert sum(got["rows"]) == total and max(got["rows"]) <= 7 and len(got["rows"]) == -(-total // 7), got["rows"]
+    assert got["record"]["engine"] == "keras" and "mirrored" in got["record"]["reason"]
+    for name in ("train", "val", "test"):
+        x_path, y_path = cache_paths(tmp_path / "mirrored", name)
+        mirrored, single = np.load(x_path, mmap_mode="r"), load_cached(tmp_path / "single", name)
+        assert mirrored.shape == single[0].shape and mirrored.shape[0] > 0
+        np.testing.assert_allclose(mirrored, single[0], rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(np.load(y_path), single[1])
+
+
 def _two_workers(demo_dir: Path, out: Path, tmp_path: Path, ports: list[int]) -> tuple[list[tuple[str, str]],
                                                                                      list[subprocess.Popen]]:
     procs = []

@@ -51,6 +51,42 @@ def test_run_directory_is_complete(trained_run: Path) -> None:
             assert im.format == "PNG" and im.size[0] > 300
 
 
+def test_confusion_plot_of_many_classes_stays_a_bounded_image(tmp_path: Path) -> None:
+    """A run of 150 classes gets a readable-size PNG (its drawing took 860 MB at 100 classes when it grew with n)."""
+    from edgetl.core.plots import CONFUSION_MAX_INCHES, plot_confusion
+
+    sizes = {}
+    for n in (4, 30, 150):
+        cm = np.random.default_rng(n).integers(0, 5, (n, n))
+        plot_confusion(cm, [f"class_{i:03d}" for i in range(n)], tmp_path / f"cm{n}.png")
+        with Image.open(tmp_path / f"cm{n}.png") as im:
+            sizes[n] = im.size
+    assert sizes[4][0] < sizes[30][0]  # a few classes: a small picture, as before
+    limit = (CONFUSION_MAX_INCHES + 2) * 110  # the figure, the colour bar and the names, at 110 dpi
+    assert max(sizes[150]) <= limit and max(sizes[30]) <= limit, sizes
+
+
+def test_manifest_image_lists_leave_memory_while_training_and_come_back_the_same(demo_dir: Path) -> None:
+    from edgetl.data.scan import scan_folder
+    from edgetl.train.job import _file_stats, compact_image_lists
+
+    splits = scan_folder(demo_dir, val_split=0.2, test_split=0.1, seed=0)
+    manifest = {"data": {**splits.to_manifest(), "detail": {"x": 1}}, "data_files": _file_stats(splits), "z": 2}
+    before = json.dumps(manifest, indent=2)
+    restore = compact_image_lists(manifest, splits)
+    assert not {"train", "val", "test"} & set(manifest["data"]) and manifest["data_files"] is None
+    assert manifest["data"]["fingerprint"] and manifest["data"]["detail"] == {"x": 1}
+    restore()
+    assert json.dumps(manifest, indent=2) == before  # same keys, same order, same values
+    # A list that is not the splits' (an older run's manifest read back) stays where it is.
+    other = {"data": {**splits.to_manifest(), "val": [["elsewhere.jpg", 0]]}, "data_files": {"a.jpg": [1, 2]}}
+    restore = compact_image_lists(other, splits)
+    assert other["data"]["val"] == [["elsewhere.jpg", 0]] and other["data_files"] == {"a.jpg": [1, 2]}
+    assert "train" not in other["data"]
+    restore()
+    assert other["data"]["train"] == splits.to_manifest()["train"] and list(other["data"])[3] == "train"
+
+
 def test_model_takes_raw_pixels_and_learns(trained_run: Path) -> None:
     from edgetl.data import load_images
     from edgetl.model.classifier import load_model

@@ -13,6 +13,10 @@ from edgetl.core.fileio import atomic_path
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+# The confusion matrix's largest side in inches (at 110 dpi: 1,760 pixels), and its smallest class-name font.
+CONFUSION_MAX_INCHES = 16.0
+MIN_LABEL_POINTS = 5.0
+
 
 def _pyplot() -> ModuleType:
     import matplotlib
@@ -63,12 +67,22 @@ def plot_confusion(matrix: Sequence[Sequence[int]], class_names: Sequence[str], 
     plt = _pyplot()
     cm = np.asarray(matrix, dtype=float)
     n = len(class_names)
-    size = max(4.0, 0.5 * n + 2)
+    # Half an inch a class, up to CONFUSION_MAX_INCHES: the image's memory grows with its area, and 100 classes
+    # at half an inch (a 5,800-pixel square) took 860 MB and 6.5 s to draw, the whole of a run's save step.
+    size = min(max(4.0, 0.5 * n + 2), CONFUSION_MAX_INCHES)
     fig, ax = plt.subplots(figsize=(size + 1, size))
     im = ax.imshow(cm, cmap="Blues")
     fig.colorbar(im, ax=ax, fraction=0.046)
-    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
-    ax.set_yticks(range(n), class_names)
+    # Class names as large as a cell allows (10 pt at most); below MIN_LABEL_POINTS, every k-th name only.
+    cell_points = 72 * (size - 2) / max(n, 1)
+    font = min(10.0, 0.8 * cell_points)
+    step = max(1, int(np.ceil(MIN_LABEL_POINTS / max(font, 1e-9))))
+    font = max(font, MIN_LABEL_POINTS) if step > 1 else font
+    ticks = list(range(0, n, step))
+    names = [class_names[i] for i in ticks]
+    # Upright names need a cell's height each, slanted ones more: upright beyond the 30 classes that get counts.
+    ax.set_xticks(ticks, names, rotation=45 if n <= 30 else 90, ha="right" if n <= 30 else "center", fontsize=font)
+    ax.set_yticks(ticks, names, fontsize=font)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)

@@ -4,12 +4,18 @@ On a CPU, LiteRT's XNNPACK runs the same float32 network 2-7x faster than Tensor
 forward (BENCHMARKS.md, train on real photos), but converting the base costs seconds. The choice is a
 measured cost model, made after TensorFlow has computed the first batches (which the pass needs anyway):
 
-    conversion ~= CONVERT_OVER_TRACE x (seconds TensorFlow took to trace the same function)
+    conversion ~= CONVERT_OVER_TRACE x (CPU seconds TensorFlow took to trace the same function)
     saving     ~= images left x TensorFlow's seconds per image x (1 - 1 / TFLITE_SPEEDUP)
     TFLite when saving > PAYBACK_MARGIN x conversion
 
-Tracing and conversion are both graph work on the same graph and CPU, so their ratio carries across
-backbones and machines better than either alone. The converted base must give TensorFlow's features
+Tracing and conversion are both single-threaded graph work on the same graph and CPU, so their ratio
+carries across backbones and machines better than either alone. The trace is counted in CPU seconds
+(its thread's), not wall seconds: on loaded cores its half-second window stretched 2-6x at random (a
+3 s trace at load 10 made a conversion of ~1.5 s look like 18 s, and the run kept TensorFlow for 44 s
+of base instead of ~10), while its CPU seconds stayed within 0.48-0.63 s. The conversion is thereby
+estimated at full speed, the saving at the current load: under load the choice leans to TFLite by
+the load's factor, whose worst case is a conversion's stretched seconds; the opposite error pays the
+slower engine on every image. The converted base must give TensorFlow's features
 within FEATURE_TOLERANCE on a batch TensorFlow already computed, or the pass stays on TensorFlow.
 
 A converted base is kept on disk (cache_dir(): $EDGETL_CACHE_DIR, else ~/.cache/edgetl/feature-engines;
@@ -43,10 +49,11 @@ ENGINES = ("auto", "keras", "tflite")
 # Largest |TFLite feature - TensorFlow feature| allowed, relative to max(1, largest |TensorFlow feature|).
 # Measured on real photos (MobileNetV2 0.35 and 1.0, 96-224 px): 1e-5 to 2e-5.
 FEATURE_TOLERANCE = 1e-4
-# Conversion seconds over trace seconds (the frozen graph to TFLite), measured on 2 loaded cores for
-# MobileNetV2 (0.35 at 96 px, 1.0 at 224), EfficientNetB0 and ResNet50: 1.8-6.1; the upper value, so
-# that the model errs towards TensorFlow.
-CONVERT_OVER_TRACE = 6.0
+# Conversion seconds (the frozen graph to TFLite) over the trace's CPU seconds. In CPU seconds both, on 2 cores
+# at load 12, MobileNetV2 0.35 at 96 px and 1.0 at 224: 2.55-3.24 (wall over wall in the same runs: 1.42-5.38;
+# on 2 loaded cores earlier, with EfficientNetB0 and ResNet50: 1.8-6.1). 4, above the CPU figures: when the cores
+# are free the conversion's wall seconds are its CPU seconds.
+CONVERT_OVER_TRACE = 4.0
 # XNNPACK float32 against TensorFlow's compiled forward on the same CPU and images, before measuring it:
 # MobileNetV2 2.3-3.9x, EfficientNetB0 1.2-2.6x, ResNet50 0.8x (slower). The pass measures the real
 # ratio on its check batch and goes back to TensorFlow when TFLite is not faster.
@@ -54,8 +61,8 @@ TFLITE_SPEEDUP = 2.0
 # The estimated saving must exceed the estimated conversion this many times. It was 2.0 after a tie on 1,009
 # photos (2026-12-01: 43.3 s against 43.5 s, loaded machine, the base traced twice and converted in 18 s). The
 # conversion now starts from the pass's own trace (1.4-1.6 s for MobileNetV2 1.0, about 3x the trace, so the
-# estimate of 6x the trace is already pessimistic), and a run that stays on TensorFlow pays the slower engine on
-# every image, so the estimate itself is the margin (issue #29, BENCHMARKS.md "train: fixed costs").
+# estimate, 4x the trace's CPU seconds, is already above it), and a run that stays on TensorFlow pays the slower
+# engine on every image, so the estimate itself is the margin (issue #29, BENCHMARKS.md "train: fixed costs").
 PAYBACK_MARGIN = 1.0
 # Loading a cached conversion (the hash of the weights, reading the file, building the interpreter): 0.1-0.3 s
 # for MobileNetV2 1.0 on 2 cores; the estimate the cost model charges for it.
@@ -75,17 +82,24 @@ class Choice:
     reason: str
 
 
-def decide(engine: str, *, cpu_only: bool, remaining: int, seconds_per_image: float, trace_seconds: float,
+def conversion_estimate(trace_cpu_seconds: float) -> float:
+    """The conversion's seconds, estimated from the CPU seconds of the pass's trace (the module docstring says why)."""
+    return CONVERT_OVER_TRACE * max(0.0, trace_cpu_seconds)
+
+
+def decide(engine: str, *, cpu_only: bool, remaining: int, seconds_per_image: float, trace_cpu_seconds: float,
            cached: bool = False) -> Choice:
     """The cost model: TFLite when the seconds it saves on `remaining` images exceed its conversion's, with margin.
 
+    seconds_per_image: TensorFlow's wall seconds per image on a steady batch (at the current load).
+    trace_cpu_seconds: the CPU seconds of the thread that traced the pass's function (time.thread_time).
     cached: the conversion is in the cache (has_cached_conversion): loading it costs CACHED_LOAD_SECONDS.
     """
     if engine == "keras":
         return Choice("keras", "--feature-cache keras")
     if not cpu_only:
         return Choice("keras", "an accelerator runs TensorFlow at full speed")
-    convert = CACHED_LOAD_SECONDS if cached else CONVERT_OVER_TRACE * trace_seconds
+    convert = CACHED_LOAD_SECONDS if cached else conversion_estimate(trace_cpu_seconds)
     saving = remaining * seconds_per_image * (1 - 1 / TFLITE_SPEEDUP)
     figures = (f"{remaining} images left at {seconds_per_image * 1000:.1f} ms each: about {saving:.1f} s saved "
                f"against about {convert:.1f} s of {'loading the cached conversion' if cached else 'conversion'}")

@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ import numpy as np
 
 from edgetl import rundir
 from edgetl.core.progress import Reporter
+from edgetl.data.splits import SPLITS
 from edgetl.model.backbones import (
     KERASHUB_PREFIX,
     BackboneSpec,
@@ -212,6 +214,7 @@ def _train(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: D
             manifest["data"]["detail"] = detail
         manifest["class_weights"] = weighting.to_manifest(splits.class_names)
         rundir.start_run(run_path, manifest, splits.class_names)
+    restore_lists = compact_image_lists(manifest, splits)  # written; not held per image while training
     # TensorBoard logs per stage (RUN/logs/head, RUN/logs/fine_tune); the chief alone writes them.
     logs = {stage: run_path / "logs" / stage if cfg.tensorboard and placement.chief else None
             for stage in ("head", "fine_tune")}
@@ -294,12 +297,50 @@ def _train(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: D
                 "replicas": placement.replicas, "global_batch_size": cfg.batch_size,
                 "mixed_precision": placement.mixed_precision, "xla": cfg.xla,
                 "seconds": clock.finish()}
+    restore_lists()
     manifest = rundir.finish_run(run_path, manifest, model=model, metrics=metrics, history_rows=history.rows,
                                  title=spec.name, updates={"training": training})
     ckpt.remove()
     clock.part("save")
     seconds = _record_seconds(run_path, manifest, clock, reporter)
     return TrainResult(run_path, splits.class_names, metrics, use_cache, epochs_run, seconds, placement.chief)
+
+
+def compact_image_lists(manifest: dict[str, Any], splits: DataSplits) -> Callable[[], None]:
+    """Take the manifest's per-image lists out while the run trains; return the function that puts them back.
+
+    The lists (data.train/val/test: [path, label]; data_files: path -> [size, mtime_ns]) cost about 250 bytes an
+    image as Python objects (50 MB at 200,000 images) for the whole run, and only the first and last manifest writes
+    read them. The split lists are the splits' items again (the manifest was made from them, or they from it), so
+    they are dropped and rebuilt; the file stats wait as one int64 array. The manifest keeps its key order, so the
+    file reads the same. Lists that do not match the splits (an older run's manifest) are left in place.
+    """
+    data = manifest["data"]
+    order = list(data)
+    dropped = [s for s in SPLITS if s in data and len(data[s]) == len(splits.split(s))
+               and all(p == it.path and lab == it.label for (p, lab), it in zip(data[s], splits.split(s), strict=True))]
+    for s in dropped:
+        del data[s]
+    files = manifest.get("data_files")
+    paths = [it.path for s in SPLITS for it in splits.split(s)]
+    stats = None
+    if isinstance(files, dict) and list(files) == paths:
+        try:
+            stats = np.array(list(files.values()), dtype=np.int64).reshape(len(paths), 2)
+        except (TypeError, ValueError, OverflowError):  # not [size, mtime] pairs: kept as they are
+            stats = None
+        else:
+            manifest["data_files"] = None  # the key keeps its place
+    del paths
+
+    def restore() -> None:
+        rebuilt = {s: [[it.path, it.label] for it in splits.split(s)] for s in dropped}
+        manifest["data"] = {k: rebuilt[k] if k in rebuilt else data[k] for k in order}
+        if stats is not None:
+            items = (it for s in SPLITS for it in splits.split(s))
+            manifest["data_files"] = {it.path: row for it, row in zip(items, stats.tolist(), strict=True)}
+
+    return restore
 
 
 def _record_seconds(run_path: Path, manifest: dict[str, Any], clock: Clock, reporter: Reporter) -> dict[str, float]:

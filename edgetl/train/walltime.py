@@ -16,7 +16,8 @@ The parts (keys of the manifest's training.seconds, each rounded to 0.01 s):
     total     train()'s entry to its end: the parts above after start are contiguous, so they sum to it
     wall      start + total: the process's age when train() ends (what a user waits, but the exit)
 
-and, inside features (not added to total), when the pass ran on one device:
+and, inside features (not added to total), when the pass ran on one device (under --strategy mirrored: input,
+base, wait, save and other; its base includes tracing the step):
 
     features_input    building the input pipeline (tf.data: file list, decode and resize functions)
     features_trace    tracing TensorFlow's forward function
