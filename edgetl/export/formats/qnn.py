@@ -124,7 +124,8 @@ def preprocess(float_model: str | os.PathLike[str], dst: Path) -> list[tuple[str
 
 
 def quantize_htp(src: Path, dst: Path, calibration: np.ndarray, mode: str = DEFAULT_MODE, *,
-                 bias_correction: bool = True, input_name: str | None = None) -> int:
+                 bias_correction: bool = True, input_name: str | None = None,
+                 overrides: dict[str, list[dict[str, Any]]] | None = None) -> int:
     """Quantize the pre-processed float model `src` into QDQ `dst` in the HTP's types; returns the kernels corrected.
 
     Args:
@@ -133,6 +134,8 @@ def quantize_htp(src: Path, dst: Path, calibration: np.ndarray, mode: str = DEFA
         mode: "int8" (uint8 activations) or "int16x8" (uint16 activations); int8 per-channel weights in both.
         bias_correction: take each int8 kernel's mean rounding shift off its int32 bias.
         input_name: the model's input (default: its first).
+        overrides: ORT TensorQuantOverrides by tensor (e.g. {"t": [{"quant_type": QuantType.QUInt16}]}: that
+            activation in 16 bits, ORT adding the conversions the HTP needs around it).
     """
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantType, quantize_static
@@ -166,7 +169,7 @@ def quantize_htp(src: Path, dst: Path, calibration: np.ndarray, mode: str = DEFA
 
     activations = QuantType.QUInt16 if ACTIVATIONS[mode] == "uint16" else QuantType.QUInt8
     config = get_qnn_qdq_config(source, _Reader(), activation_type=activations, weight_type=QuantType.QInt8,
-                                per_channel=True)
+                                per_channel=True, init_overrides=dict(overrides) if overrides else None)
     stats = collect_statistics(source, images, name, kernel_inputs(source) if bias_correction else (),
                                op_types=config.op_types_to_quantize)
     ranges = TensorsData(CalibrationMethod.MinMax, {k: (np.array([lo], np.float32), np.array([hi], np.float32))
