@@ -316,3 +316,41 @@ def test_export_cli_writes_a_qnn_row_and_evaluate_gates_the_file(trained_run: Pa
                                        str(tmp_path / "bad")])
     assert result.exit_code == 2 and "unknown --soc 'SM1234'" in result.output
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
+
+
+def test_int8_ranges_are_narrowed_where_it_pays_and_int16_keeps_min_max(files: dict[str, Path],
+                                                                        images: dict[str, np.ndarray],
+                                                                        tmp_path: Path) -> None:
+    """uint8 activations get their least-error ranges (never wider than min/max; the scaled input and the
+    probabilities exact); uint16 ones keep min/max, whose step is already fine."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgetl.export.formats.qnn import preprocess, quantize_htp
+    from edgetl.export.onnx_quant import input_scaling_nodes
+
+    def scales(path: Path) -> dict[str, float]:
+        model = onnx.load(str(path))
+        inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        return {n.input[0]: float(inits[n.input[1]]) for n in model.graph.node if n.op_type == "QuantizeLinear"
+                and n.input[0] not in inits and inits[n.input[1]].size == 1}
+
+    pre = tmp_path / "pre.onnx"
+    preprocess(files["onnx-none"], pre)
+    got = {}
+    for mode in ("int8", "int16x8"):
+        for method in ("minmax", "mse"):
+            dst = tmp_path / f"{mode}-{method}.onnx"
+            quantize_htp(pre, dst, images["calibration"], mode, ranges=method)
+            got[mode, method] = scales(dst)
+    before, after = got["int8", "minmax"], got["int8", "mse"]
+    assert set(before) == set(after)
+    assert all(after[t] <= before[t] * (1 + 1e-6) for t in before)
+    assert sum(after[t] < 0.99 * before[t] for t in before) >= 1, (before, after)
+    model = onnx.load(str(pre))
+    scaling = set(input_scaling_nodes(model, model.graph.input[0].name))
+    scaled = [o for n in model.graph.node if n.name in scaling for o in n.output if o in before]
+    output = model.graph.output[0].name
+    exact = scaled[-1:] + [t for t in (output, f"{output}_QuantizeLinear_Input") if t in before]
+    assert len(exact) == 2 and all(after[t] == before[t] for t in exact), exact
+    assert got["int16x8", "mse"] == got["int16x8", "minmax"]

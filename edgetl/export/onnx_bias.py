@@ -158,6 +158,37 @@ def collect_statistics(model: Any, images: np.ndarray, input_name: str,
 SUM_CHUNK = 32
 
 
+def mse_ranges(model: Any, images: np.ndarray, input_name: str, ranges: dict[str, tuple[float, float]],
+               tensors: Sequence[str], levels: int = 256) -> dict[str, tuple[float, float]]:
+    """`ranges` with each of `tensors` narrowed to its least-squared-error range on `levels` levels.
+
+    A second pass of the float model (as collect_statistics runs it) over the first
+    edgetl.export.ranges.HISTOGRAM_IMAGES images, histogramming each tensor on its min/max range
+    (edgetl.export.ranges: why, and how the range is chosen). The other tensors keep their min/max.
+    """
+    import onnxruntime as ort
+
+    from edgetl.export.ranges import HISTOGRAM_IMAGES, Histograms
+
+    inputs = {vi.name for vi in model.graph.input}
+    wanted = [t for t in dict.fromkeys(tensors) if t in ranges and t not in inputs]
+    if not wanted:
+        return dict(ranges)
+    augmented, _ = _augmented(model, [], wanted)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(augmented.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    hist = Histograms({t: ranges[t] for t in wanted})
+    for i in range(min(len(images), HISTOGRAM_IMAGES)):
+        x = np.asarray(images[i:i + 1], dtype=np.float32)
+        for name, value in zip(wanted, session.run(wanted, {input_name: x}), strict=True):
+            hist.add(name, value)
+    out = dict(ranges)
+    out.update({str(k): v for k, v in hist.mse_ranges(levels).items()})
+    return out
+
+
 def _augmented(model: Any, calibrated: Sequence[str],
                averaged: Sequence[str]) -> tuple[Any, dict[str, tuple[str, str]]]:
     """`model` with outputs: each calibrated tensor's min and max (ReduceMin/ReduceMax, as ORT's calibrator

@@ -15,7 +15,7 @@ log = logging.getLogger("edgetl")
 
 
 def quantize_onnx(src: str, dst: str, mode: str, *, calibration: Any = None, input_name: str = "image",
-                  bias_correction: bool = True, folded_at_load: bool = True) -> None:
+                  bias_correction: bool = True, folded_at_load: bool = True, ranges: str = "mse") -> None:
     """Quantize the float ONNX model `src` into `dst` with onnxruntime.quantization.
 
     Args:
@@ -29,6 +29,8 @@ def quantize_onnx(src: str, dst: str, mode: str, *, calibration: Any = None, inp
             (edgetl.export.onnx_bias), the means measured in the calibration pass; False: ORT's file as it is.
         folded_at_load: for dynamic, the form of the int8 Conv kernels (see weight_only_conv_int8): True for a
             file ONNX Runtime loads as it is, False for one it optimises ahead of time (.ort).
+        ranges: for int8 with bias correction, the activations' ranges: "mse" (each narrowed to its least-error
+            range, edgetl.export.ranges; see mse_tensors) or "minmax" (ORT's MinMax as it is).
     """
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -76,7 +78,7 @@ def quantize_onnx(src: str, dst: str, mode: str, *, calibration: Any = None, inp
     if excluded:
         recipe["nodes_to_exclude"] = excluded
     if bias_correction:
-        _quantize_int8_corrected(src, dst, np.asarray(calibration), input_name, recipe)
+        _quantize_int8_corrected(src, dst, np.asarray(calibration), input_name, recipe, ranges)
         return
 
     class _Reader(CalibrationDataReader):
@@ -152,12 +154,46 @@ def input_scaling_overrides(model: Any, input_name: str, ranges: dict[str, tuple
     return {last[0]: [{"scale": np.array(scale * (1 + TIE_BREAK), np.float32), "zero_point": zero_point}]}
 
 
-def _quantize_int8_corrected(src: str, dst: str, calibration: Any, input_name: str, recipe: dict[str, Any]) -> None:
+RANGE_METHODS = ("mse", "minmax")
+
+
+def mse_tensors(model: Any, input_name: str, ranges: dict[str, tuple[float, float]]) -> list[str]:
+    """The calibrated tensors whose range the MSE choice may narrow: all but the model's inputs and outputs (the
+    probabilities) and its input scaling's (whose range input_scaling_overrides keeps exact: whole pixel values)."""
+    graph = model.graph
+    scaling = set(input_scaling_nodes(model, input_name))
+    fixed = ({vi.name for vi in graph.input} | {vi.name for vi in graph.output}
+             | {o for n in graph.node if n.name in scaling for o in n.output})
+    readers: dict[str, set[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, set()).add(node.op_type)
+    # A tensor only a Relu/Clip reads is quantized with that activation's range (ORT drops the activation into
+    # the range), so its own would only cost the histogram pass time.
+    return [t for t in ranges if t not in fixed and not (readers.get(t) and readers[t] <= {"Relu", "Clip"})]
+
+
+def calibrated_ranges(model: Any, stats_ranges: dict[str, tuple[float, float]], calibration: Any, input_name: str,
+                      method: str, levels: int = 256) -> dict[str, tuple[float, float]]:
+    """The ranges to quantize `model` with: collect_statistics' min/max, or ("mse") those narrowed by a histogram
+    pass (8-bit activations only: at 16 bits rounding costs nothing next to clipping)."""
+    from edgetl.export.onnx_bias import mse_ranges
+
+    if method not in RANGE_METHODS:
+        raise UsageError(f"range method {method!r} does not exist. Use one of: {', '.join(RANGE_METHODS)}.")
+    if method == "minmax" or levels > 256:
+        return dict(stats_ranges)
+    return mse_ranges(model, calibration, input_name, stats_ranges, mse_tensors(model, input_name, stats_ranges),
+                      levels)
+
+
+def _quantize_int8_corrected(src: str, dst: str, calibration: Any, input_name: str, recipe: dict[str, Any],
+                             method: str = "mse") -> None:
     """quantize_static on ranges from edgetl's own calibration pass, then each kernel's mean shift off its bias.
 
-    The pass (edgetl.export.onnx_bias.collect_statistics) measures ORT's own MinMax ranges, handed to
-    quantize_static as its calibration cache (so ORT does not run the images a second time), and each
-    Conv/Gemm input's mean over the same images.
+    The pass (edgetl.export.onnx_bias.collect_statistics) measures ORT's own MinMax ranges, narrowed to their
+    least-error ranges with `method` "mse" (calibrated_ranges) and handed to quantize_static as its calibration
+    cache (so ORT does not run the images again), and each Conv/Gemm input's mean over the same images.
     """
     import tempfile
     from pathlib import Path
@@ -172,9 +208,10 @@ def _quantize_int8_corrected(src: str, dst: str, calibration: Any, input_name: s
 
     source = load_model_with_shape_infer(Path(src))  # the model quantize_static loads and calibrates
     stats = collect_statistics(source, calibration, input_name, kernel_inputs(source))
+    chosen = calibrated_ranges(source, stats.ranges, calibration, input_name, method)
     # One-element float32 arrays: what ORT's MinMax calibrator hands its quantizer.
     ranges = TensorsData(CalibrationMethod.MinMax, {k: (np.array([lo], np.float32), np.array([hi], np.float32))
-                                                    for k, (lo, hi) in stats.ranges.items()})
+                                                    for k, (lo, hi) in chosen.items()})
     with tempfile.TemporaryDirectory(prefix="edgetl-calib-") as work:
         cache = Path(work) / "ranges.json"
         save_tensors_data(ranges, cache)

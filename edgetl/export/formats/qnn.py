@@ -12,10 +12,12 @@ From the float .onnx the ONNX export writes (edgetl.export.onnx), two files:
   context binary embedded in an EPContext node: an app's session starts without compiling.
 
 Calibration is edgetl's one pass over the job's class-balanced images (edgetl.export.onnx_bias.collect_statistics:
-ONNX Runtime's MinMax ranges to the bit, handed to the quantizer as its calibration cache), and each int8
-kernel's mean rounding shift is taken off its int32 bias (edgetl.export.onnx_bias.correct_bias), as for the
-ONNX int8 file. Per-tensor uint8 weights (the QNN recipe's default) took a real-photo MobileNetV2 1.0 at 224
-from 0.94 to 0.63 on the emulated HTP; per-channel int8 weights kept 0.95 (issue #27).
+ONNX Runtime's MinMax ranges to the bit), in int8 each uint8 activation's range then narrowed to its least-squared-
+error one (edgetl.export.ranges; MobileNetV2 1.0 at 224, 430 real photos, emulated HTP: drop 0.9 -> -0.7 points),
+handed to the quantizer as its calibration cache; and each int8 kernel's mean rounding shift is taken off its
+int32 bias (edgetl.export.onnx_bias.correct_bias), as for the ONNX int8 file.
+Per-tensor uint8 weights (the QNN recipe's default) took a real-photo MobileNetV2 1.0 at 224 from 0.94 to 0.63
+on the emulated HTP; per-channel int8 weights kept 0.95 (issue #27).
 The model's input scaling (x / 127.5 - 1) is quantized on a step slightly wider than its range's, so that no
 pixel value sits on a tie between two levels (edgetl.export.onnx_quant.input_scaling_overrides).
 
@@ -124,7 +126,8 @@ def preprocess(float_model: str | os.PathLike[str], dst: Path) -> list[tuple[str
 
 
 def quantize_htp(src: Path, dst: Path, calibration: np.ndarray, mode: str = DEFAULT_MODE, *,
-                 bias_correction: bool = True, input_name: str | None = None) -> int:
+                 bias_correction: bool = True, input_name: str | None = None,
+                 overrides: dict[str, list[dict[str, Any]]] | None = None, ranges: str = "mse") -> int:
     """Quantize the pre-processed float model `src` into QDQ `dst` in the HTP's types; returns the kernels corrected.
 
     Args:
@@ -133,6 +136,10 @@ def quantize_htp(src: Path, dst: Path, calibration: np.ndarray, mode: str = DEFA
         mode: "int8" (uint8 activations) or "int16x8" (uint16 activations); int8 per-channel weights in both.
         bias_correction: take each int8 kernel's mean rounding shift off its int32 bias.
         input_name: the model's input (default: its first).
+        overrides: ORT TensorQuantOverrides by tensor (e.g. {"t": [{"quant_type": QuantType.QUInt16}]}: that
+            activation in 16 bits, ORT adding the conversions the HTP needs around it).
+        ranges: "mse" (uint8 activations narrowed to their least-error ranges, as in the ONNX int8 file:
+            edgetl.export.onnx_quant.calibrated_ranges) or "minmax".
     """
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantType, quantize_static
@@ -141,7 +148,7 @@ def quantize_htp(src: Path, dst: Path, calibration: np.ndarray, mode: str = DEFA
     from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
 
     from edgetl.export.onnx_bias import collect_statistics, correct_bias, kernel_inputs
-    from edgetl.export.onnx_quant import input_scaling_overrides
+    from edgetl.export.onnx_quant import calibrated_ranges, input_scaling_overrides
 
     if mode not in ACTIVATIONS:
         raise UsageError(f"--quantize {mode} does not exist for qnn. qnn modes: {', '.join(MODES)}.")
@@ -166,11 +173,14 @@ def quantize_htp(src: Path, dst: Path, calibration: np.ndarray, mode: str = DEFA
 
     activations = QuantType.QUInt16 if ACTIVATIONS[mode] == "uint16" else QuantType.QUInt8
     config = get_qnn_qdq_config(source, _Reader(), activation_type=activations, weight_type=QuantType.QInt8,
-                                per_channel=True)
+                                per_channel=True, init_overrides=dict(overrides) if overrides else None)
     stats = collect_statistics(source, images, name, kernel_inputs(source) if bias_correction else (),
                                op_types=config.op_types_to_quantize)
-    ranges = TensorsData(CalibrationMethod.MinMax, {k: (np.array([lo], np.float32), np.array([hi], np.float32))
-                                                    for k, (lo, hi) in stats.ranges.items()})
+    levels = 65536 if ACTIVATIONS[mode] == "uint16" else 256
+    chosen = calibrated_ranges(source, stats.ranges, images, name, ranges, levels)
+    cache_ranges = TensorsData(CalibrationMethod.MinMax, {k: (np.array([lo], np.float32),
+                                                              np.array([hi], np.float32))
+                                                          for k, (lo, hi) in chosen.items()})
     # The HTP runs every node quantized, so the model's input scaling cannot stay float as in the ONNX int8 file:
     # its output gets a step that leaves no pixel value on a tie between two levels (1.0 at 224 on real photos,
     # emulated HTP: 56.25 -> 58.75%, agreement with float 85 -> 90%; issue #27, BENCHMARKS.md).
@@ -182,7 +192,7 @@ def quantize_htp(src: Path, dst: Path, calibration: np.ndarray, mode: str = DEFA
         extra["TensorQuantOverrides"] = overrides
     with tempfile.TemporaryDirectory(prefix="edgetl-qnn-calib-") as work:
         cache = Path(work) / "ranges.json"
-        save_tensors_data(ranges, cache)
+        save_tensors_data(cache_ranges, cache)
         with quiet_native_stderr():
             quantize_static(src, dst, config.calibration_data_reader, calibration_cache_path=cache,
                             calibrate_method=config.calibrate_method, quant_format=config.quant_format,
