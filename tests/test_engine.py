@@ -232,15 +232,22 @@ def test_converted_base_is_cached_and_reloaded_by_content(classifier, _own_cache
     assert not has_cached_conversion(classifier, SIZE)
 
 
-def test_a_second_run_loads_the_base_it_converted(demo_dir: Path, tmp_path: Path) -> None:
-    from edgetl.train import train
+def test_a_second_run_loads_the_base_it_converted(demo_dir: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgetl.train import engine, train
     from edgetl.train.config import TrainConfig
 
-    engines = []
-    for i in range(2):
+    hashed = []  # every weight hashed per run: once (the cache's name), not again for the conversion
+    real_key = engine.base_key
+    monkeypatch.setattr(engine, "base_key", lambda *a: hashed.append(1) or real_key(*a))
+    engines, hashes = [], []
+    for i, mode in enumerate(("tflite", "tflite", "auto")):
         cfg = TrainConfig(data=str(demo_dir), alpha=0.35, weights="bundled", image_size=SIZE, epochs=1,
-                          batch_size=16, feature_cache="tflite", seed=0, output=str(tmp_path / f"run{i}"))
+                          batch_size=16, feature_cache=mode, seed=0, output=str(tmp_path / f"run{i}"))
+        hashed.clear()
         result = train(cfg)
         engines.append(json.loads((result.run_dir / "manifest.json").read_text())["training"]["feature_engine"])
-    assert [e["cached"] for e in engines] == [False, True]
+        hashes.append(len(hashed))
+    assert hashes == [1, 1, 1]
+    assert [e["cached"] for e in engines] == [False, True, True]
     assert all(e["engine"] == "tflite" and e["max_relative_diff"] <= FEATURE_TOLERANCE for e in engines)

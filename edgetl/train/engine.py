@@ -127,12 +127,23 @@ def cache_dir() -> Path | None:
     return Path(root) / "edgetl" / "feature-engines"
 
 
-def has_cached_conversion(clf: Classifier, size: int) -> bool:
-    """Whether the cache holds this extractor's conversion: then the pass can choose its engine at the first batch,
-    since the choice no longer waits for TensorFlow's steady speed to weigh a conversion."""
+def conversion_path(clf: Classifier, size: int) -> Path | None:
+    """Where the cache keeps (or would keep) this extractor's conversion; None when nothing is cached.
+
+    Hashes every weight (0.1-0.2 s for MobileNetV2 1.0): the pass computes it once and hands it to
+    has_cached_conversion and TFLiteExtractor.
+    """
     folder = cache_dir()
     key = base_key(clf, size) if folder is not None else None
-    return key is not None and (folder / f"{key}.tflite").is_file()
+    return folder / f"{key}.tflite" if folder is not None and key else None
+
+
+def has_cached_conversion(clf: Classifier, size: int, path: Path | None | str = "find") -> bool:
+    """Whether the cache holds this extractor's conversion: then the pass can choose its engine at the first batch,
+    since the choice no longer waits for TensorFlow's steady speed to weigh a conversion.
+    path: conversion_path(clf, size) when the caller has it ("find": computed here)."""
+    path = conversion_path(clf, size) if path == "find" else path
+    return isinstance(path, Path) and path.is_file()
 
 
 def base_key(clf: Classifier, size: int) -> str | None:
@@ -164,9 +175,11 @@ def base_key(clf: Classifier, size: int) -> str | None:
 class TFLiteExtractor:
     """The classifier's extractor (preprocessing + frozen base + pooling) as float32 TFLite under XNNPACK."""
 
-    def __init__(self, clf: Classifier, size: int, threads: int | None = None, concrete: Any = None) -> None:
+    def __init__(self, clf: Classifier, size: int, threads: int | None = None, concrete: Any = None,
+                 cache_path: Path | None | str = "find") -> None:
         """concrete: the traced TensorFlow function of clf.extractor on (None, size, size, 3) float32, when the
-        caller has one (the feature pass traced it already: tracing MobileNetV2 again costs seconds)."""
+        caller has one (the feature pass traced it already: tracing MobileNetV2 again costs seconds).
+        cache_path: conversion_path(clf, size) when the caller has it ("find": computed here, hashing the weights)."""
         import tensorflow as tf
         from ai_edge_litert.interpreter import Interpreter
 
@@ -175,9 +188,7 @@ class TFLiteExtractor:
         from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
         t0 = time.perf_counter()
-        folder = cache_dir()
-        key = base_key(clf, size) if folder is not None else None
-        self.cache_path = folder / f"{key}.tflite" if folder is not None and key else None
+        self.cache_path = conversion_path(clf, size) if cache_path == "find" else cache_path
         self.cached = False
         self.threads = threads or cpu_threads()
         self._interp = self._load_cached()

@@ -393,7 +393,9 @@ def _single_device_pass(clf: Classifier, ds: tf.data.Dataset, total: int, size: 
     # The first batch includes the kernels' set-up; the second gives TensorFlow's steady speed, which the choice
     # needs only to weigh a conversion: with none to make (forced, or cached), it is made at the first batch.
     t0 = time.perf_counter()
-    cached = engine == "auto" and cpu_only and engines.has_cached_conversion(clf, size)
+    # The weights are hashed once here (the cache's file name) and the path handed to the conversion.
+    path = engines.conversion_path(clf, size) if engine != "keras" and cpu_only else None
+    cached = engine == "auto" and cpu_only and engines.has_cached_conversion(clf, size, path)
     lookup = time.perf_counter() - t0  # hashing the weights: part of the conversion's cost
     decide_at = 0 if engine == "tflite" or cached else 1
     record.update(engine="keras", reason="too few batches to decide", trace_cpu_seconds=round(trace_cpu, 2))
@@ -426,7 +428,7 @@ def _single_device_pass(clf: Classifier, ds: tf.data.Dataset, total: int, size: 
                                         trace_cpu_seconds=trace_cpu, cached=cached)
                 t2 = time.perf_counter()
                 fast = _switch(clf, size, images, part, seconds, choice, reporter, record,
-                               extract.get_concrete_function())
+                               extract.get_concrete_function(), path)
                 switch = time.perf_counter() - t2
                 spent["convert"] = lookup + float(record.get("convert_seconds", 0.0))
                 spent["check"] = max(0.0, switch - spent["convert"] + lookup)
@@ -449,10 +451,11 @@ def _single_device_pass(clf: Classifier, ds: tf.data.Dataset, total: int, size: 
 
 
 def _switch(clf: Classifier, size: int, images: tf.Tensor, reference: np.ndarray, keras_seconds: float, choice: Any,
-            reporter: Reporter, record: dict[str, Any], concrete: Any) -> Any:
+            reporter: Reporter, record: dict[str, Any], concrete: Any, cache_path: Any = "find") -> Any:
     """The TFLite extractor when the choice is TFLite and it matches TensorFlow's features on the batch
     TensorFlow just computed (and, chosen by the cost model, beats its time there); else None. Logs why.
-    concrete: the pass's traced TensorFlow function, which the conversion starts from."""
+    concrete: the pass's traced TensorFlow function, which the conversion starts from; cache_path: where the
+    conversion is cached (engine.conversion_path, computed once by the pass)."""
     import logging
     import time
 
@@ -463,7 +466,7 @@ def _switch(clf: Classifier, size: int, images: tf.Tensor, reference: np.ndarray
     fast = None
     if choice.engine == "tflite":
         try:
-            fast = engines.TFLiteExtractor(clf, size, concrete=concrete)
+            fast = engines.TFLiteExtractor(clf, size, concrete=concrete, cache_path=cache_path)
         except Exception as exc:  # noqa: BLE001 - any conversion failure leaves the pass on TensorFlow
             from edgetl.core.errors import first_line
 
