@@ -22,7 +22,12 @@ A converted base is kept on disk (cache_dir(): $EDGETL_CACHE_DIR, else ~/.cache/
 "off" keeps none), named by a hash of the extractor's layers, weights, input size and TensorFlow's
 version: a later run on the same base loads it in milliseconds instead of converting it again
 (MobileNetV2 1.0: 10-16 s). It passes the same check against TensorFlow's features; one that fails
-is deleted.
+is deleted. Beside it, the conversion's check is kept (`<key>.check.npz`: CHECK_IMAGES of the images it was
+checked on, TensorFlow's features of them, both engines' speeds): a later run checks the cached file against
+those stored features and runs TFLite from its first batch, with neither TensorFlow's trace nor its first
+batch (kernel set-up included: 1.5-2.5 s for MobileNetV2 1.0 at 224 on 2 cores). The key names every weight,
+layer setting, the size and TensorFlow's version, so TensorFlow's features of the stored images are the ones
+it would compute now.
 """
 
 from __future__ import annotations
@@ -72,6 +77,9 @@ INVOKE_BATCH = 4
 CACHE_ENV = "EDGETL_CACHE_DIR"
 # Converted bases kept (the most recently used; MobileNetV2 1.0 is 9 MB).
 CACHE_KEEP = 8
+# Images of the conversion's check kept beside it (uint8: 150 KB each at 224 px), which later runs check it on.
+CHECK_IMAGES = 4
+CHECK_SUFFIX = ".check.npz"
 
 
 @dataclass
@@ -239,16 +247,63 @@ class TFLiteExtractor:
         try:
             with atomic_path(self.cache_path) as tmp:
                 tmp.write_bytes(blob)
+            self.check_path.unlink(missing_ok=True)  # a check made on another conversion's file
             kept = sorted(self.cache_path.parent.glob("*.tflite"), key=lambda p: p.stat().st_mtime, reverse=True)
             for old in kept[CACHE_KEEP:]:
                 old.unlink(missing_ok=True)
+                old.with_suffix(CHECK_SUFFIX).unlink(missing_ok=True)
         except Exception as exc:  # noqa: BLE001 - a read-only home or a full disk must not fail training
             log.info("feature pass: not caching the TFLite base in %s (%s)", self.cache_path.parent, exc)
 
     def forget(self) -> None:
-        """Delete the cached conversion (it failed the check against TensorFlow's features)."""
+        """Delete the cached conversion and its stored check (it failed the check against TensorFlow's features)."""
         if self.cache_path is not None:
             self.cache_path.unlink(missing_ok=True)
+            self.check_path.unlink(missing_ok=True)
+
+    @property
+    def check_path(self) -> Path:
+        """The stored check beside the cached conversion (only meaningful when cache_path is set)."""
+        return Path(self.cache_path or "").with_suffix(CHECK_SUFFIX)
+
+    def keep_check(self, images: Any, features: np.ndarray, keras_ms: float, tflite_ms: float) -> None:
+        """Store the check this conversion passed, for later runs (see stored_check): the first CHECK_IMAGES of
+        the batch (pixels are whole numbers 0..255, kept as uint8), TensorFlow's features of them, both engines'
+        milliseconds an image. Nothing is stored without a cache, or for pixels that uint8 would change."""
+        from edgetl.core.fileio import atomic_path
+
+        if self.cache_path is None or not self.cache_path.is_file():
+            return
+        x = np.asarray(images, dtype=np.float32)[:CHECK_IMAGES]
+        pixels = np.clip(np.round(x), 0, 255).astype(np.uint8)
+        if not np.array_equal(pixels.astype(np.float32), x):
+            return
+        try:
+            with atomic_path(self.check_path, suffix=CHECK_SUFFIX) as tmp, open(tmp, "wb") as f:
+                np.savez(f, images=pixels, features=np.asarray(features, np.float32)[:CHECK_IMAGES],
+                         ms=np.array([keras_ms, tflite_ms], np.float64))
+        except Exception as exc:  # noqa: BLE001 - a cache that cannot be written must not fail training
+            log.info("feature pass: not keeping the check of the TFLite base (%s)", exc)
+
+    def stored_check(self) -> dict[str, float] | None:
+        """This (cached) conversion against TensorFlow's stored features of the stored images: max_relative_diff,
+        and the milliseconds an image of both engines when it was converted (keras_ms, tflite_ms). None when no
+        check is stored or it cannot be read (the pass then checks against TensorFlow's features itself)."""
+        if not self.cached or self.cache_path is None or not self.check_path.is_file():
+            return None
+        try:
+            with np.load(self.check_path) as data:
+                images, features, ms = data["images"], data["features"], data["ms"]
+            if images.ndim != 4 or images.shape[1:] != (self.size, self.size, 3) or len(features) != len(images) \
+                    or not len(images) or ms.shape != (2,):
+                return None
+            got = self(images.astype(np.float32))
+        except Exception:  # noqa: BLE001 - damaged or foreign: the full check decides
+            return None
+        if got.shape != features.shape:
+            return None
+        return {"max_relative_diff": max_relative_diff(features, got), "keras_ms": float(ms[0]),
+                "tflite_ms": float(ms[1])}
 
     def __call__(self, images: Any) -> np.ndarray:
         """Features of a batch of float32 images 0..255 (b, size, size, 3)."""

@@ -384,24 +384,27 @@ def _single_device_pass(clf: Classifier, ds: tf.data.Dataset, total: int, size: 
     def extract(images: tf.Tensor) -> tf.Tensor:
         return clf.extractor(images, training=False)
 
-    t0, cpu0 = time.perf_counter(), time.thread_time()
-    extract.get_concrete_function()
-    trace_seconds = time.perf_counter() - t0
-    trace_cpu = time.thread_time() - cpu0  # the cost model's measure of graph work: load stretches the wall time
     cpu_only = not placement.mixed_precision and not any("GPU" in d.upper() or "TPU" in d.upper()
                                                          for d in placement.devices)
+    t0 = time.perf_counter()
+    # The weights are hashed once here (the cache's name) and the path handed to the conversion.
+    path = engines.conversion_path(clf, size) if engine != "keras" and cpu_only else None
+    in_cache = engines.has_cached_conversion(clf, size, path)
+    cached = engine == "auto" and cpu_only and in_cache
+    lookup = time.perf_counter() - t0  # hashing the weights: part of the conversion's cost
+    # Where the pass's time goes (edgetl.train.walltime: the features_* parts).
+    spent = {"trace": 0.0, "base": 0.0, "wait": 0.0, "convert": lookup, "check": 0.0}
+    # A cached conversion with its stored check runs from the first batch: TensorFlow is never traced or run.
+    fast = _stored_engine(clf, size, path, total, engine, reporter, record, spent) if in_cache else None
+    if fast is None:
+        t0, cpu0 = time.perf_counter(), time.thread_time()
+        extract.get_concrete_function()
+        spent["trace"] = time.perf_counter() - t0
+        trace_cpu = time.thread_time() - cpu0  # the cost model's measure of graph work: load stretches the wall time
+        record.update(engine="keras", reason="too few batches to decide", trace_cpu_seconds=round(trace_cpu, 2))
     # The first batch includes the kernels' set-up; the second gives TensorFlow's steady speed, which the choice
     # needs only to weigh a conversion: with none to make (forced, or cached), it is made at the first batch.
-    t0 = time.perf_counter()
-    # The weights are hashed once here (the cache's file name) and the path handed to the conversion.
-    path = engines.conversion_path(clf, size) if engine != "keras" and cpu_only else None
-    cached = engine == "auto" and cpu_only and engines.has_cached_conversion(clf, size, path)
-    lookup = time.perf_counter() - t0  # hashing the weights: part of the conversion's cost
     decide_at = 0 if engine == "tflite" or cached else 1
-    record.update(engine="keras", reason="too few batches to decide", trace_cpu_seconds=round(trace_cpu, 2))
-    # Where the pass's time goes (edgetl.train.walltime: the features_* parts).
-    spent = {"trace": trace_seconds, "base": 0.0, "wait": 0.0, "convert": lookup, "check": 0.0}
-    fast: engines.TFLiteExtractor | None = None
     done = 0
     t0 = time.perf_counter()
     batches = iter(ds)  # starts the input pipeline's threads: waiting for the input
@@ -450,6 +453,46 @@ def _single_device_pass(clf: Classifier, ds: tf.data.Dataset, total: int, size: 
     record["seconds"] = spent
 
 
+def _stored_engine(clf: Classifier, size: int, path: Path | None, total: int, engine: str, reporter: Reporter,
+                   record: dict[str, Any], spent: dict[str, float]) -> Any:
+    """The cached TFLite extractor, checked against TensorFlow's features stored with it (engine.stored_check),
+    when the choice (engine "tflite", or the cost model at the stored speeds) takes it; else None, and the pass
+    starts on TensorFlow as usual. A cached file that fails its stored check is deleted (converted again)."""
+    import logging
+    import time
+
+    from edgetl.train import engine as engines
+
+    if path is None or engine not in ("auto", "tflite") or not path.with_suffix(engines.CHECK_SUFFIX).is_file():
+        return None
+    t0 = time.perf_counter()
+    try:
+        fast = engines.TFLiteExtractor(clf, size, cache_path=path)
+    except Exception:  # noqa: BLE001 - the usual path converts again, or stays on TensorFlow
+        return None
+    loaded = time.perf_counter() - t0
+    check = fast.stored_check()
+    if check is None:
+        return None
+    if not check["max_relative_diff"] <= engines.FEATURE_TOLERANCE:
+        fast.forget()
+        return None
+    choice = engines.decide(engine, cpu_only=True, remaining=total, seconds_per_image=check["keras_ms"] / 1000,
+                            trace_cpu_seconds=0.0, cached=True)
+    if choice.engine != "tflite" or check["tflite_ms"] >= check["keras_ms"] and engine == "auto":
+        return None
+    spent["convert"] += fast.convert_seconds
+    spent["check"] += time.perf_counter() - t0 - loaded
+    diff = float(f"{check['max_relative_diff']:.3g}")
+    record.update(engine="tflite", reason=choice.reason, convert_seconds=round(fast.convert_seconds, 2),
+                  max_relative_diff=diff, threads=fast.threads, cached=True, check="stored")
+    message = (f"feature pass: TFLite float32 with XNNPACK on {fast.threads} threads ({choice.reason}; loaded from "
+               f"the cache in {fast.convert_seconds:.1f} s, features within {diff:.1g} of TensorFlow's stored ones)")
+    logging.getLogger("edgetl").info(message)
+    reporter.info(message)
+    return fast
+
+
 def _switch(clf: Classifier, size: int, images: tf.Tensor, reference: np.ndarray, keras_seconds: float, choice: Any,
             reporter: Reporter, record: dict[str, Any], concrete: Any, cache_path: Any = "find") -> Any:
     """The TFLite extractor when the choice is TFLite and it matches TensorFlow's features on the batch
@@ -489,6 +532,8 @@ def _switch(clf: Classifier, size: int, images: tf.Tensor, reference: np.ndarray
             elif speedup < 1 and not choice.reason.startswith("--"):
                 record.update(engine="keras", reason=f"TFLite ran {speedup:.2f}x TensorFlow's speed on this base")
                 fast = None
+            else:  # later runs check the cached file against these features, without TensorFlow
+                fast.keep_check(images, reference, record["keras_ms"], record["tflite_ms"])
     if fast is not None:
         how = "loaded from the cache in" if fast.cached else "converted in"
         message = (f"feature pass: TFLite float32 with XNNPACK on {fast.threads} threads ({record['reason']}; "
