@@ -384,11 +384,6 @@ def _single_device_pass(clf: Classifier, ds: tf.data.Dataset, total: int, size: 
     def extract(images: tf.Tensor) -> tf.Tensor:
         return clf.extractor(images, training=False)
 
-    # The input pipeline starts first: its threads decode the first batches (C++, without the GIL) while this
-    # thread hashes the weights, loads or traces the base, instead of after.
-    t0 = time.perf_counter()
-    batches = iter(ds)
-    started = time.perf_counter() - t0
     cpu_only = not placement.mixed_precision and not any("GPU" in d.upper() or "TPU" in d.upper()
                                                          for d in placement.devices)
     t0 = time.perf_counter()
@@ -398,7 +393,7 @@ def _single_device_pass(clf: Classifier, ds: tf.data.Dataset, total: int, size: 
     cached = engine == "auto" and cpu_only and in_cache
     lookup = time.perf_counter() - t0  # hashing the weights: part of the conversion's cost
     # Where the pass's time goes (edgetl.train.walltime: the features_* parts).
-    spent = {"trace": 0.0, "base": 0.0, "wait": started, "convert": lookup, "check": 0.0}
+    spent = {"trace": 0.0, "base": 0.0, "wait": 0.0, "convert": lookup, "check": 0.0}
     # A cached conversion with its stored check runs from the first batch: TensorFlow is never traced or run.
     fast = _stored_engine(clf, size, path, total, engine, reporter, record, spent) if in_cache else None
     if fast is None:
@@ -411,6 +406,9 @@ def _single_device_pass(clf: Classifier, ds: tf.data.Dataset, total: int, size: 
     # needs only to weigh a conversion: with none to make (forced, or cached), it is made at the first batch.
     decide_at = 0 if engine == "tflite" or cached else 1
     done = 0
+    t0 = time.perf_counter()
+    batches = iter(ds)  # starts the input pipeline's threads: waiting for the input
+    spent["wait"] += time.perf_counter() - t0
     for i in itertools.count():
         t0 = time.perf_counter()
         try:
