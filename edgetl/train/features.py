@@ -277,7 +277,9 @@ def extract_features(clf: Classifier, splits: DataSplits, names: list[str], size
     a trace and a ragged last batch per split. TensorFlow computes the first batches; then, on a
     CPU, the base converted to float32 TFLite (XNNPACK) takes over when the cost model of
     edgetl.train.engine says it pays (engine "auto"), always ("tflite") or never ("keras"), provided
-    its features match TensorFlow's on a batch within engine.FEATURE_TOLERANCE.
+    its features match TensorFlow's on a batch within engine.FEATURE_TOLERANCE. A cached conversion with
+    its stored check (TensorFlow's features of a few images) is checked against those and runs from the
+    first batch: TensorFlow is then neither traced nor run.
 
     Args:
         engine: "auto", "keras" or "tflite" (edgetl.train.engine.ENGINES).
