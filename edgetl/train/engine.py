@@ -46,6 +46,9 @@ import numpy as np
 from edgetl.core.errors import first_line
 
 if TYPE_CHECKING:
+    import tensorflow as tf
+
+    from edgetl.core.progress import Reporter
     from edgetl.model.classifier import Classifier
 
 log = logging.getLogger("edgetl")
@@ -324,7 +327,101 @@ class TFLiteExtractor:
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
+def checked_cached(clf: Classifier, size: int, path: Path | None, total: int,
+                   engine: str) -> tuple[TFLiteExtractor, Choice, float] | None:
+    """The cached conversion at `path` (conversion_path) with the choice and its max_relative_diff, when it passes
+    its stored check (stored_check) and the choice takes it: engine "tflite", or "auto" with the cost model at the
+    stored speeds and TFLite the faster there. Else None (the pass then checks against TensorFlow itself); a file
+    that fails its stored check is deleted, so it is converted again."""
+    if path is None or engine not in ("auto", "tflite") or not path.with_suffix(CHECK_SUFFIX).is_file():
+        return None
+    try:
+        fast = TFLiteExtractor(clf, size, cache_path=path)
+    except Exception:  # noqa: BLE001 - the usual path converts again, or stays on TensorFlow
+        return None
+    check = fast.stored_check()
+    if check is None:
+        return None
+    if not check["max_relative_diff"] <= FEATURE_TOLERANCE:
+        fast.forget()
+        return None
+    choice = decide(engine, cpu_only=True, remaining=total, seconds_per_image=check["keras_ms"] / 1000,
+                    trace_cpu_seconds=0.0, cached=True)
+    if choice.engine != "tflite" or engine == "auto" and check["tflite_ms"] >= check["keras_ms"]:
+        return None
+    return fast, choice, check["max_relative_diff"]
+
+
 def max_relative_diff(reference: np.ndarray, other: np.ndarray) -> float:
     """max |other - reference| over max(1, max |reference|): what FEATURE_TOLERANCE bounds."""
     scale = max(1.0, float(np.abs(reference).max(initial=0.0)))
     return float(np.abs(np.asarray(other, np.float32) - reference).max(initial=0.0)) / scale
+
+
+def stored_engine(clf: Classifier, size: int, path: Path | None, total: int, engine: str, reporter: Reporter,
+                  record: dict[str, Any], spent: dict[str, float]) -> TFLiteExtractor | None:
+    """The feature pass's engine from its first batch: the cached TFLite extractor when its stored check passes and
+    the choice takes it (checked_cached), its figures put in `record` and `spent` (convert, check) and logged; else
+    None, and the pass starts on TensorFlow as usual."""
+    t0 = time.perf_counter()
+    found = checked_cached(clf, size, path, total, engine)
+    if found is None:
+        return None
+    fast, choice, diff = found
+    spent["convert"] += fast.convert_seconds
+    spent["check"] += max(0.0, time.perf_counter() - t0 - fast.convert_seconds)
+    diff = float(f"{diff:.3g}")
+    record.update(engine="tflite", reason=choice.reason, convert_seconds=round(fast.convert_seconds, 2),
+                  max_relative_diff=diff, threads=fast.threads, cached=True, check="stored")
+    message = (f"feature pass: TFLite float32 with XNNPACK on {fast.threads} threads ({choice.reason}; loaded from "
+               f"the cache in {fast.convert_seconds:.1f} s, features within {diff:.1g} of TensorFlow's stored ones)")
+    log.info(message)
+    reporter.info(message)
+    return fast
+
+
+def switch(clf: Classifier, size: int, images: tf.Tensor, reference: np.ndarray, keras_seconds: float, choice: Choice,
+           reporter: Reporter, record: dict[str, Any], concrete: Any,
+           cache_path: Path | None | str = "find") -> TFLiteExtractor | None:
+    """The feature pass's switch at its decision batch: the TFLite extractor when the choice is TFLite and it
+    matches TensorFlow's features on the batch TensorFlow just computed (and, chosen by the cost model, beats its
+    time there); else None. Logs why. A kept extractor's check is stored beside its cached file (keep_check).
+    concrete: the pass's traced TensorFlow function, which the conversion starts from; cache_path: where the
+    conversion is cached (engine.conversion_path, computed once by the pass)."""
+    record.update(engine=choice.engine, reason=choice.reason)
+    fast = None
+    if choice.engine == "tflite":
+        try:
+            fast = TFLiteExtractor(clf, size, concrete=concrete, cache_path=cache_path)
+        except Exception as exc:  # noqa: BLE001 - any conversion failure leaves the pass on TensorFlow
+            record.update(engine="keras", reason=f"the conversion to TFLite failed ({first_line(exc)})")
+        else:
+            fast(images[:1])  # XNNPACK packs its weights at the first invoke: not part of the speed
+            t0 = time.perf_counter()
+            check = fast(images)
+            speedup = keras_seconds / max(time.perf_counter() - t0, 1e-9)
+            diff = max_relative_diff(reference, check)
+            record.update(convert_seconds=round(fast.convert_seconds, 2), max_relative_diff=float(f"{diff:.3g}"),
+                          measured_speedup=round(speedup, 2), threads=fast.threads, cached=fast.cached,
+                          keras_ms=round(1000 * keras_seconds / len(check), 2),  # both engines, the same batch
+                          tflite_ms=round(1000 * keras_seconds / speedup / len(check), 2))
+            if not diff <= FEATURE_TOLERANCE:
+                fast.forget()  # a cached conversion that fails is not used again
+                record.update(engine="keras", reason=f"TFLite features differ from TensorFlow's by {diff:.2g} "
+                                                     f"(tolerance {FEATURE_TOLERANCE:g})")
+                fast = None
+            elif speedup < 1 and not choice.reason.startswith("--"):
+                record.update(engine="keras", reason=f"TFLite ran {speedup:.2f}x TensorFlow's speed on this base")
+                fast = None
+            else:  # later runs check the cached file against these features, without TensorFlow
+                fast.keep_check(images, reference, record["keras_ms"], record["tflite_ms"])
+    if fast is not None:
+        how = "loaded from the cache in" if fast.cached else "converted in"
+        message = (f"feature pass: TFLite float32 with XNNPACK on {fast.threads} threads ({record['reason']}; "
+                   f"{how} {fast.convert_seconds:.1f} s, {record['measured_speedup']:.1f}x TensorFlow's speed, "
+                   f"features within {record['max_relative_diff']:.1g} of TensorFlow's)")
+    else:
+        message = f"feature pass: TensorFlow ({record['reason']})"
+    log.info(message)
+    reporter.info(message)
+    return fast

@@ -397,7 +397,7 @@ def _single_device_pass(clf: Classifier, ds: tf.data.Dataset, total: int, size: 
     # Where the pass's time goes (edgetl.train.walltime: the features_* parts).
     spent = {"trace": 0.0, "base": 0.0, "wait": 0.0, "convert": lookup, "check": 0.0}
     # A cached conversion with its stored check runs from the first batch: TensorFlow is never traced or run.
-    fast = _stored_engine(clf, size, path, total, engine, reporter, record, spent) if in_cache else None
+    fast = engines.stored_engine(clf, size, path, total, engine, reporter, record, spent) if in_cache else None
     if fast is None:
         t0, cpu0 = time.perf_counter(), time.thread_time()
         extract.get_concrete_function()
@@ -432,7 +432,7 @@ def _single_device_pass(clf: Classifier, ds: tf.data.Dataset, total: int, size: 
                                         seconds_per_image=seconds / max(len(part), 1),
                                         trace_cpu_seconds=trace_cpu, cached=cached)
                 t2 = time.perf_counter()
-                fast = _switch(clf, size, images, part, seconds, choice, reporter, record,
+                fast = engines.switch(clf, size, images, part, seconds, choice, reporter, record,
                                extract.get_concrete_function(), path)
                 switch = time.perf_counter() - t2
                 spent["convert"] = lookup + float(record.get("convert_seconds", 0.0))
@@ -453,96 +453,3 @@ def _single_device_pass(clf: Classifier, ds: tf.data.Dataset, total: int, size: 
     spent["release"] = time.perf_counter() - t0
     record["images"] = done
     record["seconds"] = spent
-
-
-def _stored_engine(clf: Classifier, size: int, path: Path | None, total: int, engine: str, reporter: Reporter,
-                   record: dict[str, Any], spent: dict[str, float]) -> Any:
-    """The cached TFLite extractor, checked against TensorFlow's features stored with it (engine.stored_check),
-    when the choice (engine "tflite", or the cost model at the stored speeds) takes it; else None, and the pass
-    starts on TensorFlow as usual. A cached file that fails its stored check is deleted (converted again)."""
-    import logging
-    import time
-
-    from edgetl.train import engine as engines
-
-    if path is None or engine not in ("auto", "tflite") or not path.with_suffix(engines.CHECK_SUFFIX).is_file():
-        return None
-    t0 = time.perf_counter()
-    try:
-        fast = engines.TFLiteExtractor(clf, size, cache_path=path)
-    except Exception:  # noqa: BLE001 - the usual path converts again, or stays on TensorFlow
-        return None
-    loaded = time.perf_counter() - t0
-    check = fast.stored_check()
-    if check is None:
-        return None
-    if not check["max_relative_diff"] <= engines.FEATURE_TOLERANCE:
-        fast.forget()
-        return None
-    choice = engines.decide(engine, cpu_only=True, remaining=total, seconds_per_image=check["keras_ms"] / 1000,
-                            trace_cpu_seconds=0.0, cached=True)
-    if choice.engine != "tflite" or check["tflite_ms"] >= check["keras_ms"] and engine == "auto":
-        return None
-    spent["convert"] += fast.convert_seconds
-    spent["check"] += time.perf_counter() - t0 - loaded
-    diff = float(f"{check['max_relative_diff']:.3g}")
-    record.update(engine="tflite", reason=choice.reason, convert_seconds=round(fast.convert_seconds, 2),
-                  max_relative_diff=diff, threads=fast.threads, cached=True, check="stored")
-    message = (f"feature pass: TFLite float32 with XNNPACK on {fast.threads} threads ({choice.reason}; loaded from "
-               f"the cache in {fast.convert_seconds:.1f} s, features within {diff:.1g} of TensorFlow's stored ones)")
-    logging.getLogger("edgetl").info(message)
-    reporter.info(message)
-    return fast
-
-
-def _switch(clf: Classifier, size: int, images: tf.Tensor, reference: np.ndarray, keras_seconds: float, choice: Any,
-            reporter: Reporter, record: dict[str, Any], concrete: Any, cache_path: Any = "find") -> Any:
-    """The TFLite extractor when the choice is TFLite and it matches TensorFlow's features on the batch
-    TensorFlow just computed (and, chosen by the cost model, beats its time there); else None. Logs why.
-    concrete: the pass's traced TensorFlow function, which the conversion starts from; cache_path: where the
-    conversion is cached (engine.conversion_path, computed once by the pass)."""
-    import logging
-    import time
-
-    from edgetl.train import engine as engines
-
-    log = logging.getLogger("edgetl")
-    record.update(engine=choice.engine, reason=choice.reason)
-    fast = None
-    if choice.engine == "tflite":
-        try:
-            fast = engines.TFLiteExtractor(clf, size, concrete=concrete, cache_path=cache_path)
-        except Exception as exc:  # noqa: BLE001 - any conversion failure leaves the pass on TensorFlow
-            from edgetl.core.errors import first_line
-
-            record.update(engine="keras", reason=f"the conversion to TFLite failed ({first_line(exc)})")
-        else:
-            fast(images[:1])  # XNNPACK packs its weights at the first invoke: not part of the speed
-            t0 = time.perf_counter()
-            check = fast(images)
-            speedup = keras_seconds / max(time.perf_counter() - t0, 1e-9)
-            diff = engines.max_relative_diff(reference, check)
-            record.update(convert_seconds=round(fast.convert_seconds, 2), max_relative_diff=float(f"{diff:.3g}"),
-                          measured_speedup=round(speedup, 2), threads=fast.threads, cached=fast.cached,
-                          keras_ms=round(1000 * keras_seconds / len(check), 2),  # both engines, the same batch
-                          tflite_ms=round(1000 * keras_seconds / speedup / len(check), 2))
-            if not diff <= engines.FEATURE_TOLERANCE:
-                fast.forget()  # a cached conversion that fails is not used again
-                record.update(engine="keras", reason=f"TFLite features differ from TensorFlow's by {diff:.2g} "
-                                                     f"(tolerance {engines.FEATURE_TOLERANCE:g})")
-                fast = None
-            elif speedup < 1 and not choice.reason.startswith("--"):
-                record.update(engine="keras", reason=f"TFLite ran {speedup:.2f}x TensorFlow's speed on this base")
-                fast = None
-            else:  # later runs check the cached file against these features, without TensorFlow
-                fast.keep_check(images, reference, record["keras_ms"], record["tflite_ms"])
-    if fast is not None:
-        how = "loaded from the cache in" if fast.cached else "converted in"
-        message = (f"feature pass: TFLite float32 with XNNPACK on {fast.threads} threads ({record['reason']}; "
-                   f"{how} {fast.convert_seconds:.1f} s, {record['measured_speedup']:.1f}x TensorFlow's speed, "
-                   f"features within {record['max_relative_diff']:.1g} of TensorFlow's)")
-    else:
-        message = f"feature pass: TensorFlow ({record['reason']})"
-    log.info(message)
-    reporter.info(message)
-    return fast
