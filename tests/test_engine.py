@@ -232,15 +232,71 @@ def test_converted_base_is_cached_and_reloaded_by_content(classifier, _own_cache
     assert not has_cached_conversion(classifier, SIZE)
 
 
-def test_a_second_run_loads_the_base_it_converted(demo_dir: Path, tmp_path: Path) -> None:
-    from edgetl.train import train
+def test_a_second_run_loads_the_base_it_converted(demo_dir: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgetl.train import engine, train
     from edgetl.train.config import TrainConfig
 
-    engines = []
-    for i in range(2):
+    hashed = []  # every weight hashed per run: once (the cache's name), not again for the conversion
+    real_key = engine.base_key
+    monkeypatch.setattr(engine, "base_key", lambda *a: hashed.append(1) or real_key(*a))
+    engines, hashes = [], []
+    for i, mode in enumerate(("tflite", "tflite", "auto")):
         cfg = TrainConfig(data=str(demo_dir), alpha=0.35, weights="bundled", image_size=SIZE, epochs=1,
-                          batch_size=16, feature_cache="tflite", seed=0, output=str(tmp_path / f"run{i}"))
+                          batch_size=16, feature_cache=mode, seed=0, output=str(tmp_path / f"run{i}"))
+        hashed.clear()
         result = train(cfg)
         engines.append(json.loads((result.run_dir / "manifest.json").read_text())["training"]["feature_engine"])
-    assert [e["cached"] for e in engines] == [False, True]
+        hashes.append(len(hashed))
+    assert hashes == [1, 1, 1]
+    assert [e["cached"] for e in engines] == [False, True, True]
     assert all(e["engine"] == "tflite" and e["max_relative_diff"] <= FEATURE_TOLERANCE for e in engines)
+
+
+def test_a_cached_conversion_with_its_stored_check_runs_without_tensorflow(classifier, demo_dir: Path,  # noqa: ANN001
+                                                                           _own_cache: Path) -> None:
+    """The second pass on the same base checks the cached file against TensorFlow's stored features and never
+    traces TensorFlow; its features are TensorFlow's within the tolerance. A stored check the file fails makes the
+    pass delete the file and convert again; a missing one makes it check against TensorFlow again (and store it)."""
+    from edgetl.core.progress import Reporter
+    from edgetl.data.scan import scan_folder
+    from edgetl.train.distribute import place
+    from edgetl.train.engine import CHECK_SUFFIX
+    from edgetl.train.features import extract_features
+
+    splits = scan_folder(demo_dir, val_split=0.2, test_split=0.1, seed=0)
+    placement = place("default", "off")
+
+    def run(engine: str) -> tuple[dict, dict]:
+        record: dict = {}
+        out = extract_features(classifier, splits, ["train", "val"], SIZE, 16, Reporter(), placement,
+                               engine=engine, record=record)
+        return out, record
+
+    reference, _ = run("keras")
+    _, first = run("tflite")  # converts, checks against TensorFlow's first batch, keeps the check
+    assert not first["cached"] and "check" not in first and first["seconds"]["trace"] > 0
+    checks = list(_own_cache.glob(f"*{CHECK_SUFFIX}"))
+    assert len(checks) == 1 and (_own_cache / checks[0].name.replace(CHECK_SUFFIX, ".tflite")).is_file()
+    for engine in ("tflite", "auto"):
+        out, record = run(engine)
+        assert record["engine"] == "tflite" and record["cached"] and record["check"] == "stored", record
+        assert record["seconds"]["trace"] == 0.0 and "trace_cpu_seconds" not in record
+        assert record["max_relative_diff"] <= FEATURE_TOLERANCE
+        for name in ("train", "val"):
+            np.testing.assert_array_equal(out[name][1], reference[name][1])
+            assert max_relative_diff(reference[name][0], out[name][0]) <= FEATURE_TOLERANCE
+    # Stored features that the file does not give: the file and its check are deleted, the base converted again.
+    with np.load(checks[0]) as data:
+        stored = dict(data)
+    np.savez(checks[0], **{**stored, "features": stored["features"] + 1.0})
+    out, record = run("tflite")
+    assert not record["cached"] and "check" not in record and record["seconds"]["trace"] > 0
+    assert max_relative_diff(reference["train"][0], out["train"][0]) <= FEATURE_TOLERANCE
+    # No stored check (an older cache): TensorFlow's first batch checks the file, and the check is stored again.
+    checks[0].unlink()
+    _, record = run("auto")
+    assert record["cached"] and "check" not in record and record["seconds"]["trace"] > 0
+    assert checks[0].is_file()
+    _, record = run("auto")
+    assert record["check"] == "stored"

@@ -92,6 +92,14 @@ print(json.dumps({"images": len(x), "keras_ms": round(1000 * keras_spi, 2), "tfl
 '''
 
 
+def children_cpu() -> float:
+    """CPU seconds (user + sys) of the finished child processes so far: a run's CPU is the difference."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, str, str]:
     """A fresh process timed whole; exits with its stderr's tail when it fails."""
     t0 = time.perf_counter()
@@ -127,11 +135,13 @@ def train_run(data: Path, out: Path, args: argparse.Namespace, env: dict[str, st
            str(args.epochs), "--patience", str(args.epochs), *SPLIT, "--output", str(out), "--force"]
     if args.src:  # `edgetl` of another tree: its package first on the path
         cmd = [sys.executable, "-c", "from edgetl.cli.main import run; run()", *cmd[1:]]
-    before = load()
+    before, cpu = load(), children_cpu()
     seconds, _, _ = timed(cmd, env)
+    cpu = children_cpu() - cpu
     manifest = json.loads((out / "manifest.json").read_text())
     training = manifest["training"]
-    return {"seconds": round(seconds, 2), "parts": training["seconds"], "engine": training.get("feature_engine") or {},
+    return {"seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2), "parts": training["seconds"],
+            "engine": training.get("feature_engine") or {},
             "val_accuracy": manifest["metrics"]["val"], "load": f"{before}-{load()}"}
 
 
@@ -168,7 +178,8 @@ def measure(n: int, work: Path, args: argparse.Namespace, env: dict[str, str], g
             run.update(base_in_run=round(in_run, 2),
                        ratio_in_run=round(run["seconds"] / (start + in_run + run["parts"]["head"]), 2))
         result[mode] = run
-        print(f"{images} photos, {mode}: {run['seconds']} s, ratio {run['ratio']}", file=sys.stderr, flush=True)
+        print(f"{images} photos, {mode}: {run['seconds']} s ({run['cpu_seconds']} s CPU), ratio {run['ratio']}",
+              file=sys.stderr, flush=True)
     if n in args.guide:
         cmd = [sys.executable, "-c", guide_script, str(data), str(args.image_size), str(args.epochs),
                str(args.weights), str(args.alpha), "0"]

@@ -22,7 +22,12 @@ A converted base is kept on disk (cache_dir(): $EDGETL_CACHE_DIR, else ~/.cache/
 "off" keeps none), named by a hash of the extractor's layers, weights, input size and TensorFlow's
 version: a later run on the same base loads it in milliseconds instead of converting it again
 (MobileNetV2 1.0: 10-16 s). It passes the same check against TensorFlow's features; one that fails
-is deleted.
+is deleted. Beside it, the conversion's check is kept (`<key>.check.npz`: CHECK_IMAGES of the images it was
+checked on, TensorFlow's features of them, both engines' speeds): a later run checks the cached file against
+those stored features and runs TFLite from its first batch, with neither TensorFlow's trace nor its first
+batch (kernel set-up included: 1.5-2.5 s for MobileNetV2 1.0 at 224 on 2 cores). The key names every weight,
+layer setting, the size and TensorFlow's version, so TensorFlow's features of the stored images are the ones
+it would compute now.
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ import numpy as np
 from edgetl.core.errors import first_line
 
 if TYPE_CHECKING:
+    import tensorflow as tf
+
+    from edgetl.core.progress import Reporter
     from edgetl.model.classifier import Classifier
 
 log = logging.getLogger("edgetl")
@@ -72,6 +80,9 @@ INVOKE_BATCH = 4
 CACHE_ENV = "EDGETL_CACHE_DIR"
 # Converted bases kept (the most recently used; MobileNetV2 1.0 is 9 MB).
 CACHE_KEEP = 8
+# Images of the conversion's check kept beside it (uint8: 150 KB each at 224 px), which later runs check it on.
+CHECK_IMAGES = 4
+CHECK_SUFFIX = ".check.npz"
 
 
 @dataclass
@@ -127,12 +138,23 @@ def cache_dir() -> Path | None:
     return Path(root) / "edgetl" / "feature-engines"
 
 
-def has_cached_conversion(clf: Classifier, size: int) -> bool:
-    """Whether the cache holds this extractor's conversion: then the pass can choose its engine at the first batch,
-    since the choice no longer waits for TensorFlow's steady speed to weigh a conversion."""
+def conversion_path(clf: Classifier, size: int) -> Path | None:
+    """Where the cache keeps (or would keep) this extractor's conversion; None when nothing is cached.
+
+    Hashes every weight (0.1-0.2 s for MobileNetV2 1.0): the pass computes it once and hands it to
+    has_cached_conversion and TFLiteExtractor.
+    """
     folder = cache_dir()
     key = base_key(clf, size) if folder is not None else None
-    return key is not None and (folder / f"{key}.tflite").is_file()
+    return folder / f"{key}.tflite" if folder is not None and key else None
+
+
+def has_cached_conversion(clf: Classifier, size: int, path: Path | None | str = "find") -> bool:
+    """Whether the cache holds this extractor's conversion: then the pass can choose its engine at the first batch,
+    since the choice no longer waits for TensorFlow's steady speed to weigh a conversion.
+    path: conversion_path(clf, size) when the caller has it ("find": computed here)."""
+    path = conversion_path(clf, size) if path == "find" else path
+    return isinstance(path, Path) and path.is_file()
 
 
 def base_key(clf: Classifier, size: int) -> str | None:
@@ -164,9 +186,11 @@ def base_key(clf: Classifier, size: int) -> str | None:
 class TFLiteExtractor:
     """The classifier's extractor (preprocessing + frozen base + pooling) as float32 TFLite under XNNPACK."""
 
-    def __init__(self, clf: Classifier, size: int, threads: int | None = None, concrete: Any = None) -> None:
+    def __init__(self, clf: Classifier, size: int, threads: int | None = None, concrete: Any = None,
+                 cache_path: Path | None | str = "find") -> None:
         """concrete: the traced TensorFlow function of clf.extractor on (None, size, size, 3) float32, when the
-        caller has one (the feature pass traced it already: tracing MobileNetV2 again costs seconds)."""
+        caller has one (the feature pass traced it already: tracing MobileNetV2 again costs seconds).
+        cache_path: conversion_path(clf, size) when the caller has it ("find": computed here, hashing the weights)."""
         import tensorflow as tf
         from ai_edge_litert.interpreter import Interpreter
 
@@ -175,9 +199,7 @@ class TFLiteExtractor:
         from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
         t0 = time.perf_counter()
-        folder = cache_dir()
-        key = base_key(clf, size) if folder is not None else None
-        self.cache_path = folder / f"{key}.tflite" if folder is not None and key else None
+        self.cache_path = conversion_path(clf, size) if cache_path == "find" else cache_path
         self.cached = False
         self.threads = threads or cpu_threads()
         self._interp = self._load_cached()
@@ -228,16 +250,63 @@ class TFLiteExtractor:
         try:
             with atomic_path(self.cache_path) as tmp:
                 tmp.write_bytes(blob)
+            self.check_path.unlink(missing_ok=True)  # a check made on another conversion's file
             kept = sorted(self.cache_path.parent.glob("*.tflite"), key=lambda p: p.stat().st_mtime, reverse=True)
             for old in kept[CACHE_KEEP:]:
                 old.unlink(missing_ok=True)
+                old.with_suffix(CHECK_SUFFIX).unlink(missing_ok=True)
         except Exception as exc:  # noqa: BLE001 - a read-only home or a full disk must not fail training
             log.info("feature pass: not caching the TFLite base in %s (%s)", self.cache_path.parent, exc)
 
     def forget(self) -> None:
-        """Delete the cached conversion (it failed the check against TensorFlow's features)."""
+        """Delete the cached conversion and its stored check (it failed the check against TensorFlow's features)."""
         if self.cache_path is not None:
             self.cache_path.unlink(missing_ok=True)
+            self.check_path.unlink(missing_ok=True)
+
+    @property
+    def check_path(self) -> Path:
+        """The stored check beside the cached conversion (only meaningful when cache_path is set)."""
+        return Path(self.cache_path or "").with_suffix(CHECK_SUFFIX)
+
+    def keep_check(self, images: Any, features: np.ndarray, keras_ms: float, tflite_ms: float) -> None:
+        """Store the check this conversion passed, for later runs (see stored_check): the first CHECK_IMAGES of
+        the batch (pixels are whole numbers 0..255, kept as uint8), TensorFlow's features of them, both engines'
+        milliseconds an image. Nothing is stored without a cache, or for pixels that uint8 would change."""
+        from edgetl.core.fileio import atomic_path
+
+        if self.cache_path is None or not self.cache_path.is_file():
+            return
+        x = np.asarray(images, dtype=np.float32)[:CHECK_IMAGES]
+        pixels = np.clip(np.round(x), 0, 255).astype(np.uint8)
+        if not np.array_equal(pixels.astype(np.float32), x):
+            return
+        try:
+            with atomic_path(self.check_path, suffix=CHECK_SUFFIX) as tmp, open(tmp, "wb") as f:
+                np.savez(f, images=pixels, features=np.asarray(features, np.float32)[:CHECK_IMAGES],
+                         ms=np.array([keras_ms, tflite_ms], np.float64))
+        except Exception as exc:  # noqa: BLE001 - a cache that cannot be written must not fail training
+            log.info("feature pass: not keeping the check of the TFLite base (%s)", exc)
+
+    def stored_check(self) -> dict[str, float] | None:
+        """This (cached) conversion against TensorFlow's stored features of the stored images: max_relative_diff,
+        and the milliseconds an image of both engines when it was converted (keras_ms, tflite_ms). None when no
+        check is stored or it cannot be read (the pass then checks against TensorFlow's features itself)."""
+        if not self.cached or self.cache_path is None or not self.check_path.is_file():
+            return None
+        try:
+            with np.load(self.check_path) as data:
+                images, features, ms = data["images"], data["features"], data["ms"]
+            if images.ndim != 4 or images.shape[1:] != (self.size, self.size, 3) or len(features) != len(images) \
+                    or not len(images) or ms.shape != (2,):
+                return None
+            got = self(images.astype(np.float32))
+        except Exception:  # noqa: BLE001 - damaged or foreign: the full check decides
+            return None
+        if got.shape != features.shape:
+            return None
+        return {"max_relative_diff": max_relative_diff(features, got), "keras_ms": float(ms[0]),
+                "tflite_ms": float(ms[1])}
 
     def __call__(self, images: Any) -> np.ndarray:
         """Features of a batch of float32 images 0..255 (b, size, size, 3)."""
@@ -258,7 +327,101 @@ class TFLiteExtractor:
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
+def checked_cached(clf: Classifier, size: int, path: Path | None, total: int,
+                   engine: str) -> tuple[TFLiteExtractor, Choice, float] | None:
+    """The cached conversion at `path` (conversion_path) with the choice and its max_relative_diff, when it passes
+    its stored check (stored_check) and the choice takes it: engine "tflite", or "auto" with the cost model at the
+    stored speeds and TFLite the faster there. Else None (the pass then checks against TensorFlow itself); a file
+    that fails its stored check is deleted, so it is converted again."""
+    if path is None or engine not in ("auto", "tflite") or not path.with_suffix(CHECK_SUFFIX).is_file():
+        return None
+    try:
+        fast = TFLiteExtractor(clf, size, cache_path=path)
+    except Exception:  # noqa: BLE001 - the usual path converts again, or stays on TensorFlow
+        return None
+    check = fast.stored_check()
+    if check is None:
+        return None
+    if not check["max_relative_diff"] <= FEATURE_TOLERANCE:
+        fast.forget()
+        return None
+    choice = decide(engine, cpu_only=True, remaining=total, seconds_per_image=check["keras_ms"] / 1000,
+                    trace_cpu_seconds=0.0, cached=True)
+    if choice.engine != "tflite" or engine == "auto" and check["tflite_ms"] >= check["keras_ms"]:
+        return None
+    return fast, choice, check["max_relative_diff"]
+
+
 def max_relative_diff(reference: np.ndarray, other: np.ndarray) -> float:
     """max |other - reference| over max(1, max |reference|): what FEATURE_TOLERANCE bounds."""
     scale = max(1.0, float(np.abs(reference).max(initial=0.0)))
     return float(np.abs(np.asarray(other, np.float32) - reference).max(initial=0.0)) / scale
+
+
+def stored_engine(clf: Classifier, size: int, path: Path | None, total: int, engine: str, reporter: Reporter,
+                  record: dict[str, Any], spent: dict[str, float]) -> TFLiteExtractor | None:
+    """The feature pass's engine from its first batch: the cached TFLite extractor when its stored check passes and
+    the choice takes it (checked_cached), its figures put in `record` and `spent` (convert, check) and logged; else
+    None, and the pass starts on TensorFlow as usual."""
+    t0 = time.perf_counter()
+    found = checked_cached(clf, size, path, total, engine)
+    if found is None:
+        return None
+    fast, choice, diff = found
+    spent["convert"] += fast.convert_seconds
+    spent["check"] += max(0.0, time.perf_counter() - t0 - fast.convert_seconds)
+    diff = float(f"{diff:.3g}")
+    record.update(engine="tflite", reason=choice.reason, convert_seconds=round(fast.convert_seconds, 2),
+                  max_relative_diff=diff, threads=fast.threads, cached=True, check="stored")
+    message = (f"feature pass: TFLite float32 with XNNPACK on {fast.threads} threads ({choice.reason}; loaded from "
+               f"the cache in {fast.convert_seconds:.1f} s, features within {diff:.1g} of TensorFlow's stored ones)")
+    log.info(message)
+    reporter.info(message)
+    return fast
+
+
+def switch(clf: Classifier, size: int, images: tf.Tensor, reference: np.ndarray, keras_seconds: float, choice: Choice,
+           reporter: Reporter, record: dict[str, Any], concrete: Any,
+           cache_path: Path | None | str = "find") -> TFLiteExtractor | None:
+    """The feature pass's switch at its decision batch: the TFLite extractor when the choice is TFLite and it
+    matches TensorFlow's features on the batch TensorFlow just computed (and, chosen by the cost model, beats its
+    time there); else None. Logs why. A kept extractor's check is stored beside its cached file (keep_check).
+    concrete: the pass's traced TensorFlow function, which the conversion starts from; cache_path: where the
+    conversion is cached (engine.conversion_path, computed once by the pass)."""
+    record.update(engine=choice.engine, reason=choice.reason)
+    fast = None
+    if choice.engine == "tflite":
+        try:
+            fast = TFLiteExtractor(clf, size, concrete=concrete, cache_path=cache_path)
+        except Exception as exc:  # noqa: BLE001 - any conversion failure leaves the pass on TensorFlow
+            record.update(engine="keras", reason=f"the conversion to TFLite failed ({first_line(exc)})")
+        else:
+            fast(images[:1])  # XNNPACK packs its weights at the first invoke: not part of the speed
+            t0 = time.perf_counter()
+            check = fast(images)
+            speedup = keras_seconds / max(time.perf_counter() - t0, 1e-9)
+            diff = max_relative_diff(reference, check)
+            record.update(convert_seconds=round(fast.convert_seconds, 2), max_relative_diff=float(f"{diff:.3g}"),
+                          measured_speedup=round(speedup, 2), threads=fast.threads, cached=fast.cached,
+                          keras_ms=round(1000 * keras_seconds / len(check), 2),  # both engines, the same batch
+                          tflite_ms=round(1000 * keras_seconds / speedup / len(check), 2))
+            if not diff <= FEATURE_TOLERANCE:
+                fast.forget()  # a cached conversion that fails is not used again
+                record.update(engine="keras", reason=f"TFLite features differ from TensorFlow's by {diff:.2g} "
+                                                     f"(tolerance {FEATURE_TOLERANCE:g})")
+                fast = None
+            elif speedup < 1 and not choice.reason.startswith("--"):
+                record.update(engine="keras", reason=f"TFLite ran {speedup:.2f}x TensorFlow's speed on this base")
+                fast = None
+            else:  # later runs check the cached file against these features, without TensorFlow
+                fast.keep_check(images, reference, record["keras_ms"], record["tflite_ms"])
+    if fast is not None:
+        how = "loaded from the cache in" if fast.cached else "converted in"
+        message = (f"feature pass: TFLite float32 with XNNPACK on {fast.threads} threads ({record['reason']}; "
+                   f"{how} {fast.convert_seconds:.1f} s, {record['measured_speedup']:.1f}x TensorFlow's speed, "
+                   f"features within {record['max_relative_diff']:.1g} of TensorFlow's)")
+    else:
+        message = f"feature pass: TensorFlow ({record['reason']})"
+    log.info(message)
+    reporter.info(message)
+    return fast

@@ -277,7 +277,9 @@ def extract_features(clf: Classifier, splits: DataSplits, names: list[str], size
     a trace and a ragged last batch per split. TensorFlow computes the first batches; then, on a
     CPU, the base converted to float32 TFLite (XNNPACK) takes over when the cost model of
     edgetl.train.engine says it pays (engine "auto"), always ("tflite") or never ("keras"), provided
-    its features match TensorFlow's on a batch within engine.FEATURE_TOLERANCE.
+    its features match TensorFlow's on a batch within engine.FEATURE_TOLERANCE. A cached conversion with
+    its stored check (TensorFlow's features of a few images) is checked against those and runs from the
+    first batch: TensorFlow is then neither traced nor run.
 
     Args:
         engine: "auto", "keras" or "tflite" (edgetl.train.engine.ENGINES).
@@ -384,22 +386,27 @@ def _single_device_pass(clf: Classifier, ds: tf.data.Dataset, total: int, size: 
     def extract(images: tf.Tensor) -> tf.Tensor:
         return clf.extractor(images, training=False)
 
-    t0, cpu0 = time.perf_counter(), time.thread_time()
-    extract.get_concrete_function()
-    trace_seconds = time.perf_counter() - t0
-    trace_cpu = time.thread_time() - cpu0  # the cost model's measure of graph work: load stretches the wall time
     cpu_only = not placement.mixed_precision and not any("GPU" in d.upper() or "TPU" in d.upper()
                                                          for d in placement.devices)
+    t0 = time.perf_counter()
+    # The weights are hashed once here (the cache's name) and the path handed to the conversion.
+    path = engines.conversion_path(clf, size) if engine != "keras" and cpu_only else None
+    in_cache = engines.has_cached_conversion(clf, size, path)
+    cached = engine == "auto" and cpu_only and in_cache
+    lookup = time.perf_counter() - t0  # hashing the weights: part of the conversion's cost
+    # Where the pass's time goes (edgetl.train.walltime: the features_* parts).
+    spent = {"trace": 0.0, "base": 0.0, "wait": 0.0, "convert": lookup, "check": 0.0}
+    # A cached conversion with its stored check runs from the first batch: TensorFlow is never traced or run.
+    fast = engines.stored_engine(clf, size, path, total, engine, reporter, record, spent) if in_cache else None
+    if fast is None:
+        t0, cpu0 = time.perf_counter(), time.thread_time()
+        extract.get_concrete_function()
+        spent["trace"] = time.perf_counter() - t0
+        trace_cpu = time.thread_time() - cpu0  # the cost model's measure of graph work: load stretches the wall time
+        record.update(engine="keras", reason="too few batches to decide", trace_cpu_seconds=round(trace_cpu, 2))
     # The first batch includes the kernels' set-up; the second gives TensorFlow's steady speed, which the choice
     # needs only to weigh a conversion: with none to make (forced, or cached), it is made at the first batch.
-    t0 = time.perf_counter()
-    cached = engine == "auto" and cpu_only and engines.has_cached_conversion(clf, size)
-    lookup = time.perf_counter() - t0  # hashing the weights: part of the conversion's cost
     decide_at = 0 if engine == "tflite" or cached else 1
-    record.update(engine="keras", reason="too few batches to decide", trace_cpu_seconds=round(trace_cpu, 2))
-    # Where the pass's time goes (edgetl.train.walltime: the features_* parts).
-    spent = {"trace": trace_seconds, "base": 0.0, "wait": 0.0, "convert": lookup, "check": 0.0}
-    fast: engines.TFLiteExtractor | None = None
     done = 0
     t0 = time.perf_counter()
     batches = iter(ds)  # starts the input pipeline's threads: waiting for the input
@@ -425,8 +432,8 @@ def _single_device_pass(clf: Classifier, ds: tf.data.Dataset, total: int, size: 
                                         seconds_per_image=seconds / max(len(part), 1),
                                         trace_cpu_seconds=trace_cpu, cached=cached)
                 t2 = time.perf_counter()
-                fast = _switch(clf, size, images, part, seconds, choice, reporter, record,
-                               extract.get_concrete_function())
+                fast = engines.switch(clf, size, images, part, seconds, choice, reporter, record,
+                               extract.get_concrete_function(), path)
                 switch = time.perf_counter() - t2
                 spent["convert"] = lookup + float(record.get("convert_seconds", 0.0))
                 spent["check"] = max(0.0, switch - spent["convert"] + lookup)
@@ -446,53 +453,3 @@ def _single_device_pass(clf: Classifier, ds: tf.data.Dataset, total: int, size: 
     spent["release"] = time.perf_counter() - t0
     record["images"] = done
     record["seconds"] = spent
-
-
-def _switch(clf: Classifier, size: int, images: tf.Tensor, reference: np.ndarray, keras_seconds: float, choice: Any,
-            reporter: Reporter, record: dict[str, Any], concrete: Any) -> Any:
-    """The TFLite extractor when the choice is TFLite and it matches TensorFlow's features on the batch
-    TensorFlow just computed (and, chosen by the cost model, beats its time there); else None. Logs why.
-    concrete: the pass's traced TensorFlow function, which the conversion starts from."""
-    import logging
-    import time
-
-    from edgetl.train import engine as engines
-
-    log = logging.getLogger("edgetl")
-    record.update(engine=choice.engine, reason=choice.reason)
-    fast = None
-    if choice.engine == "tflite":
-        try:
-            fast = engines.TFLiteExtractor(clf, size, concrete=concrete)
-        except Exception as exc:  # noqa: BLE001 - any conversion failure leaves the pass on TensorFlow
-            from edgetl.core.errors import first_line
-
-            record.update(engine="keras", reason=f"the conversion to TFLite failed ({first_line(exc)})")
-        else:
-            fast(images[:1])  # XNNPACK packs its weights at the first invoke: not part of the speed
-            t0 = time.perf_counter()
-            check = fast(images)
-            speedup = keras_seconds / max(time.perf_counter() - t0, 1e-9)
-            diff = engines.max_relative_diff(reference, check)
-            record.update(convert_seconds=round(fast.convert_seconds, 2), max_relative_diff=float(f"{diff:.3g}"),
-                          measured_speedup=round(speedup, 2), threads=fast.threads, cached=fast.cached,
-                          keras_ms=round(1000 * keras_seconds / len(check), 2),  # both engines, the same batch
-                          tflite_ms=round(1000 * keras_seconds / speedup / len(check), 2))
-            if not diff <= engines.FEATURE_TOLERANCE:
-                fast.forget()  # a cached conversion that fails is not used again
-                record.update(engine="keras", reason=f"TFLite features differ from TensorFlow's by {diff:.2g} "
-                                                     f"(tolerance {engines.FEATURE_TOLERANCE:g})")
-                fast = None
-            elif speedup < 1 and not choice.reason.startswith("--"):
-                record.update(engine="keras", reason=f"TFLite ran {speedup:.2f}x TensorFlow's speed on this base")
-                fast = None
-    if fast is not None:
-        how = "loaded from the cache in" if fast.cached else "converted in"
-        message = (f"feature pass: TFLite float32 with XNNPACK on {fast.threads} threads ({record['reason']}; "
-                   f"{how} {fast.convert_seconds:.1f} s, {record['measured_speedup']:.1f}x TensorFlow's speed, "
-                   f"features within {record['max_relative_diff']:.1g} of TensorFlow's)")
-    else:
-        message = f"feature pass: TensorFlow ({record['reason']})"
-    log.info(message)
-    reporter.info(message)
-    return fast

@@ -20,13 +20,14 @@ and, inside features (not added to total), when the pass ran on one device (unde
 base, wait, save and other; its base includes tracing the step):
 
     features_input    building the input pipeline (tf.data: file list, decode and resize functions)
-    features_trace    tracing TensorFlow's forward function
+    features_trace    tracing TensorFlow's forward function (0 when a cached conversion's stored check passed)
     features_base     inside the base's forward calls over the pass's images: TensorFlow's, then the
                       engine's (the check batch excluded): the pass at the engines' measured throughput
     features_wait     starting the input pipeline and waiting for its decoded, resized batches
     features_convert  converting the base to TFLite, or looking its conversion up in the cache and loading it
                       (edgetl.train.engine)
     features_check    TFLite's first invoke and its check batch against TensorFlow's features
+                      (or, for a cached conversion, against TensorFlow's features stored with it)
     features_release  ending the pass: its features joined, its input pipeline, TFLite interpreter and traced
                       function released
     features_other    the rest of the pass (its set-up and hand-over; seconds where all is well)
