@@ -58,6 +58,9 @@ class Kind:
     # A file this kind claims whatever its suffix says, asked before any suffix is matched (a QNN EPContext file
     # is an .onnx that only the QNN provider runs). Reads the file's first bytes at most; never raises.
     claims: Callable[[Path, bytes], bool] | None = None
+    # The kind whose files this one refines: such a file is this kind when its edgetl metadata gives this kind's
+    # name as its "format" (edgetl's QDQ file for the Hexagon NPU is an .onnx that says format "qnn").
+    refines: str | None = None
     runner: Callable[[Path, int | None], Runner] | None = None  # a file's Runner (threads); metadata settled after
     # The whole opening, for kinds whose metadata does not come from the file itself (a run, a .keras file).
     open: Callable[[Path, OpenRequest], Runner] | None = None
@@ -116,8 +119,9 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
          metadata_from_runner=True, compat=(("onnx_mobile", _ort_mobile),)),
     Kind("tflm", "a .tflite file in TensorFlow Lite Micro", read_tflite_metadata, open=_open_tflm, graph="tflite",
          runs_kind="tflite"),
-    # Claimed by its metadata (format "qnn") or its QNN EPContext node before the .onnx suffix is matched.
+    # Claimed by its QNN EPContext node before the .onnx suffix is matched, or an .onnx whose metadata says "qnn".
     Kind("qnn", "a QNN .onnx file (EPContext or QDQ for the Hexagon NPU)", read_onnx_metadata, claims=qnn_claims,
+         refines="onnx",
          runner=QnnRunner, graph="onnx", compat=(("qnn_htp", _qnn_htp),)),
     Kind("openvino", "an OpenVINO IR (.xml + .bin, or the folder holding them)", read_openvino_metadata,
          suffixes=(".xml",), folder_files=(OPENVINO_FILE,), folder_missing=f"an OpenVINO IR (no {OPENVINO_FILE})",
@@ -199,10 +203,23 @@ def detect_kind(path: str | os.PathLike[str]) -> str:
             return kind.name
     for kind in KINDS.values():
         if kind.matches_file(suffix, head):
-            return kind.name
+            return _refined(p, kind)
     if suffix in HINTS:
         raise ModelError(f"'{p}' {HINTS[suffix]}")
     raise ModelError(f"'{p}' is not a model edgetl can open (suffix '{suffix or 'none'}'). Pass {allowed()}.")
+
+
+def _refined(p: Path, kind: Kind) -> str:
+    """The kind refining `kind` that the file's own metadata names as its format, else `kind`'s name."""
+    refining = {k.name for k in KINDS.values() if k.refines == kind.name}
+    if not refining:
+        return kind.name
+    try:
+        meta = kind.read_metadata(p)
+    except ModelError:  # damaged or unreadable: the base kind's opening reports it
+        return kind.name
+    fmt = meta.get("format") if isinstance(meta, dict) else None
+    return fmt if fmt in refining else kind.name
 
 
 def load_embedded_metadata(path: Path, kind: str) -> dict[str, Any] | None:

@@ -322,6 +322,21 @@ def is_qnn_model(path: str | os.PathLike[str]) -> bool:
                     return True
             except ModelError:  # damaged metadata: the graph below still tells
                 pass
+    return _context_node(model)
+
+
+def has_qnn_context(path: str | os.PathLike[str]) -> bool:
+    """Whether an .onnx file holds an EPContext node the QNN provider wrote (a compiled QNN context)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not readable as ONNX: the ONNX kind reports it
+        return False
+    return _context_node(model)
+
+
+def _context_node(model: Any) -> bool:
     for node in model.graph.node:
         if node.op_type == "EPContext":
             for attr in node.attribute:
@@ -331,10 +346,9 @@ def is_qnn_model(path: str | os.PathLike[str]) -> bool:
 
 
 def claims(path: Path, head: bytes) -> bool:
-    """The runtime kinds' test: an .onnx file for the QNN provider (is_qnn_model), found without parsing most files.
-
-    The bytes are searched for edgetl's "qnn" format entry or an EPContext node first; only a file holding one
-    is parsed. Never raises.
+    """The runtime kinds' test: an .onnx file holding an EPContext node the QNN provider wrote, found without
+    parsing most files (the bytes are searched first; only a file holding both names is parsed). edgetl's portable
+    QDQ file, whose metadata says format "qnn", is found by the kinds table (Kind.refines). Never raises.
     """
     if path.suffix.lower() != ".onnx":
         return False
@@ -342,9 +356,9 @@ def claims(path: Path, head: bytes) -> bool:
         data = path.read_bytes()
     except OSError:
         return False
-    if b'"format":"qnn"' not in data and not (b"EPContext" in data and EP_NAME.encode() in data):
+    if not (b"EPContext" in data and EP_NAME.encode() in data):
         return False
-    return is_qnn_model(path)
+    return has_qnn_context(path)
 
 
 def htp_compatibility(path: Path) -> dict[str, Any]:
