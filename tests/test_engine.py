@@ -151,6 +151,48 @@ def test_tflite_extractor_converts_the_pass_s_traced_function(classifier) -> Non
     assert max_relative_diff(ref, got) <= FEATURE_TOLERANCE
 
 
+def test_the_direct_conversion_and_its_fallback_give_the_same_network(classifier,  # noqa: ANN001
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """convert_frozen's direct route (the frozen GraphDef) and the public one it falls back to: each opens in
+    LiteRT, keeps the unknown batch size, and gives TensorFlow's features."""
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgetl.train import engine
+
+    @tf.function(input_signature=[tf.TensorSpec((None, SIZE, SIZE, 3), tf.float32)])
+    def extract(images: tf.Tensor) -> tf.Tensor:
+        return classifier.extractor(images, training=False)
+
+    concrete = extract.get_concrete_function()
+    x = np.random.default_rng(2).uniform(0, 255, (3, SIZE, SIZE, 3)).astype(np.float32)
+    ref = np.asarray(extract(x))
+
+    def features(blob: bytes) -> np.ndarray:
+        interp = Interpreter(model_content=blob)
+        detail = interp.get_input_details()[0]
+        assert list(detail["shape_signature"]) == [-1, SIZE, SIZE, 3]
+        interp.resize_tensor_input(detail["index"], x.shape)
+        interp.allocate_tensors()
+        interp.set_tensor(detail["index"], x)
+        interp.invoke()
+        return interp.get_tensor(interp.get_output_details()[0]["index"])
+
+    direct = engine.convert_frozen(concrete)
+    graph_def, (name, shape), _ = engine.frozen_graph_def(concrete)
+    assert shape == [-1, SIZE, SIZE, 3] and name == "images"
+    assert not [n.op for n in graph_def.node if n.op in ("VarHandleOp", "ReadVariableOp")]  # frozen
+
+    def broken(_concrete: object) -> None:
+        raise ValueError("a graph the direct route does not take")
+
+    monkeypatch.setattr(engine, "frozen_graph_def", broken)
+    public = engine.convert_frozen(concrete)
+    assert max_relative_diff(ref, features(direct)) <= FEATURE_TOLERANCE
+    assert max_relative_diff(ref, features(public)) <= FEATURE_TOLERANCE
+    np.testing.assert_array_equal(features(direct), features(public))
+
+
 def test_feature_pass_engines_agree_and_say_which_ran(classifier, demo_dir: Path,  # noqa: ANN001
                                                       line_reporter: type) -> None:
     from edgetl.data.scan import scan_folder
@@ -173,6 +215,39 @@ def test_feature_pass_engines_agree_and_say_which_ran(classifier, demo_dir: Path
         k, t = out["keras"][name], out["tflite"][name]
         np.testing.assert_array_equal(k[1], t[1])
         assert max_relative_diff(k[0], t[0]) <= FEATURE_TOLERANCE
+
+
+def test_an_input_started_ahead_gives_the_pass_the_same_features(classifier, demo_dir: Path) -> None:  # noqa: ANN001
+    """train starts the pass's input before building the model (passinput.start_pass_input): the pass takes it and
+    gives the features its own input would, in the same order; an input made for other splits is not used."""
+    from edgetl.core.progress import Reporter
+    from edgetl.data.scan import scan_folder
+    from edgetl.train.distribute import place
+    from edgetl.train.features import extract_features
+    from edgetl.train.passinput import start_pass_input
+
+    splits = scan_folder(demo_dir, val_split=0.2, test_split=0.1, seed=0)
+    placement = place("default", "off")
+    names = ["train", "val", "test"]
+
+    def run(ahead: object) -> dict:
+        return extract_features(classifier, splits, names, SIZE, 16, Reporter(), placement, engine="keras",
+                                ahead=ahead)
+
+    own = run(None)
+    ahead = start_pass_input(splits, names, SIZE, 16, placement)
+    assert ahead is not None and ahead.batches is not None
+    taken = run(ahead)
+    assert ahead.batches is None and ahead.dataset is None  # handed over: the pass released it
+    other = start_pass_input(splits, ["train"], SIZE, 16, placement)  # made for another pass: set aside
+    unused = run(other)
+    assert other.batches is None
+    for name in names:
+        for got in (taken, unused):
+            np.testing.assert_array_equal(got[name][1], own[name][1])
+            np.testing.assert_array_equal(got[name][0], own[name][0])
+    with pytest.raises(RuntimeError, match="taken already"):
+        ahead.take()
 
 
 def test_train_records_the_feature_engine(demo_dir: Path, tmp_path: Path) -> None:

@@ -238,7 +238,7 @@ def test_feature_pass_batch_follows_the_device() -> None:
     # Large batches are slower per image on a CPU (BENCHMARKS.md) and faster on a GPU.
     from types import SimpleNamespace
 
-    from edgetl.train.features import extract_batch_size
+    from edgetl.train.passinput import extract_batch_size
 
     cpu = SimpleNamespace(devices=["CPU"])
     gpus = SimpleNamespace(devices=["/job:localhost/replica:0/task:0/device:GPU:0", "/device:GPU:1"])

