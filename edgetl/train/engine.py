@@ -18,16 +18,15 @@ the load's factor, whose worst case is a conversion's stretched seconds; the opp
 slower engine on every image. The converted base must give TensorFlow's features
 within FEATURE_TOLERANCE on a batch TensorFlow already computed, or the pass stays on TensorFlow.
 
-A converted base is kept on disk (cache_dir(): $EDGETL_CACHE_DIR, else ~/.cache/edgetl/feature-engines;
-"off" keeps none), named by a hash of the extractor's layers, weights, input size and TensorFlow's
-version: a later run on the same base loads it in milliseconds instead of converting it again
-(MobileNetV2 1.0: 10-16 s). It passes the same check against TensorFlow's features; one that fails
-is deleted. Beside it, the conversion's check is kept (`<key>.check.npz`: CHECK_IMAGES of the images it was
-checked on, TensorFlow's features of them, both engines' speeds): a later run checks the cached file against
-those stored features and runs TFLite from its first batch, with neither TensorFlow's trace nor its first
-batch (kernel set-up included: 1.5-2.5 s for MobileNetV2 1.0 at 224 on 2 cores). The key names every weight,
-layer setting, the size and TensorFlow's version, so TensorFlow's features of the stored images are the ones
-it would compute now.
+A converted base is kept on disk (cache_dir(): $EDGETL_CACHE_DIR, else ~/.cache/edgetl/feature-engines; "off" keeps
+none), named by a hash of the extractor's layers, weights, input size and TensorFlow's version: a later run on the
+same base loads it in milliseconds instead of converting it again (MobileNetV2 1.0: 0.6 s on 2 quiet cores, ResNet50
+3 s). It passes the same check against TensorFlow's features; one that fails is deleted. Beside it, the conversion's
+check is kept (`<key>.check.npz`: CHECK_IMAGES of the images it was checked on, TensorFlow's features of them, both
+engines' speeds): a later run checks the cached file against those stored features and runs TFLite from its first
+batch, with neither TensorFlow's trace nor its first batch (kernel set-up included: 1.5-2.5 s for MobileNetV2 1.0 at
+224 on 2 cores). The key names every weight, layer setting, the size and TensorFlow's version, so TensorFlow's
+features of the stored images are the ones it would compute now.
 """
 
 from __future__ import annotations
@@ -57,10 +56,11 @@ ENGINES = ("auto", "keras", "tflite")
 # Largest |TFLite feature - TensorFlow feature| allowed, relative to max(1, largest |TensorFlow feature|).
 # Measured on real photos (MobileNetV2 0.35 and 1.0, 96-224 px): 1e-5 to 2e-5.
 FEATURE_TOLERANCE = 1e-4
-# Conversion seconds (the frozen graph to TFLite) over the trace's CPU seconds. In CPU seconds both, on 2 cores
-# at load 12, MobileNetV2 0.35 at 96 px and 1.0 at 224: 2.55-3.24 (wall over wall in the same runs: 1.42-5.38;
-# on 2 loaded cores earlier, with EfficientNetB0 and ResNet50: 1.8-6.1). 4, above the CPU figures: when the cores
-# are free the conversion's wall seconds are its CPU seconds.
+# Conversion seconds (the frozen graph to TFLite, convert_frozen) over the trace's CPU seconds, both in CPU seconds,
+# 2 quiet cores (2026-12-07): MobileNetV2 0.35 at 96 px 0.74, 1.0 at 224 1.34, MobileNetV3Small 1.03,
+# EfficientNetB0 1.12, ResNet50 4.03 (its 94 MB of weights copied into the flatbuffer). 4 covers the largest: a
+# conversion estimated too high costs a small folder TFLite's saving (under a second on MobileNetV2 below 150
+# images), one estimated too low costs a conversion that does not pay.
 CONVERT_OVER_TRACE = 4.0
 # XNNPACK float32 against TensorFlow's compiled forward on the same CPU and images, before measuring it:
 # MobileNetV2 2.3-3.9x, EfficientNetB0 1.2-2.6x, ResNet50 0.8x (slower). The pass measures the real
@@ -222,12 +222,17 @@ def frozen_graph_def(concrete: Any) -> tuple[Any, tuple[str, list[int]], str]:
     import tensorflow as tf
     from tensorflow.python.framework import convert_to_constants as freezing
 
-    inputs = [t for t in concrete.inputs if t.dtype != tf.resource]
+    # The caller's inputs come first; the captured tensors (variables, and constants such as a Normalization
+    # layer's mean) follow, and freezing turns all of those into constants.
+    inputs = concrete.inputs[:len(tf.nest.flatten(concrete.structured_input_signature))]
     outputs = list(concrete.outputs)
-    if len(inputs) != 1 or len(outputs) != 1 or not outputs[0].name.endswith(":0"):
+    if len(inputs) != 1 or inputs[0].dtype != tf.float32 or len(outputs) != 1 or not outputs[0].name.endswith(":0"):
         raise ValueError(f"{len(inputs)} inputs and {len(outputs)} outputs; the direct route takes one of each")
     data = freezing._FunctionConverterDataInEager(func=concrete, lower_control_flow=True, aggressive_inlining=False)
     graph_def, _ = freezing._replace_variables_by_constants(converter_data=data)
+    placeholders = [n.name for n in graph_def.node if n.op == "Placeholder"]
+    if placeholders != [inputs[0].name.split(":")[0]]:
+        raise ValueError(f"the frozen graph keeps inputs {placeholders}")
     shape = [-1 if d is None else int(d) for d in inputs[0].shape]
     return graph_def, (inputs[0].name.split(":")[0], shape), outputs[0].name.split(":")[0]
 
