@@ -217,6 +217,38 @@ def test_feature_pass_engines_agree_and_say_which_ran(classifier, demo_dir: Path
         assert max_relative_diff(k[0], t[0]) <= FEATURE_TOLERANCE
 
 
+def test_the_direct_conversion_freezes_captured_constants_too() -> None:
+    """A Normalization layer's mean and variance are captured tensors, not variables (as in EfficientNet): the
+    direct route freezes them with the weights (it used to fall back to the slow route there)."""
+    import keras
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgetl.train import engine
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Normalization(mean=[1.0, 2.0, 3.0],
+                                                                                variance=[4.0, 5.0, 6.0]),
+                              keras.layers.Conv2D(4, 3), keras.layers.GlobalAveragePooling2D()])
+
+    @tf.function(input_signature=[tf.TensorSpec((None, 8, 8, 3), tf.float32)])
+    def forward(x: tf.Tensor) -> tf.Tensor:
+        return model(x)
+
+    concrete = forward.get_concrete_function()
+    assert len(concrete.inputs) > 2  # the image, the captured constants, the variables
+    _, (name, shape), _ = engine.frozen_graph_def(concrete)  # no fall-back needed
+    assert shape == [-1, 8, 8, 3]
+    interp = Interpreter(model_content=engine.convert_frozen(concrete))
+    x = np.random.default_rng(3).uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
+    interp.resize_tensor_input(interp.get_input_details()[0]["index"], x.shape)
+    interp.allocate_tensors()
+    interp.set_tensor(interp.get_input_details()[0]["index"], x)
+    interp.invoke()
+    got = interp.get_tensor(interp.get_output_details()[0]["index"])
+    assert max_relative_diff(np.asarray(forward(x)), got) <= FEATURE_TOLERANCE
+
+
 def test_an_input_started_ahead_gives_the_pass_the_same_features(classifier, demo_dir: Path) -> None:  # noqa: ANN001
     """train starts the pass's input before building the model (passinput.start_pass_input): the pass takes it and
     gives the features its own input would, in the same order; an input made for other splits is not used."""
