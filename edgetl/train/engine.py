@@ -75,6 +75,11 @@ PAYBACK_MARGIN = 1.0
 # Loading a cached conversion (the hash of the weights, reading the file, building the interpreter): 0.1-0.3 s
 # for MobileNetV2 1.0 on 2 cores; the estimate the cost model charges for it.
 CACHED_LOAD_SECONDS = 0.5
+# Images of the first batch TensorFlow computes when the pass may convert: twice this many, in two calls (the first
+# sets its kernels up, the second gives its speed at this batch size, which the choice and the check compare with
+# TFLite's at INVOKE_BATCH). The conversion is checked on them. At batch 4 TensorFlow is slower per image than at 32
+# (MobileNetV2 1.0 at 224: 1.5x, ResNet50 1.2x), which leans the choice to TFLite by as much.
+PROBE_IMAGES = 4
 # Images per TFLite invoke: 4 was fastest per image on 2 cores (MobileNetV2 at 96 and 224 px, against 1 and 32).
 INVOKE_BATCH = 4
 CACHE_ENV = "EDGETL_CACHE_DIR"

@@ -394,6 +394,12 @@ def _single_device_pass(clf: Classifier, source: list[tf.data.Dataset | Iterator
     def extract(images: tf.Tensor) -> tf.Tensor:
         return clf.extractor(images, training=False)
 
+    tf_images = [0]  # images TensorFlow computed (the manifest's feature_engine.tensorflow_images)
+
+    def on_tf(images: Any, run: Any = extract) -> np.ndarray:
+        tf_images[0] += len(images)
+        return np.asarray(run(images), dtype=np.float32)
+
     cpu_only = not placement.mixed_precision and not any("GPU" in d.upper() or "TPU" in d.upper()
                                                          for d in placement.devices)
     t0 = time.perf_counter()
@@ -412,9 +418,11 @@ def _single_device_pass(clf: Classifier, source: list[tf.data.Dataset | Iterator
         spent["trace"] = time.perf_counter() - t0
         trace_cpu = time.thread_time() - cpu0  # the cost model's measure of graph work: load stretches the wall time
         record.update(engine="keras", reason="too few batches to decide", trace_cpu_seconds=round(trace_cpu, 2))
-    # The first batch includes the kernels' set-up; the second gives TensorFlow's steady speed, which the choice
-    # needs only to weigh a conversion: with none to make (forced, or cached), it is made at the first batch.
+    # Without a probe (batches of 2 x PROBE_IMAGES or fewer): the first batch includes the kernels' set-up, the
+    # second gives TensorFlow's steady speed, which the choice needs only to weigh a conversion: with none to make
+    # (forced, or cached), it is made at the first batch.
     decide_at = 0 if engine == "tflite" or cached else 1
+    decided = False
     done = 0
     t0 = time.perf_counter()
     ds = source.pop()
@@ -430,23 +438,41 @@ def _single_device_pass(clf: Classifier, source: list[tf.data.Dataset | Iterator
             break
         t1 = time.perf_counter()
         spent["wait"] += t1 - t0
+        k = engines.PROBE_IMAGES
+        probe = fast is None and i == 0 and engine != "keras" and cpu_only and len(images) > 2 * k
         if fast is not None:
             part = fast(images)
             spent["base"] += time.perf_counter() - t1
+        elif probe:
+            # TensorFlow on 2 x PROBE_IMAGES of the first batch only: its first call sets its kernels up, the
+            # second gives its speed; the conversion is weighed and checked on those images, and the engine
+            # chosen computes the rest (a whole first batch and a second one cost 64 images at TensorFlow's speed).
+            part = on_tf(images[:k])
+            t2 = time.perf_counter()
+            part = np.concatenate([part, on_tf(images[k:2 * k])])
+            seconds = 2 * (time.perf_counter() - t2)  # both probe calls at the steady speed
+            spent["base"] += time.perf_counter() - t1
         else:
-            part = np.asarray(extract(images), dtype=np.float32)
+            part = on_tf(images)
             seconds = time.perf_counter() - t1
             spent["base"] += seconds
-            if i == decide_at:
-                choice = engines.decide(engine, cpu_only=cpu_only, remaining=total - done - len(part),
-                                        seconds_per_image=seconds / max(len(part), 1),
-                                        trace_cpu_seconds=trace_cpu, cached=cached)
-                t2 = time.perf_counter()
-                fast = engines.switch(clf, size, images, part, seconds, choice, reporter, record,
-                               extract.get_concrete_function(), path)
-                switch = time.perf_counter() - t2
-                spent["convert"] = lookup + float(record.get("convert_seconds", 0.0))
-                spent["check"] = max(0.0, switch - spent["convert"] + lookup)
+        if probe or fast is None and i == decide_at and not decided:
+            decided = True
+            checked = images[:len(part)]
+            choice = engines.decide(engine, cpu_only=cpu_only, remaining=total - done - len(part),
+                                    seconds_per_image=seconds / max(len(part), 1),
+                                    trace_cpu_seconds=trace_cpu, cached=cached)
+            t2 = time.perf_counter()
+            fast = engines.switch(clf, size, checked, part, seconds, choice, reporter, record,
+                                  extract.get_concrete_function(), path)
+            switch = time.perf_counter() - t2
+            spent["convert"] = lookup + float(record.get("convert_seconds", 0.0))
+            spent["check"] = max(0.0, switch - spent["convert"] + lookup)
+        if probe:  # the rest of the first batch, on the engine chosen
+            t2 = time.perf_counter()
+            rest = images[len(part):]
+            part = np.concatenate([part, fast(rest) if fast is not None else on_tf(rest)])
+            spent["base"] += time.perf_counter() - t2
         writer.write(part)
         done += len(part)
         reporter.advance(1)
@@ -459,7 +485,8 @@ def _single_device_pass(clf: Classifier, source: list[tf.data.Dataset | Iterator
     holder = [batches]
     del batches
     threading.Thread(target=holder.clear, name="edgetl-release-input", daemon=True).start()
-    del fast, extract
+    del fast, extract, on_tf
     spent["release"] = time.perf_counter() - t0
     record["images"] = done
+    record["tensorflow_images"] = tf_images[0]
     record["seconds"] = spent
