@@ -248,6 +248,48 @@ def test_feature_pass_batch_follows_the_device() -> None:
     assert extract_batch_size(256, gpus) == 256
 
 
+def test_the_head_on_cached_features_reports_every_step_of_every_epoch(tmp_path: Path) -> None:
+    """The head runs several steps per call (fit.HEAD_STEPS_PER_EXECUTION): the progress still counts each step,
+    every epoch ends at its step count, and the history has a row per epoch."""
+    import keras
+    import numpy as np
+
+    from edgetl.core.progress import Reporter
+    from edgetl.train.checkpoint import Checkpoints
+    from edgetl.train.config import TrainConfig
+    from edgetl.train.distribute import place
+    from edgetl.train.fit import HEAD_STEPS_PER_EXECUTION, fit_stage
+    from edgetl.train.history import History
+
+    class Steps(Reporter):
+        def __init__(self) -> None:
+            self.totals: list[int | None] = []
+            self.counts: list[int] = []
+
+        def start(self, task: str, total: int | None) -> None:
+            self.totals.append(total)
+            self.counts.append(0)
+
+        def advance(self, units: int = 1) -> None:
+            self.counts[-1] += units
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 150).astype(np.int32)
+    x = (np.eye(3, 16)[y] + rng.normal(0, 0.5, (150, 16))).astype(np.float32)
+    batch = 8
+    steps = -(-100 // batch)  # 13: not a multiple of the steps per call
+    assert steps % HEAD_STEPS_PER_EXECUTION
+    reporter = Steps()
+    cfg = TrainConfig(data=".", batch_size=batch, patience=5, seed=0)
+    history = History(tmp_path / "history.csv")
+    keras.utils.set_random_seed(0)
+    head = keras.Sequential([keras.Input((16,)), keras.layers.Dense(3, activation="softmax")])
+    epochs = fit_stage(head, (x[:100], y[:100]), (x[100:], y[100:]), cfg, 1e-2, 3, "head", history, reporter,
+                       place("default", "off"), Checkpoints(tmp_path), None)
+    assert epochs == 3 and len(history.rows) == 3
+    assert reporter.totals == [steps] * 3 and reporter.counts == [steps] * 3
+
+
 def test_run_records_where_its_wall_time_went(trained_run: Path) -> None:
     """training.seconds: every part of the run, contiguous, so together they are its total (edgetl.train.walltime)."""
     from edgetl.train.walltime import PARTS

@@ -29,11 +29,19 @@ def keras_callback(reporter: Reporter, stage: str, epochs: int, steps: int | Non
     import keras
 
     class _Forward(keras.callbacks.Callback):
+        done = 0  # steps of this epoch reported
+
         def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self.done = 0
             reporter.start(f"{stage} epoch {epoch + 1}/{epochs}", steps)
 
         def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
-            reporter.advance(1)
+            # `batch` is the call's last step under steps_per_execution (several steps a call), counted as if the
+            # call were whole: the epoch's last one may end before it.
+            end = batch + 1 if steps is None else min(batch + 1, steps)
+            if end > self.done:
+                reporter.advance(end - self.done)
+                self.done = end
 
         def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
             reporter.finish()

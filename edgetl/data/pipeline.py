@@ -111,7 +111,10 @@ def make_dataset(
 
     if shuffle and not cache:
         ds = ds.shuffle(max(n, 1), seed=seed, reshuffle_each_iteration=True)  # shuffling paths is cheap
-    ds = ds.map(_decode_fn, num_parallel_calls=tf.data.AUTOTUNE)
+    # Plain graph functions (Python conditions on Python values only): tracing them without AutoGraph's rewrite
+    # saves 0.5 s of every pipeline's construction, a fixed cost of each run and each search candidate.
+    plain = tf.autograph.experimental.do_not_convert
+    ds = ds.map(plain(_decode_fn), num_parallel_calls=tf.data.AUTOTUNE)
     if cache:
         ds = ds.cache()
         if shuffle:
@@ -119,7 +122,7 @@ def make_dataset(
     ds = ds.batch(int(batch_size))
     if readahead_bytes > 0:  # held as uint8, a quarter of the float32 batches' bytes
         ds = ds.prefetch(max(PREFETCH_BATCHES, int(readahead_bytes) // (int(batch_size) * h * w * 3)))
-    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(plain(lambda x, y: (tf.cast(x, tf.float32), y)), num_parallel_calls=tf.data.AUTOTUNE)
     if augment:
         layers = augmentation_layers(seed)
 

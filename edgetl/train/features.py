@@ -239,7 +239,7 @@ def feature_dataset(xy: Features, batch_size: int, shuffle: bool, seed: int) -> 
 
     from edgetl.data.pipeline import PREFETCH_BATCHES, bounded
 
-    ds = ds.batch(batch_size).map(_rows, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size).map(tf.autograph.experimental.do_not_convert(_rows), num_parallel_calls=tf.data.AUTOTUNE)
     return shard_by_data(bounded(ds.prefetch(PREFETCH_BATCHES)))
 
 

@@ -10,6 +10,9 @@ import numpy as np
 from edgetl.core.progress import Reporter, keras_callback
 from edgetl.train.features import Features, feature_dataset
 
+# Training steps per call of the compiled step function when the head trains on cached features (fit_stage).
+HEAD_STEPS_PER_EXECUTION = 8
+
 if TYPE_CHECKING:
     import keras
     import tensorflow as tf
@@ -45,8 +48,13 @@ def fit_stage(model: keras.Model, train: tf.data.Dataset | Features, val: tf.dat
             acc: Any = keras.metrics.CategoricalAccuracy(name="accuracy")
         else:
             loss, acc = "sparse_categorical_crossentropy", "accuracy"
+        # On cached features a step is one small matrix product, and Keras' per-step Python (the step's dispatch,
+        # the callbacks) was most of the head's time: HEAD_STEPS_PER_EXECUTION steps run in one call of the
+        # compiled function, the same updates in the same order (MobileNetV2's 1,280 features, 800 images, 10
+        # epochs: 1.1 s against 1.2-1.6 s).
+        per_call = HEAD_STEPS_PER_EXECUTION if isinstance(train, tuple) and placement.name == "default" else 1
         model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss=loss, metrics=[acc],
-                      jit_compile=bool(cfg.xla))
+                      jit_compile=bool(cfg.xla), steps_per_execution=per_call)
     resume = state if state is not None and state.stage == stage and state.epochs_done else None
     if resume is not None:
         ckpt.restore(model, resume)
@@ -80,8 +88,11 @@ def _one_hot(data: tf.data.Dataset, n_classes: int) -> tf.data.Dataset:
     """(x, label) -> (x, one-hot label): what CategoricalCrossentropy's label smoothing needs."""
     import tensorflow as tf
 
-    return data.map(lambda x, y: (x, tf.one_hot(tf.cast(y, tf.int32), n_classes)),
-                    num_parallel_calls=tf.data.AUTOTUNE)
+    @tf.autograph.experimental.do_not_convert  # a plain graph function: no AutoGraph rewrite to pay for
+    def one_hot(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return x, tf.one_hot(tf.cast(y, tf.int32), n_classes)
+
+    return data.map(one_hot, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def _restore_best(model: keras.Model, ckpt: Checkpoints, state: State) -> None:
