@@ -6,7 +6,8 @@ The parts (keys of the manifest's training.seconds, each rounded to 0.01 s):
               import, option checks (for `edgetl train`; in a library call, whatever ran before)
     scan      option checks, listing and probing the data folder, splitting it
     detail    measuring the detail a sample of the training photos carries (edgetl.data.detail)
-    build     device placement, building the backbone and loading its weights, the classifier
+    build     device placement, starting the feature pass's input (its images decode meanwhile),
+              building the backbone and loading its weights, the classifier
     setup     the run directory, class weights, the manifest's first write
     features  the frozen base's pass over every image (the feature cache), its checkpoint included
     head      fitting the head (on the cached features, or through the base)
@@ -19,10 +20,11 @@ The parts (keys of the manifest's training.seconds, each rounded to 0.01 s):
 and, inside features (not added to total), when the pass ran on one device (under --strategy mirrored: input,
 base, wait, save and other; its base includes tracing the step):
 
-    features_input    building the input pipeline (tf.data: file list, decode and resize functions)
+    features_input    building the input pipeline (tf.data: file list, decode and resize functions); 0 when
+                      train started it before the build (train.passinput: counted in build then)
     features_trace    tracing TensorFlow's forward function (0 when a cached conversion's stored check passed)
-    features_base     inside the base's forward calls over the pass's images: TensorFlow's, then the
-                      engine's (the check batch excluded): the pass at the engines' measured throughput
+    features_base     inside the base's forward calls over the pass's images: TensorFlow's (its probe of
+                      the first images, or its first batches), then the engine's (the check excluded)
     features_wait     starting the input pipeline and waiting for its decoded, resized batches
     features_convert  converting the base to TFLite, or looking its conversion up in the cache and loading it
                       (edgetl.train.engine)
