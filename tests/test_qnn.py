@@ -12,6 +12,7 @@ import pytest
 
 from edgetl.core.errors import ExportError, ModelError, UsageError
 from edgetl.runtime import qnn
+from edgetl.runtime.kinds import detect_kind
 
 IMAGE_SIZE = 48
 HELD_OUT = 24  # images the emulated HTP runs per file (about 0.1 s each at 48 px)
@@ -121,8 +122,9 @@ def test_qdq_file_is_in_the_htps_types_with_edgetls_metadata(int8_files: Any) ->
         assert meta["image_size"] == [IMAGE_SIZE, IMAGE_SIZE] and meta["batch"] == 1
         assert meta["qnn"]["file"] == kind and meta["qnn"]["soc"] == qnn.DEFAULT_SOC
         assert meta["qnn"]["activations"] == "uint8"
-        assert qnn.is_qnn_model(path)
-    assert not qnn.is_qnn_model(int8_files.portable.parent.parent / "nothing.onnx")
+        assert detect_kind(path) == "qnn"  # the context by its EPContext node, the portable file by its metadata
+    assert qnn.has_qnn_context(int8_files.context) and not qnn.has_qnn_context(int8_files.portable)
+    assert not qnn.has_qnn_context(int8_files.portable.parent.parent / "nothing.onnx")
 
 
 @needs_qnn

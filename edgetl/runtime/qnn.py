@@ -23,7 +23,6 @@ from typing import Any
 
 from edgetl.core.errors import EdgetlError, ModelError, UsageError, first_line
 from edgetl.core.native import capture_native_stderr, quiet_native_stderr, quiet_native_stdout
-from edgetl.runtime.metadata import ONNX_KEY, parse_json, prop_bytes
 from edgetl.runtime.onnxrt import OnnxRunner
 
 log = logging.getLogger("edgetl")
@@ -304,25 +303,6 @@ def fallback_summary(rejected: list[dict[str, str]], limit: int = 4) -> str:
 
 # ----------------------------------------------------------------------------------------------
 # The runner
-
-
-def is_qnn_model(path: str | os.PathLike[str]) -> bool:
-    """Whether an .onnx file is for the QNN provider: edgetl's metadata says format "qnn", or it holds an
-    EPContext node the QNN provider wrote."""
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # not readable as ONNX: the ONNX kind reports it
-        return False
-    for prop in model.metadata_props:
-        if prop.key == ONNX_KEY:
-            try:
-                if parse_json(prop_bytes(prop.value), str(path)).get("format") == KIND:
-                    return True
-            except ModelError:  # damaged metadata: the graph below still tells
-                pass
-    return _context_node(model)
 
 
 def has_qnn_context(path: str | os.PathLike[str]) -> bool:
