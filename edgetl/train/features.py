@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgetl.core.fileio import atomic_path
-from edgetl.train.passinput import PassInput, extract_batch_size
+from edgetl.train.passinput import PassInput, extract_batch_size, release_iterator
 
 if TYPE_CHECKING:
     import keras
@@ -296,7 +296,7 @@ def extract_features(clf: Classifier, splits: DataSplits, names: list[str], size
     t0 = time.perf_counter()
     batches = None  # started by the pass, unless it was started ahead
     if ahead is not None and (ahead.names, ahead.size, ahead.batch) == (list(names), size, extract_batch) \
-            and placement.name != "mirrored":
+            and placement.name != "mirrored":  # the mirrored pass distributes a dataset, not a started iterator
         ds, batches = ahead.take()
     else:
         if ahead is not None:
@@ -383,7 +383,6 @@ def _single_device_pass(clf: Classifier, source: list[tf.data.Dataset | Iterator
     pass's parts (record["seconds"]; the writer's own seconds are not in them).
     """
     import itertools
-    import threading
     import time
 
     import tensorflow as tf
@@ -479,12 +478,10 @@ def _single_device_pass(clf: Classifier, source: list[tf.data.Dataset | Iterator
     # Ending the pass is timed too: the input pipeline, the interpreter and the traced function released now rather
     # than at the return (unnamed seconds were seen here on loaded machines).
     t0 = time.perf_counter()
-    # Deleting the input pipeline's iterator waits for tf.data's background threads to stop: milliseconds mostly,
-    # but 1.9-2.9 s in 3 of 10 runs on 2 loaded cores (and up to 38 s seen as "other" before this part had a name).
-    # Nothing needs that wait: a daemon thread deletes it (the op runs without the GIL) while training goes on.
+    # Not waited for (up to 38 s was once seen here as "other" before this part had a name).
     holder = [batches]
     del batches
-    threading.Thread(target=holder.clear, name="edgetl-release-input", daemon=True).start()
+    release_iterator(holder)
     del fast, extract, on_tf
     spent["release"] = time.perf_counter() - t0
     record["images"] = done

@@ -54,13 +54,21 @@ class PassInput:
         return taken
 
     def release(self) -> None:
-        """Stop an input that no pass took. Deleting a tf.data iterator waits for its threads: a daemon thread does
-        it (as the pass does with its own)."""
-        import threading
-
+        """Stop an input that no pass took (release_iterator)."""
         holder = [self.batches]
         self.dataset = self.batches = None
-        threading.Thread(target=holder.clear, name="edgetl-release-input", daemon=True).start()
+        release_iterator(holder)
+
+
+def release_iterator(holder: list[Any]) -> None:
+    """Delete the tf.data iterator that `holder` (a list, its only reference) holds, in a daemon thread.
+
+    Deleting it waits for tf.data's background threads to stop: milliseconds mostly, but 1.9-2.9 s in 3 of 10
+    runs on 2 loaded cores. Nothing needs that wait; the op runs without the GIL while training goes on.
+    """
+    import threading
+
+    threading.Thread(target=holder.clear, name="edgetl-release-input", daemon=True).start()
 
 
 def start_pass_input(splits: DataSplits, names: list[str], size: int, batch_size: int,
