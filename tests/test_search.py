@@ -83,7 +83,8 @@ def test_pareto_front_and_budget_filter_on_constructed_results() -> None:
 
 # --- successive halving on constructed results ------------------------------------------------------------------
 
-def _fake_evaluate(truth: dict[str, tuple[float, float, float]], calls: list[tuple[str, int]]) -> Any:
+def _fake_evaluate(truth: dict[str, tuple[float, float, float]], calls: list[tuple[str, int]],
+                   stderr: float = 0.005) -> Any:
     """An evaluate() that returns constructed figures: accuracy grows with the round's images."""
     def evaluate(c: Candidate, weights: Any, fid: Any, shared: Any, file_figures: Any) -> dict[str, Any]:
         calls.append((c.key, fid.round))
@@ -92,7 +93,7 @@ def _fake_evaluate(truth: dict[str, tuple[float, float, float]], calls: list[tup
         return {"key": c.key, "backbone": c.backbone, "alpha": c.alpha, "image_size": c.image_size,
                 "weights": "none", "round": fid.round, "per_class": fid.per_class,
                 "train_images": len(fid.train), "val_images": len(fid.val), "head_epochs": 1,
-                "accuracy": accuracy, "accuracy_stderr": 0.01, "latency_ms": latency, "size_mb": size,
+                "accuracy": accuracy, "accuracy_stderr": stderr, "latency_ms": latency, "size_mb": size,
                 "ram_kb": None, "file": None, "mode": "tflite int8", "seconds": {"head": 0.1}}
     return evaluate
 
@@ -143,6 +144,40 @@ def test_rounds_keep_the_promising_candidates_and_recommend_within_the_budget(
     assert res.exit_code == 1
     assert json.loads(res.stdout)["recommended"] is None and calls == []
     assert "closest is mobilenet_v2:0.35@96" in res.stderr and res.stderr.count("error:") == 1
+
+
+def test_candidates_the_sample_cannot_tell_from_the_best_go_on_to_the_whole_splits(
+        demo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slower candidate that small samples put just below the best is not dropped for its Pareto rank: trained on
+    the whole splits it can come first (learning curves cross). One clearly below the best is dropped, and the
+    number of rounds stays the halving's."""
+    truth = dict(TRUTH)
+    truth["mobilenet_v2:1@128"] = (0.75, 4.0, 2.7)  # the most accurate on samples; dominates the slower ones
+    truth["mobilenet_v2:1@160"] = (0.76, 6.0, 2.7)  # 3 points below 1@128 on samples (below), first on the whole
+    truth["mobilenet_v2:1@224"] = (0.70, 11.0, 2.7)  # 5 points below: outside 2 x 2.1 points
+    calls: list[tuple[str, int]] = []
+    fake = _fake_evaluate(truth, calls, stderr=0.015)
+
+    def crossing(c: Candidate, weights: Any, fid: Any, *args: Any) -> dict[str, Any]:
+        figures = fake(c, weights, fid, *args)
+        if c.key == "mobilenet_v2:1@160" and not fid.whole:
+            figures["accuracy"] = round(figures["accuracy"] - 0.04, 4)
+        return figures
+
+    monkeypatch.setattr(search_job, "evaluate", crossing)
+    res = _search_cli([str(demo_dir), "--weights", "none", "--images-per-class", "2", "--candidates", ",".join(truth),
+                       "-o", str(tmp_path / "s"), "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    rounds = doc["rounds"]
+    assert [r["whole"] for r in rounds] == [False, False, True]
+    # Round 1's front is the four kept (0.35 at 96-160 and 1@128); 1@160 is dominated by 1@128 but within the noise.
+    assert rounds[0]["within_noise"] == ["mobilenet_v2:1@160"] == rounds[1]["within_noise"]
+    assert set(rounds[1]["candidates"]) == {"mobilenet_v2:0.35@96", "mobilenet_v2:0.35@128", "mobilenet_v2:0.35@160",
+                                            "mobilenet_v2:1@128", "mobilenet_v2:1@160"}
+    assert set(rounds[2]["candidates"]) == {"mobilenet_v2:1@128", "mobilenet_v2:0.35@160", "mobilenet_v2:1@160"}
+    assert res.stderr.count("within the noise of the most accurate, going on too: mobilenet_v2:1@160") == 2
+    assert doc["recommended"]["key"] == "mobilenet_v2:1@160"
 
 
 def test_a_candidate_whose_weights_cannot_be_fetched_is_skipped(demo_dir: Path, tmp_path: Path,

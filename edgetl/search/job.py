@@ -4,7 +4,13 @@ then the Pareto front within the budget, the recommendation and (with --train) i
 Each round trains every surviving candidate's head on a class-balanced sample of the training split and
 validates it on one of the validation split (both `per_class` images a class); the next round keeps the
 best 1/reduction of the candidates within the budget, by Pareto rank (accuracy against latency) and then
-accuracy, on `reduction` times the images. The last round (the one after which fewer than two would go on)
+accuracy, on `reduction` times the images, and with them every candidate within the budget that the round's
+sample cannot tell from the most accurate one (within NOISE_Z standard errors of their difference): on the
+flowers, 64 images a class put MobileNetV2 1.0 at 160 px 6 points below 0.35 at 160 (1.6 standard errors),
+and trained fully it was 1.2 points above; over six other samples of 64 a class the top six candidates were
+within 1.1 points of each other on average, each moving 2-3 points from sample to sample (BENCHMARKS.md,
+"search: which candidates go on"). The number of rounds follows the kept fraction alone: the candidates
+within the noise ride along to the last round. The last round (the one after which fewer than two would go on)
 trains on the whole training split and validates on the whole validation split: its candidates are measured
 as `edgetl train` would measure them, so the recommendation among them is the one full training would make
 (on the flowers, a last round on a sample picked a candidate 1.9 points below the best full run: the
@@ -29,6 +35,10 @@ from edgetl.search.study import Results, pareto_ranks, prepare_folder, within_bu
 from edgetl.search.trial import MIN_HEAD_STEPS, Fidelity, Shared, evaluate
 
 log = logging.getLogger("edgetl")
+
+# A candidate goes on while its accuracy is within this many standard errors of the difference from the round's
+# most accurate candidate within the budget (both binomial, from the validation images: the module docstring).
+NOISE_Z = 2.0
 
 def search(cfg: SearchConfig, reporter: Reporter | None = None) -> SearchResult:
     """Search the candidates for the most accurate model within the budget on the data of cfg.data.
@@ -147,8 +157,9 @@ def _halving(survivors: list[Candidate], weights: dict[Candidate, Weights], shar
     latest: dict[Candidate, dict[str, Any]] = {}
     rounds: list[Round] = []
     per_class, number = cfg.images_per_class, 1
+    scheduled = len(survivors)  # the halving's own count, without the candidates kept within the noise
     while True:
-        last = math.ceil(len(survivors) / cfg.reduction) < 2  # nothing would go on: measure as training would
+        last = math.ceil(scheduled / cfg.reduction) < 2  # nothing would go on: measure as training would
         fid = _fidelity(shared, number, per_class, whole=last)
         rnd = Round(number, per_class, len(fid.train), len(fid.val), [c.key for c in survivors], whole=fid.whole)
         t0 = time.perf_counter()
@@ -171,17 +182,37 @@ def _halving(survivors: list[Candidate], weights: dict[Candidate, Weights], shar
         shared.reporter.info(rnd.line())
         log.info(rnd.line())
         if not survivors:
+            shared.keep_built(set())
             return latest, rounds
-        keep = math.ceil(len(survivors) / cfg.reduction)
+        keep = math.ceil(scheduled / cfg.reduction)
         ranked = [c for c in survivors if within_budget(latest[c], cfg.budget)]
         ranks = dict(zip(ranked, pareto_ranks([latest[c] for c in ranked], cfg.budget), strict=True))
         ranked.sort(key=lambda c: (ranks[c], -latest[c]["accuracy"], latest[c]["latency_ms"]))
         grown = _fidelity(shared, number + 1, per_class * cfg.reduction)
         if last or keep < 2 or len(ranked) < 2 or len(grown.train) <= len(fid.train):
+            shared.keep_built(set())
             return latest, rounds
-        survivors = ranked[:keep]
+        close = within_noise([latest[c] for c in ranked[keep:]], [latest[c] for c in ranked])
+        survivors = ranked[:keep] + [c for c in ranked[keep:] if c.key in close]
+        shared.keep_built({c.key for c in survivors})
+        if close:
+            line = f"  within the noise of the most accurate, going on too: {', '.join(sorted(close))}"
+            shared.reporter.info(line)
+            log.info(line)
+        rnd.within_noise = sorted(close)
+        scheduled = keep
         per_class *= cfg.reduction
         number += 1
+
+
+def within_noise(rows: list[dict[str, Any]], pool: list[dict[str, Any]]) -> set[str]:
+    """The keys of the rows whose accuracy the round cannot tell from the best of the pool: at most NOISE_Z
+    standard errors of their difference below it."""
+    if not pool:
+        return set()
+    best = max(pool, key=lambda r: r["accuracy"])
+    return {r["key"] for r in rows
+            if best["accuracy"] - r["accuracy"] <= NOISE_Z * math.hypot(r["accuracy_stderr"], best["accuracy_stderr"])}
 
 
 def _measure(c: Candidate, w: Weights, fid: Fidelity, shared: Shared, results: Results, rnd: Round) -> dict[str, Any]:

@@ -25,6 +25,7 @@ class Round:
     seconds: dict[str, float] = field(default_factory=dict)  # per part, summed over the candidates measured
     wall: float = 0.0
     whole: bool = False  # the entire training and validation splits, not per_class a class
+    within_noise: list[str] = field(default_factory=list)  # went on beside the kept fraction (job.within_noise)
 
     def line(self) -> str:
         parts = ", ".join(f"{k} {self.seconds[k]:.1f}" for k in PARTS if self.seconds.get(k))
@@ -41,6 +42,7 @@ class Round:
         return {"round": self.number, "per_class": None if self.whole else self.per_class, "whole": self.whole,
                 "train_images": self.train_images,
                 "val_images": self.val_images, "candidates": self.candidates, "reused": self.reused,
+                "within_noise": self.within_noise,
                 "seconds": {k: round(v, 2) for k, v in self.seconds.items()}, "wall_seconds": round(self.wall, 2)}
 
 
