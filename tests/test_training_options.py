@@ -42,6 +42,23 @@ def test_balanced_accuracy_and_macro_f1() -> None:
     assert m["macro_f1"] == pytest.approx((f1_a + f1_b) / 2)
 
 
+def test_top_k_accuracy_counts_the_true_class_among_the_k_most_probable() -> None:
+    from edgetl.core.metrics import classification_metrics, top_k_hits
+
+    # Row 0: true class 2 is 3rd (in the top 3); row 1: true class 0 is 4th; row 2: a tie, broken in class order.
+    probs = np.array([[0.5, 0.3, 0.15, 0.05], [0.1, 0.4, 0.3, 0.2], [0.25, 0.25, 0.25, 0.25]], dtype=np.float32)
+    y = np.array([2, 0, 3])
+    assert top_k_hits(probs, y, 3).tolist() == [True, False, False]
+    assert classification_metrics(y, probs, list("abcd"), top_k=3)["top_k"] == pytest.approx(1 / 3)
+    assert classification_metrics(y, probs, list("abcd"), top_k=4)["top_k"] == 1.0
+    # Across chunk boundaries, the same as a stable sort of every row.
+    rng = np.random.default_rng(0)
+    many = rng.random((1000, 7)).astype(np.float32)
+    labels = rng.integers(0, 7, 1000)
+    ref = (np.argsort(-many, axis=1, kind="stable")[:, :2] == labels[:, None]).any(axis=1)
+    np.testing.assert_array_equal(top_k_hits(many, labels, 2, chunk=64), ref)
+
+
 def test_class_weights_default_on_above_3x_and_warnings_name_classes(tmp_path: Path,
                                                                      caplog: pytest.LogCaptureFixture) -> None:
     from edgetl.core.errors import UsageError

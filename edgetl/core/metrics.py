@@ -26,7 +26,7 @@ def classification_metrics(
         A JSON-ready dict.
     """
     y_true = np.asarray(y_true, dtype=np.int64)
-    probs = np.asarray(probs, dtype=np.float64)
+    probs = np.asarray(probs)  # float32 stays float32: no copy of the whole matrix
     n_classes = len(class_names)
     n = int(y_true.shape[0])
     if n == 0:
@@ -34,7 +34,7 @@ def classification_metrics(
                 "per_class": {}, "confusion_matrix": []}
     y_pred = probs.argmax(axis=1)
     k = min(top_k, n_classes)
-    topk = np.argsort(-probs, axis=1)[:, :k]
+    in_top_k = int(top_k_hits(probs, y_true, k).sum())
     cm = np.zeros((n_classes, n_classes), dtype=np.int64)
     np.add.at(cm, (y_true, y_pred), 1)
     per_class = {}
@@ -52,11 +52,29 @@ def classification_metrics(
         "accuracy": float((y_pred == y_true).mean()),
         "balanced_accuracy": macro["recall"],
         "macro_f1": macro["f1"],
-        "top_k": float((topk == y_true[:, None]).any(axis=1).mean()),
+        "top_k": in_top_k / n,
         "k": k,
         "per_class": per_class,
         "confusion_matrix": cm.tolist(),
     }
+
+
+def top_k_hits(probs: np.ndarray, y_true: np.ndarray, k: int, chunk: int = 4096) -> np.ndarray:
+    """Per row, whether its true class is among the k most probable (ties in class order, as a stable sort of the
+    probabilities would put them).
+
+    The true class's rank is counted, `chunk` rows at a time, instead of sorting every row: a sort of 40,000
+    validation images x 100 classes held about 100 MB of float64 and int64 copies at once (BENCHMARKS.md, "train at
+    scale").
+    """
+    out = np.empty(len(y_true), dtype=bool)
+    columns = np.arange(probs.shape[1])
+    for lo in range(0, len(y_true), chunk):
+        p, y = probs[lo:lo + chunk], y_true[lo:lo + chunk]
+        mine = p[np.arange(len(y)), y][:, None]
+        rank = (p > mine).sum(axis=1) + ((p == mine) & (columns < y[:, None])).sum(axis=1)
+        out[lo:lo + chunk] = rank < k
+    return out
 
 
 def macro_averages(per_class: dict[str, dict[str, Any]]) -> dict[str, float | None]:

@@ -227,9 +227,20 @@ def feature_dataset(xy: Features, batch_size: int, shuffle: bool, seed: int) -> 
     import tensorflow as tf
 
     reader = FeatureReader(xy)
-    ds = tf.data.Dataset.range(reader.n)
+    ds = tf.data.Dataset.range(reader.n).batch(batch_size)
     if shuffle:
-        ds = ds.shuffle(max(reader.n, 1), seed=seed, reshuffle_each_iteration=True)
+        # Each epoch a new permutation of the rows, computed a batch of indices at a time (stateless: nothing held).
+        # tf.data's shuffle buffer held every index as its own tensor, about 330 bytes each: 52 MB and a quarter of
+        # the head's time at 160,000 training images (BENCHMARKS.md, "train at scale").
+        n = reader.n
+        epoch_keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
+
+        @tf.autograph.experimental.do_not_convert
+        def permuted(key: tf.Tensor) -> tf.data.Dataset:
+            key_pair = tf.stack([key, tf.constant(seed, tf.int64)])
+            return ds.map(lambda idx: tf.random.experimental.index_shuffle(idx, key_pair, n - 1))
+
+        ds = epoch_keys.flat_map(permuted)
 
     def _rows(idx: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         x, y = tf.numpy_function(reader.rows, [idx], (tf.float32, tf.int32), stateful=False)
@@ -239,7 +250,7 @@ def feature_dataset(xy: Features, batch_size: int, shuffle: bool, seed: int) -> 
 
     from edgetl.data.pipeline import PREFETCH_BATCHES, bounded
 
-    ds = ds.batch(batch_size).map(tf.autograph.experimental.do_not_convert(_rows), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(tf.autograph.experimental.do_not_convert(_rows), num_parallel_calls=tf.data.AUTOTUNE)
     return shard_by_data(bounded(ds.prefetch(PREFETCH_BATCHES)))
 
 
