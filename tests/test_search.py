@@ -146,6 +146,31 @@ def test_rounds_keep_the_promising_candidates_and_recommend_within_the_budget(
     assert "closest is mobilenet_v2:0.35@96" in res.stderr and res.stderr.count("error:") == 1
 
 
+def test_a_sample_of_every_image_is_measured_as_the_whole_splits(demo_dir: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """--images-per-class above every class: one round, on the splits in `edgetl train`'s order (its figures are
+    then training's own), not a class-balanced reordering of them."""
+    seen: list[Any] = []
+    fake = _fake_evaluate(TRUTH, [])
+
+    def recording(c: Candidate, weights: Any, fid: Any, *args: Any) -> dict[str, Any]:
+        seen.append(fid)
+        return fake(c, weights, fid, *args)
+
+    monkeypatch.setattr(search_job, "evaluate", recording)
+    keys = ["mobilenet_v2:0.35@96", "mobilenet_v2:0.35@128", "mobilenet_v2:1@160", "mobilenet_v2:1@224"]  # 4 go on
+    res = _search_cli([str(demo_dir), "--weights", "none", "--images-per-class", "1000", "--candidates", ",".join(keys),
+                       "-o", str(tmp_path / "s"), "--json"])
+    assert res.exit_code == 0, res.output
+    rounds = json.loads(res.stdout)["rounds"]
+    assert len(rounds) == 1 and rounds[0]["whole"] and rounds[0]["per_class"] is None
+    splits = scan_folder(str(demo_dir), val_split=0.2, test_split=0.1, seed=42)
+    assert len(seen) == 4
+    for fid in seen:
+        assert [it.path for it in fid.train] == [it.path for it in splits.train]
+        assert [it.path for it in fid.val] == [it.path for it in splits.val]
+
+
 def test_candidates_the_sample_cannot_tell_from_the_best_go_on_to_the_whole_splits(
         demo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A slower candidate that small samples put just below the best is not dropped for its Pareto rank: trained on
