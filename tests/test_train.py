@@ -66,7 +66,9 @@ def test_confusion_plot_of_many_classes_stays_a_bounded_image(tmp_path: Path) ->
     assert max(sizes[150]) <= limit and max(sizes[30]) <= limit, sizes
 
 
-def test_manifest_image_lists_leave_memory_while_training_and_come_back_the_same(demo_dir: Path) -> None:
+def test_manifest_image_lists_leave_memory_while_training_and_come_back_the_same(demo_dir: Path,
+                                                                                  tmp_path: Path) -> None:
+    from edgetl.core.fileio import write_json
     from edgetl.data.scan import scan_folder
     from edgetl.train.job import _file_stats, compact_image_lists
 
@@ -77,14 +79,34 @@ def test_manifest_image_lists_leave_memory_while_training_and_come_back_the_same
     assert not {"train", "val", "test"} & set(manifest["data"]) and manifest["data_files"] is None
     assert manifest["data"]["fingerprint"] and manifest["data"]["detail"] == {"x": 1}
     restore()
-    assert json.dumps(manifest, indent=2) == before  # same keys, same order, same values
+    write_json(tmp_path / "manifest.json", manifest)  # the lists come back as rows written one by one
+    assert (tmp_path / "manifest.json").read_text() == before + "\n"  # same keys, same order, same values
+    assert [list(r) for r in manifest["data"]["val"]] == [[it.path, it.label] for it in splits.val]
     # A list that is not the splits' (an older run's manifest read back) stays where it is.
     other = {"data": {**splits.to_manifest(), "val": [["elsewhere.jpg", 0]]}, "data_files": {"a.jpg": [1, 2]}}
     restore = compact_image_lists(other, splits)
     assert other["data"]["val"] == [["elsewhere.jpg", 0]] and other["data_files"] == {"a.jpg": [1, 2]}
     assert "train" not in other["data"]
     restore()
-    assert other["data"]["train"] == splits.to_manifest()["train"] and list(other["data"])[3] == "train"
+    assert list(other["data"]["train"]) == splits.to_manifest()["train"] and list(other["data"])[3] == "train"
+
+
+def test_write_json_writes_what_json_dump_writes_with_rows_streamed(tmp_path: Path) -> None:
+    from edgetl.core.fileio import Streamed, write_json
+
+    values = {"a": 1, "b": [1, 2.5, None, True, 'x\u00e9"q'], "c": {}, "d": [], "e": {"n": {"m": [[1, 2], []]}},
+              3: "an int key", "f": float("nan"), "g": np.float32(0.5), "h": np.arange(3), "p": Path("/x/y")}
+    for obj in (values, [], {}, "s", 5, [{"k": [1]}]):
+        write_json(tmp_path / "a.json", obj)
+        expected = json.dumps(obj, indent=2, default=lambda x: x.tolist() if hasattr(x, "tolist") else str(x))
+        assert (tmp_path / "a.json").read_text() == expected + "\n"
+    streamed = {"rows": Streamed(3, lambda: ([f"p{i}", i] for i in range(3))), "none": Streamed(0, list),
+                "files": Streamed(2, lambda: ((f"p{i}", [i, i]) for i in range(2)), pairs=True)}
+    write_json(tmp_path / "s.json", streamed)
+    plain = {"rows": [[f"p{i}", i] for i in range(3)], "none": [], "files": {f"p{i}": [i, i] for i in range(2)}}
+    assert (tmp_path / "s.json").read_text() == json.dumps(plain, indent=2) + "\n"
+    with pytest.raises(TypeError):  # anything else that serialises it fails loudly, never writes it empty
+        json.dumps(streamed)
 
 
 def test_model_takes_raw_pixels_and_learns(trained_run: Path) -> None:

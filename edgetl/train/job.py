@@ -12,14 +12,16 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgetl import rundir
+from edgetl.core.fileio import Streamed
 from edgetl.core.progress import Reporter
 from edgetl.data.splits import SPLITS
 from edgetl.model.backbones import (
@@ -42,7 +44,7 @@ from edgetl.train.walltime import Clock, describe
 if TYPE_CHECKING:
     import keras
 
-    from edgetl.data.splits import DataSplits
+    from edgetl.data.splits import DataSplits, Item
     from edgetl.model.classifier import Classifier
     from edgetl.train.distribute import Placement
 
@@ -352,13 +354,22 @@ def compact_image_lists(manifest: dict[str, Any], splits: DataSplits) -> Callabl
     del paths
 
     def restore() -> None:
-        rebuilt = {s: [[it.path, it.label] for it in splits.split(s)] for s in dropped}
+        # As views that write_json writes row by row: the lists are never held again (Streamed).
+        rebuilt = {s: Streamed(len(splits.split(s)), partial(_rows, splits.split(s))) for s in dropped}
         manifest["data"] = {k: rebuilt[k] if k in rebuilt else data[k] for k in order}
         if stats is not None:
-            items = (it for s in SPLITS for it in splits.split(s))
-            manifest["data_files"] = {it.path: row for it, row in zip(items, stats.tolist(), strict=True)}
+            manifest["data_files"] = Streamed(len(stats), partial(_stat_pairs, splits, stats), pairs=True)
 
     return restore
+
+
+def _rows(items: list[Item]) -> Iterator[list[str | int]]:
+    return ([it.path, it.label] for it in items)
+
+
+def _stat_pairs(splits: DataSplits, stats: np.ndarray) -> Iterator[tuple[str, list[int]]]:
+    items = (it for s in SPLITS for it in splits.split(s))
+    return ((it.path, row.tolist()) for it, row in zip(items, stats, strict=True))
 
 
 def _record_seconds(run_path: Path, manifest: dict[str, Any], clock: Clock, reporter: Reporter) -> dict[str, float]:
