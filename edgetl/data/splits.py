@@ -7,7 +7,9 @@ import json
 import math
 import os
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from edgetl.core.errors import DataError, UsageError
@@ -62,11 +64,18 @@ class DataSplits:
                 h.update(f"{split}\0{item.path}\0{item.label}\0{size}\0{mtime}\n".encode())
         return h.hexdigest()
 
-    def to_manifest(self) -> dict[str, Any]:
-        """Return a JSON-ready dict that `from_manifest` turns back into equal DataSplits."""
+    def to_manifest(self, streamed: bool = False) -> dict[str, Any]:
+        """Return a JSON-ready dict that `from_manifest` turns back into equal DataSplits.
+
+        streamed: each split's [path, label] rows as a view of the items (core.fileio.Streamed, which write_json
+        writes row by row), not as lists: about 150 bytes an image less (30 MB at 200,000 images).
+        """
+        from edgetl.core.fileio import Streamed
+
         out: dict[str, Any] = {"root": self.root, "layout": self.layout, "class_names": list(self.class_names)}
         for split in SPLITS:
-            out[split] = [[it.path, it.label] for it in self.split(split)]
+            items = self.split(split)
+            out[split] = Streamed(len(items), partial(_rows, items)) if streamed else list(_rows(items))
         out["skipped"] = [[p, r] for p, r in self.skipped]
         out["fingerprint"] = self.fingerprint()
         return out
@@ -154,3 +163,7 @@ def stratified_split(per_class: list[list[str]], val_split: float, test_split: f
     for lst in out:
         lst.sort(key=lambda it: it.path)
     return out
+
+
+def _rows(items: list[Item]) -> Iterator[list[str | int]]:
+    return ([it.path, it.label] for it in items)

@@ -367,6 +367,12 @@ def _rows(items: list[Item]) -> Iterator[list[str | int]]:
     return ([it.path, it.label] for it in items)
 
 
+def _data_files(splits: DataSplits) -> Streamed:
+    """The manifest's data_files (path -> [size, mtime_ns]) as a view of one stat array."""
+    stats = _stat_array(splits)
+    return Streamed(len(stats), partial(_stat_pairs, splits, stats), pairs=True)
+
+
 def _stat_pairs(splits: DataSplits, stats: np.ndarray) -> Iterator[tuple[str, list[int]]]:
     items = (it for s in SPLITS for it in splits.split(s))
     return ((it.path, row.tolist()) for it, row in zip(items, stats, strict=True))
@@ -427,14 +433,20 @@ def resume(run_dir: str | os.PathLike[str], reporter: Reporter | None = None) ->
 
 
 def _file_stats(splits: DataSplits) -> dict[str, list[int]]:
-    out = {}
-    for split in ("train", "val", "test"):
-        for item in splits.split(split):
-            try:
-                st = os.stat(os.path.join(splits.root, item.path))
-                out[item.path] = [st.st_size, st.st_mtime_ns]
-            except OSError:
-                out[item.path] = [-1, -1]
+    """Each image's [size, mtime_ns] ([-1, -1] when it cannot be read), by path."""
+    return dict(_stat_pairs(splits, _stat_array(splits)))
+
+
+def _stat_array(splits: DataSplits) -> np.ndarray:
+    """Each image's size and mtime_ns, in split order, as one (n, 2) int64 array (no Python list per image)."""
+    items = [it for s in SPLITS for it in splits.split(s)]
+    out = np.full((len(items), 2), -1, dtype=np.int64)
+    for i, item in enumerate(items):
+        try:
+            st = os.stat(os.path.join(splits.root, item.path))
+        except OSError:
+            continue
+        out[i] = st.st_size, st.st_mtime_ns
     return out
 
 
@@ -477,8 +489,9 @@ def run_manifest(cfg: TrainConfig, spec: BackboneSpec, size: int, mode: str, spl
                   **({"normalization": spec.normalization} if mode == "preset" else {})},
         "output": {"kind": "probabilities", "layer": "predictions", "classes": len(splits.class_names)},
         "class_names": splits.class_names,
-        "data": splits.to_manifest(),
-        "data_files": _file_stats(splits),  # size and mtime of each image: resume says what changed
+        # The per-image rows as views, written row by row (Streamed): never held as Python lists.
+        "data": splits.to_manifest(streamed=True),
+        "data_files": _data_files(splits),  # size and mtime of each image: resume says what changed
         "parent": None,
     }
 
