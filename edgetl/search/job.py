@@ -8,8 +8,8 @@ accuracy, on `reduction` times the images, and with them every candidate within 
 sample cannot tell from the most accurate one (within NOISE_Z standard errors of their difference): on the
 flowers, 64 images a class put MobileNetV2 1.0 at 160 px 6 points below 0.35 at 160 (1.6 standard errors),
 and trained fully it was 1.2 points above; over six other samples of 64 a class the top six candidates were
-within 1.1 points of each other on average, each moving 2-3 points from sample to sample (BENCHMARKS.md,
-"search: which candidates go on"). The number of rounds follows the kept fraction alone: the candidates
+within 2.4 points of each other on average, each moving 2-3 points from sample to sample (BENCHMARKS.md, "Stop 34:
+candidates within the sample's noise go on"). The number of rounds follows the kept fraction alone: the candidates
 within the noise ride along to the last round. The last round (the one after which fewer than two would go on)
 trains on the whole training split and validates on the whole validation split: its candidates are measured
 as `edgetl train` would measure them, so the recommendation among them is the one full training would make
@@ -39,6 +39,7 @@ log = logging.getLogger("edgetl")
 # A candidate goes on while its accuracy is within this many standard errors of the difference from the round's
 # most accurate candidate within the budget (both binomial, from the validation images: the module docstring).
 NOISE_Z = 2.0
+
 
 def search(cfg: SearchConfig, reporter: Reporter | None = None) -> SearchResult:
     """Search the candidates for the most accurate model within the budget on the data of cfg.data.
@@ -182,6 +183,7 @@ def _halving(survivors: list[Candidate], weights: dict[Candidate, Weights], shar
                 log.warning(line)
                 survivors.remove(c)
         rnd.candidates = [c.key for c in survivors]
+        scheduled = min(scheduled, len(survivors))  # a candidate skipped for its weights leaves the count
         rnd.wall = time.perf_counter() - t0
         rounds.append(rnd)
         shared.reporter.info(rnd.line())

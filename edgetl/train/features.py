@@ -220,9 +220,8 @@ class FeatureReader:
 def feature_dataset(xy: Features, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
     """Cached features and labels as batches (shuffled each epoch when asked), sharded like the image data.
 
-    Only row indices go through tf.data (shuffled there, seeded: the order is the one a shuffle of the
-    features themselves gives); each batch's rows are then read (FeatureReader), so memory holds a few
-    batches, not the features.
+    Only row indices go through tf.data (with shuffle, a seeded permutation of them, new each epoch); each
+    batch's rows are then read (FeatureReader), so memory holds a few batches, not the features.
     """
     import tensorflow as tf
 
