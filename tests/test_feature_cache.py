@@ -94,11 +94,40 @@ def test_reader_reads_rows_in_the_order_asked(tmp_path: Path) -> None:
         np.testing.assert_array_equal(y, np.array([i % 3 for i in idx], dtype=np.int32))
 
 
-def test_head_is_fed_every_row_once_an_epoch_in_a_new_seeded_order(tmp_path: Path) -> None:
-    """Training from the cache: each epoch every row exactly once, with its own label, in batches of the batch
-    size; a new order each epoch; the same orders for the same seed (a rerun trains the same head), others for
-    another seed."""
+def test_head_is_fed_the_batches_an_in_memory_shuffle_gives(tmp_path: Path) -> None:
+    """Training from the cache sees exactly the batches, in the order, that training from arrays in RAM saw."""
+    import tensorflow as tf
+
+    splits = _splits({"train": 70})
+    feats = np.random.default_rng(2).normal(size=(70, 5)).astype(np.float32)
+    xy = _write(splits, ["train"], feats, 16, tmp_path / "cache").result()["train"]
+    labels = np.array([i % 3 for i in range(70)], dtype=np.int32)
+    # What the head was fed before the cache went to disk: the arrays themselves through tf.data.
+    before = tf.data.Dataset.from_tensor_slices((feats, labels)).shuffle(70, seed=7, reshuffle_each_iteration=True)
+    before = before.batch(16)
+    now = feature_dataset(xy, 16, shuffle=True, seed=7)
+    epochs_before = [[(x.numpy(), y.numpy()) for x, y in before] for _ in range(2)]
+    epochs_now = [[(x.numpy(), y.numpy()) for x, y in now] for _ in range(2)]
+    assert not np.array_equal(epochs_now[0][0][1], epochs_now[1][0][1])  # reshuffled each epoch
+    for a, b in zip(epochs_before, epochs_now, strict=True):
+        assert len(a) == len(b) == 5
+        for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+            np.testing.assert_array_equal(xa, xb)
+            np.testing.assert_array_equal(ya, yb)
+    plain = [y.numpy() for _, y in feature_dataset(xy, 32, shuffle=False, seed=7)]
+    np.testing.assert_array_equal(np.concatenate(plain), labels)
+
+
+def test_head_is_fed_every_row_once_an_epoch_in_a_new_seeded_order(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above SHUFFLE_BUFFER_ROWS (the stateless permutation): each epoch every row exactly once, with its own label,
+    in batches of the batch size; a new order each epoch; the same orders for the same seed (a rerun trains the same
+    head), others for another seed."""
     import keras
+
+    from edgetl.train import features
+
+    monkeypatch.setattr(features, "SHUFFLE_BUFFER_ROWS", 50)
 
     splits = _splits({"train": 70})
     feats = np.random.default_rng(2).normal(size=(70, 5)).astype(np.float32)

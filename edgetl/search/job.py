@@ -9,10 +9,12 @@ sample cannot tell from the most accurate one (within NOISE_Z standard errors of
 flowers, 64 images a class put MobileNetV2 1.0 at 160 px 6 points below 0.35 at 160 (1.6 standard errors),
 and trained fully it was 1.2 points above; over six other samples of 64 a class the top six candidates were
 within 2.4 points of each other on average, each moving 2-3 points from sample to sample (BENCHMARKS.md, "Stop 34:
-candidates within the sample's noise go on"). The number of rounds follows the kept fraction alone: the candidates
-within the noise ride along to the last round. The last round (the one after which fewer than two would go on)
-trains on the whole training split and validates on the whole validation split: its candidates are measured
-as `edgetl train` would measure them, so the recommendation among them is the one full training would make
+candidates within the sample's noise go on"). While such candidates go on, the rounds go on on growing samples
+(each round keeping the halving's count and those within the noise), until the noise parts them or a sample would
+hold 1/reduction of the training split. The last round (the halving's finalists, with no candidate within the
+noise left, or the one whose sample would be that large) trains on the whole training split and validates on
+the whole validation split: its candidates are measured as `edgetl train` would measure them, so the
+recommendation among them is the one full training would make
 (on the flowers, a last round on a sample picked a candidate 1.9 points below the best full run: the
 candidates were within the sample's noise). Rounds also end when the sample cannot grow. Every result goes
 to the folder's Optuna study as it is measured: a rerun reuses it.
@@ -164,8 +166,13 @@ def _halving(survivors: list[Candidate], weights: dict[Candidate, Weights], shar
     rounds: list[Round] = []
     per_class, number = cfg.images_per_class, 1
     scheduled = len(survivors)  # the halving's own count, without the candidates kept within the noise
+    pending = False  # candidates within the noise went on from the round before
     while True:
-        last = math.ceil(scheduled / cfg.reduction) < 2  # nothing would go on: measure as training would
+        # The last round, on the whole splits (measured as training would): when the halving has its finalists and
+        # no candidate rode along within the noise, or when the sample would hold 1/reduction of the training split
+        # anyway. Candidates within the noise thus go through samples that grow until the noise parts them or the
+        # sample nears the whole: their whole-split round comes only when a sample that large could not tell them.
+        last = (math.ceil(scheduled / cfg.reduction) < 2 and not pending) or _fills(shared, per_class)
         fid = _fidelity(shared, number, per_class, whole=last)
         rnd = Round(number, per_class, len(fid.train), len(fid.val), [c.key for c in survivors], whole=fid.whole)
         t0 = time.perf_counter()
@@ -196,10 +203,10 @@ def _halving(survivors: list[Candidate], weights: dict[Candidate, Weights], shar
         ranks = dict(zip(ranked, pareto_ranks([latest[c] for c in ranked], cfg.budget), strict=True))
         ranked.sort(key=lambda c: (ranks[c], -latest[c]["accuracy"], latest[c]["latency_ms"]))
         grown = _fidelity(shared, number + 1, per_class * cfg.reduction)
-        if last or keep < 2 or len(ranked) < 2 or len(grown.train) <= len(fid.train):
+        close = within_noise([latest[c] for c in ranked[keep:]], [latest[c] for c in ranked])
+        if last or len(ranked) < 2 or keep + len(close) < 2 or len(grown.train) <= len(fid.train):
             shared.keep_built(set())
             return latest, rounds
-        close = within_noise([latest[c] for c in ranked[keep:]], [latest[c] for c in ranked])
         survivors = ranked[:keep] + [c for c in ranked[keep:] if c.key in close]
         shared.keep_built({c.key for c in survivors})
         if close:
@@ -207,9 +214,14 @@ def _halving(survivors: list[Candidate], weights: dict[Candidate, Weights], shar
             shared.reporter.info(line)
             log.info(line)
         rnd.within_noise = sorted(close)
-        scheduled = keep
+        scheduled, pending = keep, bool(close)
         per_class *= cfg.reduction
         number += 1
+
+
+def _fills(shared: Shared, per_class: int) -> bool:
+    """Whether a sample of per_class images a class would hold at least 1/reduction of the training split."""
+    return per_class * len(shared.splits.class_names) * shared.cfg.reduction >= len(shared.splits.train)
 
 
 def within_noise(rows: list[dict[str, Any]], pool: list[dict[str, Any]]) -> set[str]:

@@ -217,20 +217,29 @@ class FeatureReader:
         return out, self.labels[idx]
 
 
+# Rows up to which the head's epochs are shuffled by tf.data's shuffle buffer. The buffer holds every index as its own
+# tensor, about 330 bytes each (16 MB here); at 160,000 training rows it held 52 MB and took a quarter of the head's
+# time (BENCHMARKS.md, "train at scale"), so larger splits take a stateless permutation instead (index_shuffle, keyed
+# by a seeded random number drawn anew each epoch). Below it, runs train in the same order as before that change.
+SHUFFLE_BUFFER_ROWS = 50_000
+
+
 def feature_dataset(xy: Features, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
     """Cached features and labels as batches (shuffled each epoch when asked), sharded like the image data.
 
     Only row indices go through tf.data (with shuffle, a seeded permutation of them, new each epoch); each
-    batch's rows are then read (FeatureReader), so memory holds a few batches, not the features.
+    batch's rows are then read (FeatureReader), so memory holds a few batches, not the features. Up to
+    SHUFFLE_BUFFER_ROWS rows, tf.data's shuffle buffer permutes them (the order a shuffle of the features themselves
+    gives, and the one earlier versions trained in); above, a stateless permutation computed a batch at a time.
     """
     import tensorflow as tf
 
     reader = FeatureReader(xy)
-    ds = tf.data.Dataset.range(reader.n).batch(batch_size)
-    if shuffle:
-        # Each epoch a new permutation of the rows, computed a batch of indices at a time (stateless: nothing held).
-        # tf.data's shuffle buffer held every index as its own tensor, about 330 bytes each: 52 MB and a quarter of
-        # the head's time at 160,000 training images (BENCHMARKS.md, "train at scale").
+    ds = tf.data.Dataset.range(reader.n)
+    if shuffle and reader.n <= SHUFFLE_BUFFER_ROWS:
+        ds = ds.shuffle(max(reader.n, 1), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    if shuffle and reader.n > SHUFFLE_BUFFER_ROWS:
         n = reader.n
         epoch_keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
 
