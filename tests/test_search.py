@@ -12,11 +12,13 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from edgetl.cli import main
 from edgetl.core.errors import RunExistsError, UsageError
+from edgetl.core.progress import Reporter
 from edgetl.data import scan_folder
 from edgetl.search import job as search_job
 from edgetl.search.candidates import Candidate, default_candidates, find_weights, keras_file_name, parse_candidates
@@ -146,6 +148,65 @@ def test_rounds_keep_the_promising_candidates_and_recommend_within_the_budget(
     assert "closest is mobilenet_v2:0.35@96" in res.stderr and res.stderr.count("error:") == 1
 
 
+CROSSING = {**TRUTH,  # constructed candidates whose learning curves cross
+            "mobilenet_v2:1@128": (0.75, 4.0, 2.7),  # the most accurate on samples; dominates the slower ones
+            "mobilenet_v2:1@160": (0.76, 6.0, 2.7),  # 3 points below 1@128 on samples (below), first on the whole
+            "mobilenet_v2:1@224": (0.70, 11.0, 2.7)}  # 5 points below: outside 2 x 2.1 points
+
+
+def _crossing_evaluate() -> Any:
+    """CROSSING's figures (standard error 0.015), with 1@160 4 points lower on every sample than on the whole."""
+    fake = _fake_evaluate(CROSSING, [], stderr=0.015)
+
+    def evaluate(c: Candidate, weights: Any, fid: Any, *args: Any) -> dict[str, Any]:
+        figures = fake(c, weights, fid, *args)
+        if c.key == "mobilenet_v2:1@160" and not fid.whole:
+            figures["accuracy"] = round(figures["accuracy"] - 0.04, 4)
+        return figures
+
+    return evaluate
+
+
+def test_a_kept_classifier_trains_its_head_as_a_fresh_build_does(tmp_path: Path) -> None:
+    """A candidate's classifier kept between rounds starts each round's head from its initial variables (weights
+    and dropout seed): the head trains to the same weights as on a freshly built classifier."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    import keras
+
+    from edgetl.search.trial import _build, _built, scratch_fit
+    from edgetl.train.config import TrainConfig
+    from edgetl.train.distribute import place
+    from edgetl.train.fit import fit_stage
+
+    shared = SimpleNamespace(placement=place("default", "off"), splits=SimpleNamespace(class_names=list("abc")),
+                             built={})
+    tcfg = replace(TrainConfig(data="x"), weights="none", epochs=4)
+    cand = Candidate("mobilenet_v2", 0.35, 32)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 1280)).astype(np.float32), rng.integers(0, 3, 64).astype(np.int32)
+    vx, vy = rng.normal(size=(32, 1280)).astype(np.float32), rng.integers(0, 3, 32).astype(np.int32)
+
+    def trained(clf: Any) -> list[np.ndarray]:
+        history, ckpt = scratch_fit(tmp_path)
+        fit_stage(clf.head, (x, y), (vx, vy), tcfg, tcfg.lr, tcfg.epochs, "head", history, Reporter(),
+                  shared.placement, ckpt, None)
+        return [np.array(w) for w in clf.head.get_weights()]
+
+    first = _built(cand, tcfg, shared)[0]
+    after_round_1 = trained(first)
+    keras.backend.clear_session()  # as the search does after each candidate
+    again = _built(cand, tcfg, shared)[0]
+    assert again is first  # kept, not built again
+    after_round_2 = trained(again)
+    keras.backend.clear_session()
+    fresh = trained(_build(cand, tcfg, shared)[0])
+    for a, b, c in zip(after_round_1, after_round_2, fresh, strict=True):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+
+
 def test_a_sample_of_every_image_is_measured_as_the_whole_splits(demo_dir: Path, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """--images-per-class above every class: one round, on the splits in `edgetl train`'s order (its figures are
@@ -174,24 +235,10 @@ def test_a_sample_of_every_image_is_measured_as_the_whole_splits(demo_dir: Path,
 def test_candidates_the_sample_cannot_tell_from_the_best_go_on_to_the_whole_splits(
         demo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A slower candidate that small samples put just below the best is not dropped for its Pareto rank: trained on
-    the whole splits it can come first (learning curves cross). One clearly below the best is dropped, and the
-    number of rounds stays the halving's."""
-    truth = dict(TRUTH)
-    truth["mobilenet_v2:1@128"] = (0.75, 4.0, 2.7)  # the most accurate on samples; dominates the slower ones
-    truth["mobilenet_v2:1@160"] = (0.76, 6.0, 2.7)  # 3 points below 1@128 on samples (below), first on the whole
-    truth["mobilenet_v2:1@224"] = (0.70, 11.0, 2.7)  # 5 points below: outside 2 x 2.1 points
-    calls: list[tuple[str, int]] = []
-    fake = _fake_evaluate(truth, calls, stderr=0.015)
-
-    def crossing(c: Candidate, weights: Any, fid: Any, *args: Any) -> dict[str, Any]:
-        figures = fake(c, weights, fid, *args)
-        if c.key == "mobilenet_v2:1@160" and not fid.whole:
-            figures["accuracy"] = round(figures["accuracy"] - 0.04, 4)
-        return figures
-
-    monkeypatch.setattr(search_job, "evaluate", crossing)
-    res = _search_cli([str(demo_dir), "--weights", "none", "--images-per-class", "2", "--candidates", ",".join(truth),
-                       "-o", str(tmp_path / "s"), "--json"])
+    the whole splits it can come first (learning curves cross). One clearly below the best is dropped."""
+    monkeypatch.setattr(search_job, "evaluate", _crossing_evaluate())
+    res = _search_cli([str(demo_dir), "--weights", "none", "--images-per-class", "2",
+                       "--candidates", ",".join(CROSSING), "-o", str(tmp_path / "s"), "--json"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     rounds = doc["rounds"]
@@ -214,22 +261,10 @@ def test_after_the_finalists_samples_grow_while_candidates_are_within_the_noise(
         demo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The halving has its finalists, but a candidate is still within the noise: one more sample round (the best
     one and those within the noise), not the whole splits, until a sample would be a large part of them."""
-    truth = dict(TRUTH)
-    truth["mobilenet_v2:1@128"] = (0.75, 4.0, 2.7)
-    truth["mobilenet_v2:1@160"] = (0.76, 6.0, 2.7)
-    truth["mobilenet_v2:1@224"] = (0.70, 11.0, 2.7)
-    fake = _fake_evaluate(truth, [], stderr=0.015)
-
-    def crossing(c: Candidate, weights: Any, fid: Any, *args: Any) -> dict[str, Any]:
-        figures = fake(c, weights, fid, *args)
-        if c.key == "mobilenet_v2:1@160" and not fid.whole:
-            figures["accuracy"] = round(figures["accuracy"] - 0.04, 4)
-        return figures
-
-    monkeypatch.setattr(search_job, "evaluate", crossing)
+    monkeypatch.setattr(search_job, "evaluate", _crossing_evaluate())
     monkeypatch.setattr(search_job, "_fills", lambda shared, per_class: per_class >= 16)  # a larger folder
-    res = _search_cli([str(demo_dir), "--weights", "none", "--images-per-class", "2", "--candidates", ",".join(truth),
-                       "-o", str(tmp_path / "s"), "--json"])
+    res = _search_cli([str(demo_dir), "--weights", "none", "--images-per-class", "2",
+                       "--candidates", ",".join(CROSSING), "-o", str(tmp_path / "s"), "--json"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     rounds = doc["rounds"]

@@ -161,6 +161,14 @@ def _fidelity(shared: Shared, number: int, per_class: int, whole: bool = False) 
 def _halving(survivors: list[Candidate], weights: dict[Candidate, Weights], shared: Shared, results: Results,
              skipped: list[str]) -> tuple[dict[Candidate, dict[str, Any]], list[Round]]:
     """The rounds of successive halving. Returns each candidate's figures at its last round, and the rounds."""
+    try:
+        return _rounds(survivors, weights, shared, results, skipped)
+    finally:
+        shared.keep_built(set())  # the kept classifiers go with the rounds
+
+
+def _rounds(survivors: list[Candidate], weights: dict[Candidate, Weights], shared: Shared, results: Results,
+            skipped: list[str]) -> tuple[dict[Candidate, dict[str, Any]], list[Round]]:
     cfg = shared.cfg
     latest: dict[Candidate, dict[str, Any]] = {}
     rounds: list[Round] = []
@@ -196,7 +204,6 @@ def _halving(survivors: list[Candidate], weights: dict[Candidate, Weights], shar
         shared.reporter.info(rnd.line())
         log.info(rnd.line())
         if not survivors:
-            shared.keep_built(set())
             return latest, rounds
         keep = math.ceil(scheduled / cfg.reduction)
         ranked = [c for c in survivors if within_budget(latest[c], cfg.budget)]
@@ -205,7 +212,6 @@ def _halving(survivors: list[Candidate], weights: dict[Candidate, Weights], shar
         grown = _fidelity(shared, number + 1, per_class * cfg.reduction)
         close = within_noise([latest[c] for c in ranked[keep:]], [latest[c] for c in ranked])
         if last or len(ranked) < 2 or keep + len(close) < 2 or len(grown.train) <= len(fid.train):
-            shared.keep_built(set())
             return latest, rounds
         survivors = ranked[:keep] + [c for c in ranked[keep:] if c.key in close]
         shared.keep_built({c.key for c in survivors})

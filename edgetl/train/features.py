@@ -218,9 +218,10 @@ class FeatureReader:
 
 
 # Rows up to which the head's epochs are shuffled by tf.data's shuffle buffer. The buffer holds every index as its own
-# tensor, about 330 bytes each (16 MB here); at 160,000 training rows it held 52 MB and took a quarter of the head's
-# time (BENCHMARKS.md, "train at scale"), so larger splits take a stateless permutation instead (index_shuffle, keyed
-# by a seeded random number drawn anew each epoch). Below it, runs train in the same order as before that change.
+# tensor, about 330 bytes each (16 MB here); at 160,000 training rows the head stage grew 116 MB against 50 and took
+# 51.8 against 32.2 s (tools/bench_head_memory.py, BENCHMARKS.md "train at scale"), so larger splits take a
+# stateless permutation instead (index_shuffle, keyed by a seeded random number drawn anew each epoch). Below it,
+# runs train in the same order as before that change.
 SHUFFLE_BUFFER_ROWS = 50_000
 
 

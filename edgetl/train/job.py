@@ -44,7 +44,7 @@ from edgetl.train.walltime import Clock, describe
 if TYPE_CHECKING:
     import keras
 
-    from edgetl.data.splits import DataSplits, Item
+    from edgetl.data.splits import DataSplits
     from edgetl.model.classifier import Classifier
     from edgetl.train.distribute import Placement
 
@@ -355,21 +355,18 @@ def compact_image_lists(manifest: dict[str, Any], splits: DataSplits) -> Callabl
 
     def restore() -> None:
         # As views that write_json writes row by row: the lists are never held again (Streamed).
-        rebuilt = {s: Streamed(len(splits.split(s)), partial(_rows, splits.split(s))) for s in dropped}
-        manifest["data"] = {k: rebuilt[k] if k in rebuilt else data[k] for k in order}
+        rebuilt = splits.to_manifest(streamed=True)
+        manifest["data"] = {k: rebuilt[k] if k in dropped else data[k] for k in order}
         if stats is not None:
-            manifest["data_files"] = Streamed(len(stats), partial(_stat_pairs, splits, stats), pairs=True)
+            manifest["data_files"] = _data_files(splits, stats)
 
     return restore
 
 
-def _rows(items: list[Item]) -> Iterator[list[str | int]]:
-    return ([it.path, it.label] for it in items)
-
-
-def _data_files(splits: DataSplits) -> Streamed:
-    """The manifest's data_files (path -> [size, mtime_ns]) as a view of one stat array."""
-    stats = _stat_array(splits)
+def _data_files(splits: DataSplits, stats: np.ndarray | None = None) -> Streamed:
+    """The manifest's data_files (path -> [size, mtime_ns]) as a view of one stat array (the files' own, or
+    `stats` in split order)."""
+    stats = _stat_array(splits) if stats is None else stats
     return Streamed(len(stats), partial(_stat_pairs, splits, stats), pairs=True)
 
 
