@@ -64,7 +64,7 @@ def test_tflm_runs_the_mcu_file_in_the_smallest_arena(mcu_file: Path, trained_ru
 
 
 def test_tflm_top1_agrees_with_litert(mcu_file: Path, held_out: tuple[np.ndarray, np.ndarray]) -> None:
-    from edgetl.export.tflm_check import reference_kernel_outputs
+    from edgetl.export.tflm_check import reference_kernel_outputs, softmax_logits
     from edgetl.runtime import open_model
     from edgetl.runtime.tflm import open_tflm
 
@@ -77,10 +77,93 @@ def test_tflm_top1_agrees_with_litert(mcu_file: Path, held_out: tuple[np.ndarray
     # LiteRT's XNNPACK kernels round otherwise than TFLM's: near ties may flip, the rest agrees.
     assert (a.argmax(1) == b.argmax(1)).mean() >= 0.85
     assert (a.argmax(1) == y).mean() > 0.5  # 4 classes: far above chance
-    # TFLM's kernels are ports of TFLite's reference kernels: the same outputs as LiteRT's, to the quantization step.
-    ref = reference_kernel_outputs(mcu_file, x)
-    assert np.abs(a - ref).max() <= step + 1e-6
-    assert (a.argmax(1) == ref.argmax(1)).all()
+    # TFLM's kernels are ports of TFLite's reference kernels: the same outputs as LiteRT's, to the quantization step,
+    # except where a kernel rounds a logit one step otherwise; the softmax then moves as far as that step moves it.
+    ref, z, z_step = reference_kernel_outputs(mcu_file, x, softmax_logits(mcu_file))
+    assert z is not None and z.shape == a.shape and z_step > 0
+    assert (np.abs(a - ref) <= _one_logit_step_range(z, z_step) + step + 1e-6).all()
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _one_logit_step_range(z: np.ndarray, z_step: float) -> np.ndarray:
+    """By brute force: how far each softmax output moves at most when each logit moves by up to one step (its
+    extremes are where its own logit goes one way and every other the other way)."""
+    p = _softmax(z.astype(np.float64))
+    out = np.zeros_like(p)
+    for i in range(z.shape[1]):
+        push = np.full(z.shape[1], -z_step)
+        push[i] = z_step
+        out[:, i] = np.maximum(_softmax(z + push)[:, i] - p[:, i], p[:, i] - _softmax(z - push)[:, i])
+    return out
+
+
+def test_softmax_slack_is_the_reach_of_one_logit_step() -> None:
+    from edgetl.export.tflm_check import softmax_slack
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 4, (200, 5))
+    z[0] = [30.0, -30.0, 0.0, 0.0, 1.0]  # saturated: no overflow, the tiny outputs barely move
+    for z_step in (0.02, 0.23, 1.5):
+        assert np.allclose(softmax_slack(z, z_step), _one_logit_step_range(z, z_step), atol=1e-12)
+    # Its widest: tanh(step / 2) (0.114 for a step of 0.23), where two logits lie one step apart.
+    apart = np.stack([np.zeros(401), np.linspace(-2, 2, 401)], axis=1)
+    assert softmax_slack(apart, 0.23).max() == pytest.approx(np.tanh(0.115), rel=1e-4)
+    assert softmax_slack(np.array([[0.0, 0.23]]), 0.23)[0, 0] == pytest.approx(np.tanh(0.115))
+
+
+class _ShiftedTflm:
+    """TFLM's runner with its outputs replaced: the reference kernels' plus `shift(reference, logits, step)`."""
+
+    def __init__(self, real: object, path: Path, shift: object) -> None:
+        self.real, self.path, self.shift = real, path, shift
+        self.arena_bytes, self.out = real.arena_bytes, real.out
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        from edgetl.export.tflm_check import reference_kernel_outputs, softmax_logits
+
+        ref, z, z_step = reference_kernel_outputs(self.path, images, softmax_logits(self.path))
+        return ref + self.shift(ref, z, z_step)
+
+    def close(self) -> None:
+        self.real.close()
+
+
+@pytest.mark.parametrize("departure", ["one logit step", "classes swapped"])
+def test_tflm_check_takes_a_logit_step_and_fails_a_departure(mcu_file: Path, held_out: tuple[np.ndarray, np.ndarray],
+                                                            monkeypatch: pytest.MonkeyPatch, departure: str) -> None:
+    """A kernel that rounds one logit a step otherwise moves a softmax output by many output steps (seen on CI with
+    TFLM's FULLY_CONNECTED): the check takes that, and fails outputs no logit step explains."""
+    import edgetl.runtime.tflm as tflm
+    from edgetl.export.report import ExportRow
+    from edgetl.export.tflm_check import check_tflm
+
+    step = 1 / 256
+
+    def one_logit_step(ref: np.ndarray, z: np.ndarray, z_step: float) -> np.ndarray:
+        push = np.zeros_like(z)
+        push[:, 1] = z_step  # class 1's logit one step up in every image: TFLM's rounding, not another model
+        return np.rint((_softmax(z + push) - _softmax(z)) / step) * step
+
+    def swapped(ref: np.ndarray, z: np.ndarray, z_step: float) -> np.ndarray:
+        return ref[:, ::-1] - ref
+
+    real_open = tflm.open_tflm
+    monkeypatch.setattr(tflm, "open_tflm", lambda path: _ShiftedTflm(
+        real_open(path), Path(path), one_logit_step if departure == "one logit step" else swapped))
+    row = ExportRow(format="tflite", mode="int8-full", path=str(mcu_file), io_type="int8")
+    check_tflm(row, mcu_file, images=held_out)
+    figures = row.to_dict()["tflm"]
+    assert figures["reference_kernels_max_steps"] > 1  # the raw outputs are many steps apart either way
+    if departure == "one logit step":
+        assert not row.failed, row.status
+        assert figures["status"] == "ok" and figures["reference_kernels_steps_beyond_a_logit_step"] <= 1
+    else:
+        assert row.failed and row.failure == "tflm" and "\n" not in row.status
+        assert "beyond what one step of its logits explains" in row.status
 
 
 def test_tflm_check_fills_the_row_and_a_budget_below_fails(mcu_file: Path,
@@ -95,7 +178,7 @@ def test_tflm_check_fills_the_row_and_a_budget_below_fails(mcu_file: Path,
     assert d["flash_kb"] == round(mcu_file.stat().st_size / 1024, 1)
     assert d["ram_kb"] == round(d["tflm"]["arena_bytes"] / 1024, 1)
     assert d["tflm"]["samples"] == len(held_out[0]) and d["tflm"]["agreement"] >= 0.85
-    assert d["tflm"]["reference_kernels_max_steps"] <= 1 and d["tflm"]["accuracy"] > 0.5
+    assert d["tflm"]["reference_kernels_steps_beyond_a_logit_step"] <= 1 and d["tflm"]["accuracy"] > 0.5
     ram = d["ram_kb"]
 
     row = ExportRow(format="tflite", mode="int8-full", path=str(mcu_file), io_type="int8")
@@ -149,7 +232,7 @@ def test_export_reports_ram_and_flash(mcu_export: dict, mcu_file: Path) -> None:
     assert mcu_export["status"] == "ok" and t["status"] == "ok"
     assert mcu_export["flash_kb"] == round(mcu_file.stat().st_size / 1024, 1)
     assert mcu_export["ram_kb"] == round(t["arena_bytes"] / 1024, 1) > 0
-    assert t["samples"] > 0 and t["accuracy"] > 0.5 and t["reference_kernels_max_steps"] <= 1
+    assert t["samples"] > 0 and t["accuracy"] > 0.5 and t["reference_kernels_steps_beyond_a_logit_step"] <= 1
 
 
 def test_export_over_budget_fails_with_both_figures(trained_run: Path, mcu_export: dict, tmp_path: Path) -> None:

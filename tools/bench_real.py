@@ -195,7 +195,7 @@ def mcu_figures(run: Path, out: Path) -> dict[str, Any]:
     t = row.get("tflm") or {}
     return {"ram_kb": row.get("ram_kb"), "flash_kb": row.get("flash_kb"), "status": row.get("status"),
             **{k: t.get(k) for k in ("accuracy", "agreement", "litert_accuracy", "reference_kernels_max_steps",
-                                     "samples")},
+                                     "reference_kernels_steps_beyond_a_logit_step", "samples")},
             "seconds": round(time.perf_counter() - t0, 1)}
 
 

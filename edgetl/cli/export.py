@@ -203,7 +203,9 @@ def _show(report: ExportReport, as_json: bool) -> None:
             out_console().print(f"TensorFlow Lite Micro ({r['mode']}/{r.get('io_type')}): RAM KB is its tensor arena; "
                                 f"on {t['samples']} of those images accuracy {fmt(t.get('accuracy'))}, top-1 agreement "
                                 f"with LiteRT {fmt(t.get('agreement'))}, {t.get('reference_kernels_max_steps')} output "
-                                "step(s) from LiteRT's reference kernels", soft_wrap=True)
+                                f"step(s) from LiteRT's reference kernels "
+                                f"({t.get('reference_kernels_steps_beyond_a_logit_step')} beyond what one step of "
+                                "the logits explains)", soft_wrap=True)
     app_samples = [r["mediapipe"]["samples"] for r in report.rows if "samples" in (r.get("mediapipe") or {})]
     if app_samples:
         out_console().print("app agree: top-1 of MediaPipe Tasks' ImageClassifier (what Android, iOS and web apps "
