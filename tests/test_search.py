@@ -167,23 +167,25 @@ def _crossing_evaluate() -> Any:
     return evaluate
 
 
-def test_a_kept_classifier_trains_its_head_as_a_fresh_build_does(tmp_path: Path) -> None:
+def test_kept_and_shared_classifiers_start_as_train_builds_them(tmp_path: Path) -> None:
     """A candidate's classifier kept between rounds starts each round's head from its initial variables (weights
-    and dropout seed): the head trains to the same weights as on a freshly built classifier."""
+    and dropout seed), and a candidate at another size built on the base its backbone and width share computes the
+    same features: both train their heads to the weights `edgetl train`'s own build of that candidate gets."""
     from dataclasses import replace
     from types import SimpleNamespace
 
     import keras
 
-    from edgetl.search.trial import _build, _built, scratch_fit
+    from edgetl.model.backbones import build_base, resolve_backbone
+    from edgetl.model.classifier import build_classifier
+    from edgetl.search.trial import Shared, _built, scratch_fit
     from edgetl.train.config import TrainConfig
     from edgetl.train.distribute import place
     from edgetl.train.fit import fit_stage
 
-    shared = SimpleNamespace(placement=place("default", "off"), splits=SimpleNamespace(class_names=list("abc")),
-                             built={})
     tcfg = replace(TrainConfig(data="x"), weights="none", epochs=4)
-    cand = Candidate("mobilenet_v2", 0.35, 32)
+    shared = Shared(cfg=None, train_cfg=tcfg, splits=SimpleNamespace(class_names=list("abc")), folder=tmp_path,
+                    placement=place("default", "off"), reporter=Reporter(), threads=1)
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(64, 1280)).astype(np.float32), rng.integers(0, 3, 64).astype(np.int32)
     vx, vy = rng.normal(size=(32, 1280)).astype(np.float32), rng.integers(0, 3, 32).astype(np.int32)
@@ -194,17 +196,36 @@ def test_a_kept_classifier_trains_its_head_as_a_fresh_build_does(tmp_path: Path)
                   shared.placement, ckpt, None)
         return [np.array(w) for w in clf.head.get_weights()]
 
-    first = _built(cand, tcfg, shared)[0]
+    def as_train_builds(size: int) -> Any:  # edgetl.train.job's sequence
+        spec = resolve_backbone("mobilenet_v2")
+        keras.utils.set_random_seed(tcfg.seed)
+        base = build_base(spec, weights=tcfg.weights, alpha=0.35, image_size=size)
+        return build_classifier(base, image_size=size, num_classes=3, preprocessing=spec.default_preprocessing,
+                                dropout=tcfg.dropout, seed=tcfg.seed, normalization=spec.normalization)
+
+    first = _built(Candidate("mobilenet_v2", 0.35, 32), tcfg, shared)[0]
     after_round_1 = trained(first)
     keras.backend.clear_session()  # as the search does after each candidate
-    again = _built(cand, tcfg, shared)[0]
+    again = _built(Candidate("mobilenet_v2", 0.35, 32), tcfg, shared)[0]
     assert again is first  # kept, not built again
     after_round_2 = trained(again)
     keras.backend.clear_session()
-    fresh = trained(_build(cand, tcfg, shared)[0])
-    for a, b, c in zip(after_round_1, after_round_2, fresh, strict=True):
-        np.testing.assert_array_equal(a, b)
-        np.testing.assert_array_equal(a, c)
+    other = _built(Candidate("mobilenet_v2", 0.35, 64), tcfg, shared)[0]
+    assert other.base is first.base and len(shared.bases) == 1  # one base for both sizes
+    # 48 pixels: a stride-2 stage sees an odd size, which a base built for any size pads otherwise: its own base.
+    assert _built(Candidate("mobilenet_v2", 0.35, 48), tcfg, shared)[0].base is not first.base
+    other_trained = trained(other)
+    keras.backend.clear_session()
+    for got, size in ((after_round_1, 32), (after_round_2, 32), (other_trained, 64)):
+        own = as_train_builds(size)
+        for a, b in zip(got, trained(own), strict=True):
+            np.testing.assert_array_equal(a, b)
+        images = rng.uniform(0, 255, (4, size, size, 3)).astype(np.float32)
+        model = first if size == 32 else other
+        np.testing.assert_array_equal(np.asarray(model.extractor(images)), np.asarray(own.extractor(images)))
+        keras.backend.clear_session()
+    shared.keep_built(set())
+    assert shared.built == {} and shared.bases == {}
 
 
 def test_a_sample_of_every_image_is_measured_as_the_whole_splits(demo_dir: Path, tmp_path: Path,

@@ -219,14 +219,15 @@ def keras_cache_dir() -> str:
     return os.path.join(os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras")), "models")
 
 
-def build_base(spec: BackboneSpec, *, weights: str, alpha: float | None, image_size: int) -> Any:
+def build_base(spec: BackboneSpec, *, weights: str, alpha: float | None, image_size: int | None) -> Any:
     """Build the frozen base: a Keras model or layer from RGB-preprocessed images to features.
 
     Args:
         spec: the resolved backbone.
         weights: "imagenet", "none", "bundled", or a path to a weights file.
         alpha: width multiplier (MobileNet family) or None.
-        image_size: square input size in pixels.
+        image_size: square input size in pixels; None (Keras Applications only): any size, the base then computes
+            at the size of each classifier built on it (build_classifier) the same graph as a base built for it.
 
     Returns:
         A Keras model (cards, .keras files) or a TFSMLayer (TF-Hub, SavedModel), not trainable.
@@ -236,6 +237,8 @@ def build_base(spec: BackboneSpec, *, weights: str, alpha: float | None, image_s
     """
     if spec.kind == "keras":
         base = _build_application(spec, weights=weights, alpha=alpha, image_size=image_size)
+    elif image_size is None:
+        raise ModelError(f"'{spec.name}' is built for one input size; only Keras Applications take any size.")
     elif spec.kind == "hub":
         base = _build_hub(spec.name)
     elif spec.kind == "kerashub":
@@ -246,7 +249,7 @@ def build_base(spec: BackboneSpec, *, weights: str, alpha: float | None, image_s
     return base
 
 
-def _build_application(spec: BackboneSpec, *, weights: str, alpha: float | None, image_size: int) -> Any:
+def _build_application(spec: BackboneSpec, *, weights: str, alpha: float | None, image_size: int | None) -> Any:
     import keras
 
     card = spec.card

@@ -45,8 +45,9 @@ class FeatureStore:
         return x, np.array([it.label for it in items], dtype=np.int32)
 
     def fill(self, clf: Classifier, splits: DataSplits, items: list[Item], batch_size: int, reporter: Reporter,
-             placement: Placement, seconds: dict[str, float]) -> int:
-        """Compute the items' missing features with the train job's feature pass; save them. Returns how many."""
+             placement: Placement, seconds: dict[str, float], engine: str = "auto") -> int:
+        """Compute the items' missing features with the train job's feature pass on `engine` (edgetl.train.engine's
+        ENGINES); save them. Returns how many."""
         from edgetl.data.splits import DataSplits as Splits
         from edgetl.train.features import extract_features
 
@@ -57,7 +58,7 @@ class FeatureStore:
         subset = Splits(root=splits.root, class_names=splits.class_names, train=todo)
         record: dict[str, Any] = {}
         out = extract_features(clf, subset, ["train"], clf.model.input_shape[1], batch_size, reporter, placement,
-                               record=record)
+                               engine=engine, record=record)
         x, _ = out["train"]
         for it, row in zip(todo, x, strict=True):
             self.rows[it.path] = row

@@ -65,6 +65,17 @@ class Built:
     spec: Any
     mode: str
     head_state: list[np.ndarray]
+    base_key: str | None = None  # the shared base it is built on (Shared.bases), if any
+
+
+@dataclass
+class Base:
+    """A backbone's frozen base built for any size: the search's candidates of one backbone, width and weights file
+    build their classifiers on it at every size. The head's variables as the first of them was built go to the
+    others: a head's initial values do not depend on the size (the base draws as many random values at any size)."""
+
+    base: Any
+    head_state: list[np.ndarray]
 
 
 @dataclass
@@ -82,10 +93,14 @@ class Shared:
     # head from the same initial state without building the base again (0.6-0.9 s a candidate and round). The
     # rounds drop the candidates that do not go on (keep_built).
     built: dict[str, Built] = field(default_factory=dict)
+    # The bases shared across sizes (shared_base_key): a Keras build is 0.6-0.9 s, most of a small round's fixed cost.
+    bases: dict[str, Base] = field(default_factory=dict)
 
     def keep_built(self, keys: set[str]) -> None:
-        """Let go of the classifiers of every candidate not in keys."""
+        """Let go of the classifiers of every candidate not in keys, and of the bases none of the others is on."""
         self.built = {k: b for k, b in self.built.items() if k in keys}
+        on = {b.base_key for b in self.built.values()}
+        self.bases = {k: b for k, b in self.bases.items() if k in on}
 
 
 @dataclass(frozen=True)
@@ -126,7 +141,7 @@ def evaluate(c: Candidate, weights: Weights, fid: Fidelity, shared: Shared,
     seconds["build"] = time.perf_counter() - t0
     store = FeatureStore(shared.folder, feature_name(c, weights))
     store.fill(clf, shared.splits, fid.train + fid.val, tcfg.batch_size, Bars(shared.reporter), shared.placement,
-               seconds)
+               seconds, engine=feature_engine(tcfg.feature_cache, fid))
     train_xy, val_xy = store.get(fid.train), store.get(fid.val)
     steps = -(-len(fid.train) // tcfg.batch_size)
     tcfg = replace(tcfg, epochs=max(tcfg.epochs, math.ceil(MIN_HEAD_STEPS / steps)))
@@ -155,6 +170,20 @@ def evaluate(c: Candidate, weights: Weights, fid: Fidelity, shared: Shared,
     }
 
 
+def feature_engine(feature_cache: str, fid: Fidelity) -> str:
+    """The engine of a round's feature pass (edgetl.train.engine's ENGINES) under `--feature-cache`.
+
+    On a sample, "auto" converts the base (on a CPU; the pass still checks it and goes back to TensorFlow when
+    TFLite is not faster): the cost model weighs a conversion against the sample's images alone, but the candidate's
+    later rounds, and `--train`, load it from the cache. On the flowers, MobileNetV2 0.35 at 96 and 128 stayed on
+    TensorFlow for 640 images (about 1.0 s of base each round, and a 0.4 s trace) where its conversion took 0.3 s.
+    The whole splits keep "auto": the engine `edgetl train` picks on the same images.
+    """
+    if feature_cache in ("keras", "tflite"):
+        return feature_cache
+    return "auto" if fid.whole else "tflite"
+
+
 def stderr(accuracy: float, n: int) -> float:
     """The standard error of an accuracy measured on n images (binomial): its uncertainty from n alone."""
     return math.sqrt(max(accuracy * (1 - accuracy), 0.0) / n) if n else math.inf
@@ -163,20 +192,41 @@ def stderr(accuracy: float, n: int) -> float:
 def _built(c: Candidate, tcfg: TrainConfig, shared: Shared) -> tuple[Classifier, Any, str]:
     """The candidate's classifier: kept from an earlier round with its head reset to its initial variables (the
     same head training as a fresh build, to the bit), or built and kept."""
-    import keras
-
     kept = shared.built.get(c.key)
     if kept is not None:
-        for var, value in zip(kept.clf.head.variables, kept.head_state, strict=True):
-            var.assign(value)
-        keras.utils.set_random_seed(tcfg.seed)  # as _build left it: the head's data order is seeded from it
+        _reset_head(kept.clf, kept.head_state, tcfg.seed)
         return kept.clf, kept.spec, kept.mode
     clf, spec, mode = _build(c, tcfg, shared)
-    shared.built[c.key] = Built(clf, spec, mode, [np.array(v) for v in clf.head.variables])
+    shared.built[c.key] = Built(clf, spec, mode, [np.array(v) for v in clf.head.variables],
+                                shared_base_key(c, spec, tcfg.weights))
     return clf, spec, mode
 
 
+def shared_base_key(c: Candidate, spec: Any, weights: str) -> str | None:
+    """The key of the base a candidate shares with the other sizes of its backbone and width, or None (built alone).
+
+    Keras Applications only (other backbones are built for one size), not with "imagenet" weights (Keras downloads
+    MobileNet's per input size, and a base built for any size would load the 224-pixel file), and at multiples of
+    32 pixels only: MobileNetV2/V3 and EfficientNet pad each stride-2 stage by its input's parity (Keras'
+    correct_pad), which a base built for any size takes as even. Their 5 stride-2 stages all see even sizes when
+    the size is a multiple of 32; at 48 the last sees 3, and the features differ.
+    """
+    if spec.kind != "keras" or weights == "imagenet" or c.image_size % 32:
+        return None
+    return digest([c.backbone, c.alpha, weights])
+
+
+def _reset_head(clf: Classifier, head_state: list[np.ndarray], seed: int) -> None:
+    import keras
+
+    for var, value in zip(clf.head.variables, head_state, strict=True):
+        var.assign(value)
+    keras.utils.set_random_seed(seed)  # as a build leaves it: the head's data order is seeded from it
+
+
 def _build(c: Candidate, tcfg: TrainConfig, shared: Shared) -> tuple[Classifier, Any, str]:
+    """The classifier `edgetl train` builds for the candidate (its head's initial values included), on the base its
+    backbone and width share across sizes when there is one (built here, for any size, on first use)."""
     import keras
 
     from edgetl.model.backbones import build_base, resolve_backbone
@@ -184,11 +234,19 @@ def _build(c: Candidate, tcfg: TrainConfig, shared: Shared) -> tuple[Classifier,
 
     spec = resolve_backbone(c.backbone)
     mode = spec.default_preprocessing
+    key = shared_base_key(c, spec, tcfg.weights)
+    kept = shared.bases.get(key) if key is not None else None
     keras.utils.set_random_seed(tcfg.seed)
     with shared.placement.strategy.scope():
-        base = build_base(spec, weights=tcfg.weights, alpha=c.alpha, image_size=c.image_size)
+        base = kept.base if kept is not None else build_base(
+            spec, weights=tcfg.weights, alpha=c.alpha, image_size=None if key is not None else c.image_size)
         clf = build_classifier(base, image_size=c.image_size, num_classes=len(shared.splits.class_names),
-                               preprocessing=mode, dropout=tcfg.dropout, seed=tcfg.seed)
+                               preprocessing=mode, dropout=tcfg.dropout, seed=tcfg.seed,
+                               normalization=spec.normalization)
+    if kept is not None:
+        _reset_head(clf, kept.head_state, tcfg.seed)
+    elif key is not None:
+        shared.bases[key] = Base(base, [np.array(v) for v in clf.head.variables])
     return clf, spec, mode
 
 

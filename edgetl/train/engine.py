@@ -164,7 +164,9 @@ def has_cached_conversion(clf: Classifier, size: int, path: Path | None | str = 
 
 def base_key(clf: Classifier, size: int) -> str | None:
     """A hash naming the extractor's conversion: its layers' kinds and settings in order, every weight, the size
-    and TensorFlow's version. Layer names are left out (Keras numbers them per process).
+    and TensorFlow's version. Layer names are left out (Keras numbers them per process), and so are input layers'
+    shapes: the size is in the key, and a base built for any size (build_base's image_size None, as the search
+    builds one per width) converts to the same graph at that size as a base built for it.
 
     None when a layer has no serializable config (then nothing is cached).
     """
@@ -177,7 +179,8 @@ def base_key(clf: Classifier, size: int) -> str | None:
     h = hashlib.sha256(f"{tf.__version__}|{size}".encode())
     try:
         for layer in leaves(clf.extractor):
-            config = {k: v for k, v in layer.get_config().items() if k != "name"}
+            skip = ("name", "batch_shape", "batch_input_shape") if type(layer).__name__ == "InputLayer" else ("name",)
+            config = {k: v for k, v in layer.get_config().items() if k not in skip}
             h.update(f"{type(layer).__name__}|{json.dumps(config, sort_keys=True, default=str)}".encode())
     except Exception:  # noqa: BLE001 - a layer without a config (e.g. a wrapped SavedModel): no cache
         return None
