@@ -419,3 +419,45 @@ def test_a_cached_conversion_with_its_stored_check_runs_without_tensorflow(class
     assert checks[0].is_file()
     _, record = run("auto")
     assert record["check"] == "stored"
+
+
+def test_passes_of_several_sizes_share_one_trace_and_conversion(demo_dir: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The search's candidates of one backbone at several sizes: one base built for any size, one trace and one
+    conversion (AnySizeForward) for their passes, and at each size the features a pass of its own gives."""
+    import keras
+
+    import edgetl.train.engine as engines
+    from edgetl.core.progress import Reporter
+    from edgetl.data.scan import scan_folder
+    from edgetl.model.backbones import build_base, resolve_backbone
+    from edgetl.model.classifier import build_classifier
+    from edgetl.train.distribute import place
+    from edgetl.train.features import extract_features
+
+    conversions = []
+    real_convert = engines.convert_frozen
+    monkeypatch.setattr(engines, "convert_frozen", lambda c: conversions.append(c) or real_convert(c))
+    monkeypatch.setenv("EDGETL_CACHE_DIR", "off")  # every pass converts, unless it shares a conversion
+    splits = scan_folder(demo_dir, val_split=0.2, test_split=0.1, seed=0)
+    placement = place("default", "off")
+    spec = resolve_backbone("mobilenet_v2")
+
+    def classifier(base: object, size: int | None) -> object:
+        return build_classifier(base, image_size=size, num_classes=4, preprocessing="tf", dropout=0.0)
+
+    any_base = build_base(spec, weights="bundled", alpha=0.35, image_size=None)
+    shared = engines.AnySizeForward(classifier(any_base, None).extractor)
+    got = {}
+    for size in (32, 64):
+        record: dict = {}
+        got[size] = extract_features(classifier(any_base, size), splits, ["train"], size, 16, Reporter(), placement,
+                                     engine="tflite", record=record, any_size=shared)["train"][0]
+        assert record["engine"] == "tflite" and record["max_relative_diff"] <= FEATURE_TOLERANCE
+    assert len(conversions) == 1  # the first size's pass converted, for both
+    for size in (32, 64):
+        keras.backend.clear_session()
+        own = classifier(build_base(spec, weights="bundled", alpha=0.35, image_size=size), size)
+        alone = extract_features(own, splits, ["train"], size, 16, Reporter(), placement, engine="tflite")["train"][0]
+        np.testing.assert_array_equal(got[size], alone)
+    assert len(conversions) == 3

@@ -70,13 +70,13 @@ class Classifier:
     feature_dim: int
 
 
-def build_classifier(base: Any, *, image_size: int, num_classes: int, preprocessing: str, dropout: float,
+def build_classifier(base: Any, *, image_size: int | None, num_classes: int, preprocessing: str, dropout: float,
                      seed: int = 42, normalization: dict[str, list[float]] | None = None) -> Classifier:
     """Assemble preprocessing, the frozen base (inference mode) and a new head.
 
     Args:
         base: a Keras model or layer from preprocessed images to features (2-D or 4-D output).
-        image_size: square input size.
+        image_size: square input size; None: any size (a base built for any size, build_base's image_size None).
         num_classes: classes of the head.
         preprocessing: one of PREPROCESSING_MODES.
         dropout: dropout rate before the dense layer.

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from edgetl.data.splits import DataSplits, Item
     from edgetl.model.classifier import Classifier
     from edgetl.train.distribute import Placement
+    from edgetl.train.engine import AnySizeForward
 
 FEATURES_DIR = "features"
 
@@ -45,9 +46,11 @@ class FeatureStore:
         return x, np.array([it.label for it in items], dtype=np.int32)
 
     def fill(self, clf: Classifier, splits: DataSplits, items: list[Item], batch_size: int, reporter: Reporter,
-             placement: Placement, seconds: dict[str, float], engine: str = "auto") -> int:
+             placement: Placement, seconds: dict[str, float], engine: str = "auto",
+             any_size: AnySizeForward | None = None) -> int:
         """Compute the items' missing features with the train job's feature pass on `engine` (edgetl.train.engine's
-        ENGINES); save them. Returns how many."""
+        ENGINES), with the trace and conversion `any_size` when it shares them with other sizes; save them. Returns
+        how many."""
         from edgetl.data.splits import DataSplits as Splits
         from edgetl.train.features import extract_features
 
@@ -58,7 +61,7 @@ class FeatureStore:
         subset = Splits(root=splits.root, class_names=splits.class_names, train=todo)
         record: dict[str, Any] = {}
         out = extract_features(clf, subset, ["train"], clf.model.input_shape[1], batch_size, reporter, placement,
-                               engine=engine, record=record)
+                               engine=engine, record=record, any_size=any_size)
         x, _ = out["train"]
         for it, row in zip(todo, x, strict=True):
             self.rows[it.path] = row

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from edgetl.search.config import SearchConfig
     from edgetl.train.config import TrainConfig
     from edgetl.train.distribute import Placement
+    from edgetl.train.engine import AnySizeForward
 
 CANDIDATES_DIR = "candidates"
 # A head fitted on a small sample runs at least this many optimizer steps (more epochs on fewer images), so
@@ -76,6 +77,7 @@ class Base:
 
     base: Any
     head_state: list[np.ndarray]
+    forward: AnySizeForward | None = None  # its trace and conversion for any size, made at the first sample round
 
 
 @dataclass
@@ -140,8 +142,9 @@ def evaluate(c: Candidate, weights: Weights, fid: Fidelity, shared: Shared,
     clf, spec, mode = _built(c, tcfg, shared)
     seconds["build"] = time.perf_counter() - t0
     store = FeatureStore(shared.folder, feature_name(c, weights))
+    engine = feature_engine(tcfg.feature_cache, fid)
     store.fill(clf, shared.splits, fid.train + fid.val, tcfg.batch_size, Bars(shared.reporter), shared.placement,
-               seconds, engine=feature_engine(tcfg.feature_cache, fid))
+               seconds, engine=engine, any_size=_any_size(c, spec, mode, shared) if engine == "tflite" else None)
     train_xy, val_xy = store.get(fid.train), store.get(fid.val)
     steps = -(-len(fid.train) // tcfg.batch_size)
     tcfg = replace(tcfg, epochs=max(tcfg.epochs, math.ceil(MIN_HEAD_STEPS / steps)))
@@ -179,9 +182,12 @@ def feature_engine(feature_cache: str, fid: Fidelity) -> str:
     TensorFlow for 640 images (about 1.0 s of base each round, and a 0.4 s trace) where its conversion took 0.3 s.
     The whole splits keep "auto": the engine `edgetl train` picks on the same images.
     """
-    if feature_cache in ("keras", "tflite"):
-        return feature_cache
-    return "auto" if fid.whole else "tflite"
+    from edgetl.train.engine import ENGINES
+
+    engine = feature_cache if feature_cache in ENGINES else "auto"  # the search needs features: "off" is "auto"
+    if engine == "auto" and not fid.whole:
+        return "tflite"
+    return engine
 
 
 def stderr(accuracy: float, n: int) -> float:
@@ -214,6 +220,27 @@ def shared_base_key(c: Candidate, spec: Any, weights: str) -> str | None:
     if spec.kind != "keras" or weights == "imagenet" or c.image_size % 32:
         return None
     return digest([c.backbone, c.alpha, weights])
+
+
+def _any_size(c: Candidate, spec: Any, mode: str, shared: Shared) -> AnySizeForward | None:
+    """The trace and conversion the candidate's feature pass shares with the other sizes on its base, or None.
+
+    Sample rounds only (feature_engine's "tflite"): there TensorFlow computes only the probe's images, through the
+    graph traced for any size. The whole splits trace their own, as `edgetl train` does, so that every image's
+    features are the ones training computes."""
+    kept = shared.built.get(c.key)
+    base = shared.bases.get(kept.base_key) if kept is not None and kept.base_key is not None else None
+    if base is None:
+        return None
+    if base.forward is None:
+        from edgetl.model.classifier import build_classifier
+        from edgetl.train.engine import AnySizeForward
+
+        with shared.placement.strategy.scope():
+            any_clf = build_classifier(base.base, image_size=None, num_classes=len(shared.splits.class_names),
+                                       preprocessing=mode, dropout=0.0, normalization=spec.normalization)
+        base.forward = AnySizeForward(any_clf.extractor)
+    return base.forward
 
 
 def _reset_head(clf: Classifier, head_state: list[np.ndarray], seed: int) -> None:

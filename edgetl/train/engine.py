@@ -245,14 +245,56 @@ def frozen_graph_def(concrete: Any) -> tuple[Any, tuple[str, list[int]], str]:
     return graph_def, (inputs[0].name.split(":")[0], shape), outputs[0].name.split(":")[0]
 
 
+class AnySizeForward:
+    """One trace and one float32 TFLite conversion of an extractor that takes images of any size, for the feature
+    passes of classifiers of several sizes on the same base (the search's candidates of one backbone and width).
+
+    A base built for any size (build_base's image_size None) computes at each size the same graph as one built for it:
+    both conversions gave equal features to the bit under XNNPACK, at the same speed (MobileNetV2 1.0 at 96-224).
+    Each pass then skips its own trace (about 0.4 s) and conversion (0.3-0.5 s); it still checks the converted file
+    against TensorFlow's features at its own size.
+    """
+
+    def __init__(self, extractor: Any) -> None:
+        """extractor: a Keras model from float32 images (None, None, None, 3), 0..255, to features."""
+        self.extractor = extractor
+        self.trace_cpu_seconds = 0.0
+        self._concrete: Any = None
+        self._blob: bytes | None = None
+
+    def concrete(self) -> Any:
+        """The traced TensorFlow function on (None, None, None, 3) float32 images (traced at the first call)."""
+        import tensorflow as tf
+
+        if self._concrete is None:
+            extractor = self.extractor
+
+            @tf.function(input_signature=[tf.TensorSpec((None, None, None, 3), tf.float32)])
+            def forward(images: tf.Tensor) -> tf.Tensor:
+                return extractor(images, training=False)
+
+            cpu0 = time.thread_time()
+            self._concrete = forward.get_concrete_function()
+            self.trace_cpu_seconds = time.thread_time() - cpu0
+        return self._concrete
+
+    def blob(self) -> bytes:
+        """The conversion (made at the first call): one file for every size, resized at load."""
+        if self._blob is None:
+            self._blob = convert_frozen(self.concrete())
+        return self._blob
+
+
 class TFLiteExtractor:
     """The classifier's extractor (preprocessing + frozen base + pooling) as float32 TFLite under XNNPACK."""
 
     def __init__(self, clf: Classifier, size: int, threads: int | None = None, concrete: Any = None,
-                 cache_path: Path | None | str = "find") -> None:
+                 cache_path: Path | None | str = "find", any_size: AnySizeForward | None = None) -> None:
         """concrete: the traced TensorFlow function of clf.extractor on (None, size, size, 3) float32, when the
         caller has one (the feature pass traced it already: tracing MobileNetV2 again costs seconds).
-        cache_path: conversion_path(clf, size) when the caller has it ("find": computed here, hashing the weights)."""
+        cache_path: conversion_path(clf, size) when the caller has it ("find": computed here, hashing the weights).
+        any_size: the conversion shared by this base's sizes, taken instead of converting (and cached as this size's).
+        """
         import tensorflow as tf
         from ai_edge_litert.interpreter import Interpreter
 
@@ -261,6 +303,10 @@ class TFLiteExtractor:
         self.cached = False
         self.threads = threads or cpu_threads()
         self._interp = self._load_cached()
+        if self._interp is None and any_size is not None:
+            blob = any_size.blob()
+            self._interp = Interpreter(model_content=blob, num_threads=self.threads)
+            self._store(blob)
         if self._interp is None:
             if concrete is None:
                 @tf.function(input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32)])
@@ -439,17 +485,18 @@ def stored_engine(clf: Classifier, size: int, path: Path | None, total: int, eng
 
 def switch(clf: Classifier, size: int, images: tf.Tensor, reference: np.ndarray, keras_seconds: float, choice: Choice,
            reporter: Reporter, record: dict[str, Any], concrete: Any,
-           cache_path: Path | None | str = "find") -> TFLiteExtractor | None:
+           cache_path: Path | None | str = "find", any_size: AnySizeForward | None = None) -> TFLiteExtractor | None:
     """The feature pass's switch at its decision batch: the TFLite extractor when the choice is TFLite and it
     matches TensorFlow's features on the batch TensorFlow just computed (and, chosen by the cost model, beats its
     time there); else None. Logs why. A kept extractor's check is stored beside its cached file (keep_check).
     concrete: the pass's traced TensorFlow function, which the conversion starts from; cache_path: where the
-    conversion is cached (engine.conversion_path, computed once by the pass)."""
+    conversion is cached (engine.conversion_path, computed once by the pass); any_size: the conversion to take
+    instead of converting (AnySizeForward)."""
     record.update(engine=choice.engine, reason=choice.reason)
     fast = None
     if choice.engine == "tflite":
         try:
-            fast = TFLiteExtractor(clf, size, concrete=concrete, cache_path=cache_path)
+            fast = TFLiteExtractor(clf, size, concrete=concrete, cache_path=cache_path, any_size=any_size)
         except Exception as exc:  # noqa: BLE001 - any conversion failure leaves the pass on TensorFlow
             record.update(engine="keras", reason=f"the conversion to TFLite failed ({first_line(exc)})")
         else:

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from edgetl.model.classifier import Classifier
     from edgetl.train.config import TrainConfig
     from edgetl.train.distribute import Placement
+    from edgetl.train.engine import AnySizeForward
 
 Features = tuple[np.ndarray, np.ndarray]  # (features (n, d) float32, labels (n,) int32)
 
@@ -280,7 +281,7 @@ def head_probabilities(head: keras.Model, xy: Features, batch_size: int = 256, c
 def extract_features(clf: Classifier, splits: DataSplits, names: list[str], size: int, batch_size: int,
                      reporter: Reporter, placement: Placement, *, engine: str = "auto",
                      record: dict[str, Any] | None = None, cache_dir: Path | None = None,
-                     ahead: PassInput | None = None) -> dict[str, Features]:
+                     ahead: PassInput | None = None, any_size: AnySizeForward | None = None) -> dict[str, Features]:
     """Run the frozen base once over the images of these splits: the fast path's whole cost.
 
     One pass over all splits together: one traced predict function and full batches, instead of
@@ -299,6 +300,8 @@ def extract_features(clf: Classifier, splits: DataSplits, names: list[str], size
             and returned memory-mapped: memory does not grow with the number of images.
         ahead: the pass's input started earlier (start_pass_input), used when it was made for these splits,
             size and batch (its decoded images are then ready); else the pass builds its own.
+        any_size: the trace and conversion of clf's base at any size (engine.AnySizeForward), shared with other
+            sizes' passes: this pass neither traces nor converts (one device only; the mirrored pass ignores it).
 
     Returns:
         Per split name, (features, labels) in the split's item order.
@@ -339,7 +342,7 @@ def extract_features(clf: Classifier, splits: DataSplits, names: list[str], size
             source = [ds if batches is None else batches]
             del batches
             _single_device_pass(clf, source, len(items), size, reporter, placement, engine,
-                                record if record is not None else {}, writer)
+                                record if record is not None else {}, writer, any_size)
     reporter.finish()
     out = writer.result()
     if record is not None:
@@ -394,7 +397,7 @@ def _mirrored_pass(clf: Classifier, ds: tf.data.Dataset, reporter: Reporter, pla
 
 def _single_device_pass(clf: Classifier, source: list[tf.data.Dataset | Iterator[Any]], total: int, size: int,
                         reporter: Reporter, placement: Placement, engine: str, record: dict[str, Any],
-                        writer: FeatureWriter) -> None:
+                        writer: FeatureWriter, any_size: AnySizeForward | None = None) -> None:
     """The pass on one device: TensorFlow for the first batches, then the engine the cost model picks.
 
     source: one item, taken out: the input's dataset, or its iterator already started (PassInput).
@@ -414,10 +417,11 @@ def _single_device_pass(clf: Classifier, source: list[tf.data.Dataset | Iterator
         return clf.extractor(images, training=False)
 
     tf_images = [0]  # images TensorFlow computed (the manifest's feature_engine.tensorflow_images)
+    forward = [extract]  # TensorFlow's function: the pass's own, or the one traced for any size
 
-    def on_tf(images: Any, run: Any = extract) -> np.ndarray:
+    def on_tf(images: Any) -> np.ndarray:
         tf_images[0] += len(images)
-        return np.asarray(run(images), dtype=np.float32)
+        return np.asarray(forward[0](images), dtype=np.float32)
 
     cpu_only = not placement.mixed_precision and not any("GPU" in d.upper() or "TPU" in d.upper()
                                                          for d in placement.devices)
@@ -433,9 +437,13 @@ def _single_device_pass(clf: Classifier, source: list[tf.data.Dataset | Iterator
     fast = engines.stored_engine(clf, size, path, total, engine, reporter, record, spent) if in_cache else None
     if fast is None:
         t0, cpu0 = time.perf_counter(), time.thread_time()
-        extract.get_concrete_function()
+        if any_size is not None:  # traced once for every size: TensorFlow's probe and the check run it here
+            forward[0] = any_size.concrete()
+            trace_cpu = any_size.trace_cpu_seconds
+        else:
+            extract.get_concrete_function()
+            trace_cpu = time.thread_time() - cpu0  # the cost model's measure of graph work: load stretches the wall
         spent["trace"] = time.perf_counter() - t0
-        trace_cpu = time.thread_time() - cpu0  # the cost model's measure of graph work: load stretches the wall time
         record.update(engine="keras", reason="too few batches to decide", trace_cpu_seconds=round(trace_cpu, 2))
     # Without a probe (batches of 2 x PROBE_IMAGES or fewer): the first batch includes the kernels' set-up, the
     # second gives TensorFlow's steady speed, which the choice needs only to weigh a conversion: with none to make
@@ -483,7 +491,8 @@ def _single_device_pass(clf: Classifier, source: list[tf.data.Dataset | Iterator
                                     trace_cpu_seconds=trace_cpu, cached=cached)
             t2 = time.perf_counter()
             fast = engines.switch(clf, size, checked, part, seconds, choice, reporter, record,
-                                  extract.get_concrete_function(), path)
+                                  any_size.concrete() if any_size is not None else extract.get_concrete_function(),
+                                  path, any_size)
             switch = time.perf_counter() - t2
             spent["convert"] = lookup + float(record.get("convert_seconds", 0.0))
             spent["check"] = max(0.0, switch - spent["convert"] + lookup)
@@ -502,6 +511,7 @@ def _single_device_pass(clf: Classifier, source: list[tf.data.Dataset | Iterator
     holder = [batches]
     del batches
     release_iterator(holder)
+    forward.clear()
     del fast, extract, on_tf
     spent["release"] = time.perf_counter() - t0
     record["images"] = done
