@@ -158,7 +158,7 @@ def test_the_direct_conversion_and_its_fallback_give_the_same_network(classifier
     import tensorflow as tf
     from ai_edge_litert.interpreter import Interpreter
 
-    from edgetl.train import engine
+    from edgetl.train import conversion
 
     @tf.function(input_signature=[tf.TensorSpec((None, SIZE, SIZE, 3), tf.float32)])
     def extract(images: tf.Tensor) -> tf.Tensor:
@@ -178,16 +178,16 @@ def test_the_direct_conversion_and_its_fallback_give_the_same_network(classifier
         interp.invoke()
         return interp.get_tensor(interp.get_output_details()[0]["index"])
 
-    direct = engine.convert_frozen(concrete)
-    graph_def, (name, shape), _ = engine.frozen_graph_def(concrete)
+    direct = conversion.convert_frozen(concrete)
+    graph_def, (name, shape), _ = conversion.frozen_graph_def(concrete)
     assert shape == [-1, SIZE, SIZE, 3] and name == "images"
     assert not [n.op for n in graph_def.node if n.op in ("VarHandleOp", "ReadVariableOp")]  # frozen
 
     def broken(_concrete: object) -> None:
         raise ValueError("a graph the direct route does not take")
 
-    monkeypatch.setattr(engine, "frozen_graph_def", broken)
-    public = engine.convert_frozen(concrete)
+    monkeypatch.setattr(conversion, "frozen_graph_def", broken)
+    public = conversion.convert_frozen(concrete)
     assert max_relative_diff(ref, features(direct)) <= FEATURE_TOLERANCE
     assert max_relative_diff(ref, features(public)) <= FEATURE_TOLERANCE
     np.testing.assert_array_equal(features(direct), features(public))
@@ -224,7 +224,7 @@ def test_the_direct_conversion_freezes_captured_constants_too() -> None:
     import tensorflow as tf
     from ai_edge_litert.interpreter import Interpreter
 
-    from edgetl.train import engine
+    from edgetl.train import conversion
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Normalization(mean=[1.0, 2.0, 3.0],
@@ -237,9 +237,9 @@ def test_the_direct_conversion_freezes_captured_constants_too() -> None:
 
     concrete = forward.get_concrete_function()
     assert len(concrete.inputs) > 2  # the image, the captured constants, the variables
-    _, (name, shape), _ = engine.frozen_graph_def(concrete)  # no fall-back needed
+    _, (name, shape), _ = conversion.frozen_graph_def(concrete)  # no fall-back needed
     assert shape == [-1, 8, 8, 3]
-    interp = Interpreter(model_content=engine.convert_frozen(concrete))
+    interp = Interpreter(model_content=conversion.convert_frozen(concrete))
     x = np.random.default_rng(3).uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
     interp.resize_tensor_input(interp.get_input_details()[0]["index"], x.shape)
     interp.allocate_tensors()
@@ -427,7 +427,7 @@ def test_passes_of_several_sizes_share_one_trace_and_conversion(demo_dir: Path,
     conversion (AnySizeForward) for their passes, and at each size the features a pass of its own gives."""
     import keras
 
-    import edgetl.train.engine as engines
+    import edgetl.train.conversion as conversion
     from edgetl.core.progress import Reporter
     from edgetl.data.scan import scan_folder
     from edgetl.model.backbones import build_base, resolve_backbone
@@ -436,8 +436,8 @@ def test_passes_of_several_sizes_share_one_trace_and_conversion(demo_dir: Path,
     from edgetl.train.features import extract_features
 
     conversions = []
-    real_convert = engines.convert_frozen
-    monkeypatch.setattr(engines, "convert_frozen", lambda c: conversions.append(c) or real_convert(c))
+    real_convert = conversion.convert_frozen
+    monkeypatch.setattr(conversion, "convert_frozen", lambda c: conversions.append(c) or real_convert(c))
     monkeypatch.setenv("EDGETL_CACHE_DIR", "off")  # every pass converts, unless it shares a conversion
     splits = scan_folder(demo_dir, val_split=0.2, test_split=0.1, seed=0)
     placement = place("default", "off")
@@ -447,7 +447,7 @@ def test_passes_of_several_sizes_share_one_trace_and_conversion(demo_dir: Path,
         return build_classifier(base, image_size=size, num_classes=4, preprocessing="tf", dropout=0.0)
 
     any_base = build_base(spec, weights="bundled", alpha=0.35, image_size=None)
-    shared = engines.AnySizeForward(classifier(any_base, None).extractor)
+    shared = conversion.AnySizeForward(classifier(any_base, None).extractor)
     got = {}
     for size in (32, 64):
         record: dict = {}

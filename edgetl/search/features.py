@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     from edgetl.core.progress import Reporter
     from edgetl.data.splits import DataSplits, Item
     from edgetl.model.classifier import Classifier
+    from edgetl.train.conversion import AnySizeForward
     from edgetl.train.distribute import Placement
-    from edgetl.train.engine import AnySizeForward
 
 FEATURES_DIR = "features"
 

@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from edgetl.model.classifier import Classifier
     from edgetl.search.config import SearchConfig
     from edgetl.train.config import TrainConfig
+    from edgetl.train.conversion import AnySizeForward
     from edgetl.train.distribute import Placement
-    from edgetl.train.engine import AnySizeForward
 
 CANDIDATES_DIR = "candidates"
 # A head fitted on a small sample runs at least this many optimizer steps (more epochs on fewer images), so
@@ -234,7 +234,7 @@ def _any_size(c: Candidate, spec: Any, mode: str, shared: Shared) -> AnySizeForw
         return None
     if base.forward is None:
         from edgetl.model.classifier import build_classifier
-        from edgetl.train.engine import AnySizeForward
+        from edgetl.train.conversion import AnySizeForward
 
         with shared.placement.strategy.scope():
             any_clf = build_classifier(base.base, image_size=None, num_classes=len(shared.splits.class_names),

@@ -34,8 +34,8 @@ if TYPE_CHECKING:
     from edgetl.data.splits import DataSplits, Item
     from edgetl.model.classifier import Classifier
     from edgetl.train.config import TrainConfig
+    from edgetl.train.conversion import AnySizeForward
     from edgetl.train.distribute import Placement
-    from edgetl.train.engine import AnySizeForward
 
 Features = tuple[np.ndarray, np.ndarray]  # (features (n, d) float32, labels (n,) int32)
 
@@ -300,7 +300,7 @@ def extract_features(clf: Classifier, splits: DataSplits, names: list[str], size
             and returned memory-mapped: memory does not grow with the number of images.
         ahead: the pass's input started earlier (start_pass_input), used when it was made for these splits,
             size and batch (its decoded images are then ready); else the pass builds its own.
-        any_size: the trace and conversion of clf's base at any size (engine.AnySizeForward), shared with other
+        any_size: the trace and conversion of clf's base at any size (conversion.AnySizeForward), shared with other
             sizes' passes: this pass neither traces nor converts (one device only; the mirrored pass ignores it).
 
     Returns:
