@@ -107,8 +107,7 @@ def file_stem(run: Run) -> str:
     """backbone[_aALPHA]-SIZE: what tells a run's files apart in a listing."""
     bb = run.manifest.get("backbone") or {}
     name = str(bb.get("name") or "model")
-    if bb.get("kind") != "keras":
-        name = backbone_label(str(bb.get("kind")), name) or "model"
+    name = backbone_label(str(bb.get("kind")), name) or "model"  # a card keeps its name
     name = re.sub(r"[^A-Za-z0-9_.+-]+", "-", name).strip("-.") or "model"
     if bb.get("alpha") is not None:
         name += f"_a{float(bb['alpha']):g}"

@@ -214,18 +214,16 @@ def softmax_slack(logits: np.ndarray, step: float) -> np.ndarray:
     so the output stays within [1 / (1 + S e^(2 step)), 1 / (1 + S e^(-2 step))]. Rows are images.
     """
     z = np.asarray(logits, dtype=np.float64)
-    n = z.shape[1]
-    others = np.empty_like(z)
-    for i in range(n):  # log S_i: the log-sum-exp of the other logits, minus z_i (classes are few)
-        rest = np.delete(z, i, axis=1)
-        top = rest.max(1)
-        others[:, i] = top + np.log(np.exp(rest - top[:, None]).sum(1)) - z[:, i]
+    top = z.max(axis=1, keepdims=True)
+    log_p = z - top - np.log(np.exp(z - top).sum(axis=1, keepdims=True))  # log-softmax
+    with np.errstate(divide="ignore"):  # an output of exactly 1: S = 0, log S = -inf, no room to move
+        log_s = np.log1p(-np.exp(log_p)) - log_p  # S = (1 - p) / p
 
     def expit(v: np.ndarray) -> np.ndarray:
         return 0.5 * (1.0 + np.tanh(0.5 * v))
 
-    p = expit(-others)
-    return np.maximum(expit(2 * step - others) - p, p - expit(-2 * step - others))
+    p = expit(-log_s)
+    return np.maximum(expit(2 * step - log_s) - p, p - expit(-2 * step - log_s))
 
 
 def _agreement(figures: dict[str, Any], runner: Any, path: Path, x: np.ndarray, y: np.ndarray | None,
